@@ -1,0 +1,215 @@
+//! One serde tree for all configuration, layered: built-in defaults, then an
+//! optional TOML file, then `PARTNERHUB__SECTION__KEY` environment variables.
+//! It is loaded once in `main` and passed down explicitly; nothing below reads
+//! the environment.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything a Partner Hub process can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded database and the generated signing key live.
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub peers: PeerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Port 0 picks a free port (tests do).
+    pub listen_addr: SocketAddr,
+    /// The largest request message a server decodes.
+    pub max_message_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight calls and background tasks.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`. Unset: an SQLite file in `data_dir`.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The HS256 signing key, base64. Takes precedence over `signing_key_file`.
+    pub signing_key: Option<SecretString>,
+    /// Where the key is read from. Unset: `<data_dir>/signing.key`, generated
+    /// on first start when the database is the embedded SQLite default.
+    pub signing_key_file: Option<PathBuf>,
+    /// The `iss` claim written into and required of every token.
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,partnerhub_account=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where each service's peers are. Unset: this process's own listen address,
+/// which is right when all services run in one process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerSettings {
+    pub account_url: Option<String>,
+    pub partner_change_url: Option<String>,
+    pub permissions_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+            peers: PeerSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { signing_key: None, signing_key_file: None, issuer: "partnerhub".to_owned() }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info".to_owned() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` if given (it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PARTNERHUB").prefix_separator("__").separator("__"),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                field: "server.max_message_bytes",
+                problem: "must be at least 1024".to_owned(),
+            });
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "database.max_connections",
+                problem: "must be at least 1".to_owned(),
+            });
+        }
+        if self.auth.issuer.is_empty() {
+            return Err(ConfigError::Invalid { field: "auth.issuer", problem: "must not be empty".to_owned() });
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to an SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        use secrecy::ExposeSecret;
+        match &self.database.url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("partnerhub.db").display()),
+        }
+    }
+
+    /// True when the database is the embedded SQLite default (or any SQLite file).
+    pub fn uses_embedded_database(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_a_typo_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("partnerhub-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[server]\nlisten_addr = \"127.0.0.1:6000\"\nshutdown_grace = \"3s\"\n").unwrap();
+        let settings = Settings::load(Some(&good)).unwrap();
+        assert_eq!(settings.server.listen_addr.port(), 6000);
+        assert_eq!(settings.server.shutdown_grace, Duration::from_secs(3));
+
+        let typo = dir.join("typo.toml");
+        std::fs::write(&typo, "[server]\nlisten_adr = \"127.0.0.1:6000\"\n").unwrap();
+        let err = Settings::load(Some(&typo)).expect_err("unknown key must be refused");
+        assert!(err.to_string().contains("listen_adr"), "{err}");
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[server]\nmax_message_bytes = 10\n").unwrap();
+        let err = Settings::load(Some(&bad)).expect_err("tiny message limit must be refused");
+        assert!(err.to_string().contains("server.max_message_bytes"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

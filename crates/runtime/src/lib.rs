@@ -1,0 +1,21 @@
+//! What every Partner Hub service shares, written once:
+//!
+//! - [`config`]: the one settings tree (defaults → file → `PARTNERHUB__…` environment);
+//! - [`telemetry`]: the `tracing` subscriber (human or JSON);
+//! - [`auth`]: bearer tokens naming one [`auth::Subject`], and the interceptor that checks them;
+//! - [`error`] and [`validate`]: every `Status` a service returns, and parsing at the boundary;
+//! - [`pagination`]: AIP-158 page sizes and filter-bound page tokens;
+//! - [`db`]: connecting, write transactions, and storage errors classified once;
+//! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
+//! - [`ids`] and [`time`]: resource IDs and timestamp conversions.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod pagination;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+pub mod validate;

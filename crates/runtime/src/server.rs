@@ -1,0 +1,127 @@
+//! The gRPC host every process runs: the services it was given, plus the
+//! standard health service and reflection (v1 and v1alpha, so every grpcurl
+//! version works), served until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, service::RoutesBuilder};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// Routes under construction, with the health reporter that tracks them.
+pub struct Host {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("service_names", &self.service_names).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Host {
+    /// Health and reflection, with no Partner Hub service yet.
+    pub fn new() -> Result<Self, ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let descriptor_sets = [partnerhub_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
+        let reflection = || {
+            descriptor_sets.iter().fold(tonic_reflection::server::Builder::configure(), |builder, set| {
+                builder.register_encoded_file_descriptor_set(set)
+            })
+        };
+        let mut routes = RoutesBuilder::default();
+        routes
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
+        Ok(Self { routes, health, service_names: Vec::new() })
+    }
+
+    /// Adds a service; it reports SERVING once the host serves.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
+    /// reports NOT_SERVING and lets in-flight calls finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Host { routes, health, service_names } = self;
+        set_status(&health, &service_names, ServingStatus::Serving).await;
+        let drained = {
+            let health = health.clone();
+            let service_names = service_names.clone();
+            async move {
+                shutdown.cancelled().await;
+                set_status(&health, &service_names, ServingStatus::NotServing).await;
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn set_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
+    // "" is the whole server, for clients that check health without a service name.
+    health.set_service_status("", status).await;
+    for name in service_names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
