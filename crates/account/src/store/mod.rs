@@ -1,0 +1,529 @@
+//! Persistence for the account service: its entities, migrations and queries.
+//!
+//! **Architecture Invariant:** the account service is the only writer of these
+//! tables; other services ask it over gRPC.
+
+pub mod entities;
+pub mod migration;
+
+use std::collections::HashMap;
+
+use partnerhub_runtime::{
+    db::{StoreError, begin_write},
+    ids::new_id,
+    time::now,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::{Expr, ExprTrait},
+};
+
+use self::entities::{client, partner, payment_method, phone_number, waba, waba_transfer};
+use crate::{
+    domain::{
+        Client, CompanyInfo, NewPartner, Partner, PartnerSettings, PartnerSettingsPatch,
+        PaymentMethod, PaymentMethodType, PaymentProcessor, Transfer, TransferOutcome, Waba,
+        WabaOwner,
+    },
+    error::AccountError,
+};
+
+pub async fn create_partner(
+    db: &DatabaseConnection,
+    new: NewPartner,
+) -> Result<Partner, AccountError> {
+    let time = now();
+    let model = partner::ActiveModel {
+        partner_id: Set(new_id("partner")),
+        display_name: Set(new.display_name),
+        payment_processor: Set(new.payment_processor.as_str().to_owned()),
+        auto_approve: Set(new.settings.auto_approve),
+        accepting_changes: Set(new.settings.accepting_changes),
+        terms_version: Set(new.settings.terms_version),
+        requires_payment_method: Set(new.settings.requires_payment_method),
+        create_time: Set(time),
+        update_time: Set(time),
+    }
+    .insert(db)
+    .await?;
+    partner_from_model(model)
+}
+
+pub async fn get_partner(
+    db: &impl ConnectionTrait,
+    partner_id: &str,
+) -> Result<Partner, AccountError> {
+    let model = partner::Entity::find_by_id(partner_id).one(db).await?;
+    partner_from_model(model.ok_or_else(|| AccountError::PartnerNotFound(partner_id.to_owned()))?)
+}
+
+pub async fn update_partner_settings(
+    db: &DatabaseConnection,
+    partner_id: &str,
+    patch: PartnerSettingsPatch,
+) -> Result<Partner, AccountError> {
+    let tx = begin_write(db).await?;
+    let mut partner = get_partner(&tx, partner_id).await?;
+    patch.apply(&mut partner);
+    let model = partner::ActiveModel {
+        partner_id: sea_orm::Unchanged(partner.partner_id),
+        payment_processor: Set(partner.payment_processor.as_str().to_owned()),
+        auto_approve: Set(partner.settings.auto_approve),
+        accepting_changes: Set(partner.settings.accepting_changes),
+        terms_version: Set(partner.settings.terms_version),
+        requires_payment_method: Set(partner.settings.requires_payment_method),
+        update_time: Set(now()),
+        ..Default::default()
+    }
+    .update(&tx)
+    .await?;
+    tx.commit().await?;
+    partner_from_model(model)
+}
+
+pub async fn create_client(
+    db: &DatabaseConnection,
+    display_name: String,
+    payment_processor: PaymentProcessor,
+) -> Result<Client, AccountError> {
+    let time = now();
+    let model = client::ActiveModel {
+        client_id: Set(new_id("client")),
+        display_name: Set(display_name),
+        payment_processor: Set(payment_processor.as_str().to_owned()),
+        legal_name: Set(String::new()),
+        address_line: Set(String::new()),
+        city: Set(String::new()),
+        postal_code: Set(String::new()),
+        country_code: Set(String::new()),
+        tax_id: Set(String::new()),
+        legacy: Set(false),
+        create_time: Set(time),
+        update_time: Set(time),
+    }
+    .insert(db)
+    .await?;
+    client_from_models(model, Vec::new())
+}
+
+pub async fn get_client(
+    db: &impl ConnectionTrait,
+    client_id: &str,
+) -> Result<Client, AccountError> {
+    let model = client::Entity::find_by_id(client_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AccountError::ClientNotFound(client_id.to_owned()))?;
+    let methods = payment_method::Entity::find()
+        .filter(payment_method::Column::ClientId.eq(client_id))
+        .order_by_asc(payment_method::Column::PaymentMethodId)
+        .all(db)
+        .await?;
+    client_from_models(model, methods)
+}
+
+pub async fn update_company_info(
+    db: &DatabaseConnection,
+    client_id: &str,
+    info: CompanyInfo,
+) -> Result<Client, AccountError> {
+    let tx = begin_write(db).await?;
+    let updated = client::Entity::update_many()
+        .col_expr(client::Column::LegalName, Expr::value(info.legal_name))
+        .col_expr(client::Column::AddressLine, Expr::value(info.address_line))
+        .col_expr(client::Column::City, Expr::value(info.city))
+        .col_expr(client::Column::PostalCode, Expr::value(info.postal_code))
+        .col_expr(client::Column::CountryCode, Expr::value(info.country_code))
+        .col_expr(client::Column::TaxId, Expr::value(info.tax_id))
+        .col_expr(client::Column::UpdateTime, Expr::value(now()))
+        .filter(client::Column::ClientId.eq(client_id))
+        .exec(&tx)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(AccountError::ClientNotFound(client_id.to_owned()));
+    }
+    let client = get_client(&tx, client_id).await?;
+    tx.commit().await?;
+    Ok(client)
+}
+
+pub async fn set_client_legacy(
+    db: &DatabaseConnection,
+    client_id: &str,
+    legacy: bool,
+) -> Result<Client, AccountError> {
+    let tx = begin_write(db).await?;
+    let updated = client::Entity::update_many()
+        .col_expr(client::Column::Legacy, Expr::value(legacy))
+        .col_expr(client::Column::UpdateTime, Expr::value(now()))
+        .filter(client::Column::ClientId.eq(client_id))
+        .exec(&tx)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(AccountError::ClientNotFound(client_id.to_owned()));
+    }
+    let client = get_client(&tx, client_id).await?;
+    tx.commit().await?;
+    Ok(client)
+}
+
+pub async fn add_payment_method(
+    db: &DatabaseConnection,
+    client_id: &str,
+    kind: PaymentMethodType,
+    last4: String,
+) -> Result<(PaymentMethod, Client), AccountError> {
+    let tx = begin_write(db).await?;
+    // Existence first: a missing client is NOT_FOUND, not a foreign-key error.
+    get_client(&tx, client_id).await?;
+    let model = payment_method::ActiveModel {
+        payment_method_id: Set(new_id("pm")),
+        client_id: Set(client_id.to_owned()),
+        r#type: Set(kind.as_str().to_owned()),
+        last4: Set(last4),
+        create_time: Set(now()),
+    }
+    .insert(&tx)
+    .await?;
+    let client = get_client(&tx, client_id).await?;
+    tx.commit().await?;
+    Ok((payment_method_from_model(model)?, client))
+}
+
+pub async fn create_waba(
+    db: &DatabaseConnection,
+    client_id: &str,
+    partner_id: &str,
+    display_name: String,
+) -> Result<Waba, AccountError> {
+    let tx = begin_write(db).await?;
+    if client::Entity::find_by_id(client_id)
+        .one(&tx)
+        .await?
+        .is_none()
+    {
+        return Err(AccountError::ClientNotFound(client_id.to_owned()));
+    }
+    if partner::Entity::find_by_id(partner_id)
+        .one(&tx)
+        .await?
+        .is_none()
+    {
+        return Err(AccountError::PartnerNotFound(partner_id.to_owned()));
+    }
+    let time = now();
+    let model = waba::ActiveModel {
+        waba_id: Set(new_id("waba")),
+        client_id: Set(client_id.to_owned()),
+        partner_id: Set(partner_id.to_owned()),
+        display_name: Set(display_name),
+        version: Set(1),
+        create_time: Set(time),
+        update_time: Set(time),
+    }
+    .insert(&tx)
+    .await?;
+    tx.commit().await?;
+    Ok(waba_from_model(model, Vec::new()))
+}
+
+/// Adds a number to a WABA. Adding a number the WABA already has changes nothing.
+pub async fn add_phone_number(
+    db: &DatabaseConnection,
+    waba_id: &str,
+    number: &str,
+) -> Result<Waba, AccountError> {
+    let tx = begin_write(db).await?;
+    let waba = find_waba_model(&tx, waba_id).await?;
+    match phone_number::Entity::find_by_id(number).one(&tx).await? {
+        Some(existing) if existing.waba_id == waba_id => {}
+        Some(_) => return Err(AccountError::PhoneNumberTaken(number.to_owned())),
+        None => {
+            let inserted = phone_number::ActiveModel {
+                phone_number: Set(number.to_owned()),
+                waba_id: Set(waba_id.to_owned()),
+                add_time: Set(now()),
+            }
+            .insert(&tx)
+            .await;
+            match inserted.map_err(StoreError::from) {
+                Ok(_) => {}
+                // Another WABA took it between our read and our write (PostgreSQL).
+                Err(StoreError::UniqueViolation(_)) => {
+                    return Err(AccountError::PhoneNumberTaken(number.to_owned()));
+                }
+                Err(err) => return Err(err.into()),
+            }
+            waba::Entity::update_many()
+                .col_expr(
+                    waba::Column::Version,
+                    Expr::col(waba::Column::Version).add(1),
+                )
+                .col_expr(waba::Column::UpdateTime, Expr::value(now()))
+                .filter(waba::Column::WabaId.eq(waba_id))
+                .exec(&tx)
+                .await?;
+        }
+    }
+    let waba = with_numbers(&tx, vec![waba]).await?.pop();
+    tx.commit().await?;
+    waba.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+}
+
+pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, AccountError> {
+    let model = find_waba_model(db, waba_id).await?;
+    with_numbers(db, vec![model])
+        .await?
+        .pop()
+        .ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+}
+
+/// One page of an owner's WABAs, oldest first, after the WABA ID `after`.
+/// Returns the page and whether more follow.
+pub async fn list_wabas(
+    db: &DatabaseConnection,
+    owner: &WabaOwner,
+    after: Option<&str>,
+    page_size: u64,
+) -> Result<(Vec<Waba>, bool), AccountError> {
+    let mut query = match owner {
+        WabaOwner::Client(id) => waba::Entity::find().filter(waba::Column::ClientId.eq(id)),
+        WabaOwner::Partner(id) => waba::Entity::find().filter(waba::Column::PartnerId.eq(id)),
+    };
+    if let Some(after) = after {
+        query = query.filter(waba::Column::WabaId.gt(after));
+    }
+    let mut models = query
+        .order_by_asc(waba::Column::WabaId)
+        .limit(page_size + 1)
+        .all(db)
+        .await?;
+    let more = models.len() as u64 > page_size;
+    models.truncate(page_size as usize);
+    Ok((with_numbers(db, models).await?, more))
+}
+
+/// Moves a WABA to another partner for one partner change: compare-and-set on
+/// the current partner, recorded so that a repeat of the same partner change
+/// returns the same result and changes nothing.
+pub async fn transfer_waba(
+    db: &DatabaseConnection,
+    transfer: &Transfer,
+) -> Result<TransferOutcome, AccountError> {
+    let tx = begin_write(db).await?;
+    // The idempotency record goes first: a repeat (even a concurrent one) stops here.
+    let recorded = waba_transfer::ActiveModel {
+        partner_change_id: Set(transfer.partner_change_id.clone()),
+        waba_id: Set(transfer.waba_id.clone()),
+        from_partner_id: Set(transfer.from_partner_id.clone()),
+        to_partner_id: Set(transfer.to_partner_id.clone()),
+        transfer_time: Set(now()),
+    }
+    .insert(&tx)
+    .await
+    .map_err(StoreError::from);
+    match recorded {
+        Ok(_) => {}
+        Err(StoreError::UniqueViolation(_)) => {
+            tx.rollback().await?;
+            return repeated_transfer(db, transfer).await;
+        }
+        Err(StoreError::ForeignKeyViolation(_)) => {
+            return Err(AccountError::WabaNotFound(transfer.waba_id.clone()));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    if partner::Entity::find_by_id(&transfer.to_partner_id)
+        .one(&tx)
+        .await?
+        .is_none()
+    {
+        return Err(AccountError::PartnerNotFound(
+            transfer.to_partner_id.clone(),
+        ));
+    }
+    let moved = waba::Entity::update_many()
+        .col_expr(
+            waba::Column::PartnerId,
+            Expr::value(&transfer.to_partner_id),
+        )
+        .col_expr(
+            waba::Column::Version,
+            Expr::col(waba::Column::Version).add(1),
+        )
+        .col_expr(waba::Column::UpdateTime, Expr::value(now()))
+        .filter(waba::Column::WabaId.eq(&transfer.waba_id))
+        .filter(waba::Column::PartnerId.eq(&transfer.from_partner_id))
+        .exec(&tx)
+        .await?;
+    if moved.rows_affected == 0 {
+        let current = find_waba_model(&tx, &transfer.waba_id).await?;
+        return Err(AccountError::SourcePartnerMismatch {
+            waba_id: transfer.waba_id.clone(),
+            expected: transfer.from_partner_id.clone(),
+            actual: current.partner_id,
+        });
+    }
+    let waba = get_waba(&tx, &transfer.waba_id).await?;
+    tx.commit().await?;
+    tracing::info!(
+        waba_id = %transfer.waba_id,
+        from_partner_id = %transfer.from_partner_id,
+        to_partner_id = %transfer.to_partner_id,
+        partner_change_id = %transfer.partner_change_id,
+        "WABA transferred"
+    );
+    Ok(TransferOutcome {
+        waba,
+        already_applied: false,
+    })
+}
+
+async fn repeated_transfer(
+    db: &DatabaseConnection,
+    transfer: &Transfer,
+) -> Result<TransferOutcome, AccountError> {
+    let record = waba_transfer::Entity::find_by_id(&transfer.partner_change_id)
+        .one(db)
+        .await?;
+    let same = record.is_some_and(|record| {
+        record.waba_id == transfer.waba_id
+            && record.from_partner_id == transfer.from_partner_id
+            && record.to_partner_id == transfer.to_partner_id
+    });
+    if !same {
+        return Err(AccountError::TransferKeyReused(
+            transfer.partner_change_id.clone(),
+        ));
+    }
+    Ok(TransferOutcome {
+        waba: get_waba(db, &transfer.waba_id).await?,
+        already_applied: true,
+    })
+}
+
+async fn find_waba_model(
+    db: &impl ConnectionTrait,
+    waba_id: &str,
+) -> Result<waba::Model, AccountError> {
+    waba::Entity::find_by_id(waba_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+}
+
+/// Attaches each WABA's numbers with one query for the whole batch.
+async fn with_numbers(
+    db: &impl ConnectionTrait,
+    models: Vec<waba::Model>,
+) -> Result<Vec<Waba>, DbErr> {
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = models.iter().map(|model| model.waba_id.as_str()).collect();
+    let numbers = phone_number::Entity::find()
+        .filter(phone_number::Column::WabaId.is_in(ids))
+        .order_by_asc(phone_number::Column::AddTime)
+        .order_by_asc(phone_number::Column::PhoneNumber)
+        .all(db)
+        .await?;
+    let mut by_waba: HashMap<String, Vec<String>> = HashMap::new();
+    for number in numbers {
+        by_waba
+            .entry(number.waba_id)
+            .or_default()
+            .push(number.phone_number);
+    }
+    Ok(models
+        .into_iter()
+        .map(|model| {
+            let numbers = by_waba.remove(&model.waba_id).unwrap_or_default();
+            waba_from_model(model, numbers)
+        })
+        .collect())
+}
+
+fn corrupt(what: &str, value: &str) -> AccountError {
+    AccountError::Store(StoreError::Other(DbErr::Custom(format!(
+        "unknown stored {what} {value:?}"
+    ))))
+}
+
+fn partner_from_model(model: partner::Model) -> Result<Partner, AccountError> {
+    let payment_processor = PaymentProcessor::from_stored(&model.payment_processor)
+        .ok_or_else(|| corrupt("payment processor", &model.payment_processor))?;
+    Ok(Partner {
+        partner_id: model.partner_id,
+        display_name: model.display_name,
+        payment_processor,
+        settings: PartnerSettings {
+            auto_approve: model.auto_approve,
+            accepting_changes: model.accepting_changes,
+            terms_version: model.terms_version,
+            requires_payment_method: model.requires_payment_method,
+        },
+        create_time: model.create_time,
+        update_time: model.update_time,
+    })
+}
+
+fn client_from_models(
+    model: client::Model,
+    methods: Vec<payment_method::Model>,
+) -> Result<Client, AccountError> {
+    let payment_processor = PaymentProcessor::from_stored(&model.payment_processor)
+        .ok_or_else(|| corrupt("payment processor", &model.payment_processor))?;
+    Ok(Client {
+        client_id: model.client_id,
+        display_name: model.display_name,
+        payment_processor,
+        company_info: CompanyInfo {
+            legal_name: model.legal_name,
+            address_line: model.address_line,
+            city: model.city,
+            postal_code: model.postal_code,
+            country_code: model.country_code,
+            tax_id: model.tax_id,
+        },
+        payment_methods: methods
+            .into_iter()
+            .map(payment_method_from_model)
+            .collect::<Result<_, _>>()?,
+        legacy: model.legacy,
+        create_time: model.create_time,
+        update_time: model.update_time,
+    })
+}
+
+fn payment_method_from_model(model: payment_method::Model) -> Result<PaymentMethod, AccountError> {
+    let kind = PaymentMethodType::from_stored(&model.r#type)
+        .ok_or_else(|| corrupt("payment method type", &model.r#type))?;
+    Ok(PaymentMethod {
+        payment_method_id: model.payment_method_id,
+        kind,
+        last4: model.last4,
+        create_time: model.create_time,
+    })
+}
+
+fn waba_from_model(model: waba::Model, phone_numbers: Vec<String>) -> Waba {
+    Waba {
+        waba_id: model.waba_id,
+        client_id: model.client_id,
+        partner_id: model.partner_id,
+        display_name: model.display_name,
+        phone_numbers,
+        create_time: model.create_time,
+        update_time: model.update_time,
+    }
+}
+
+/// Runs the account migrations; see [`partnerhub_runtime::db`] for why they are serialized.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm_migration::MigratorTrait;
+    let tx = begin_write(db).await?;
+    partnerhub_runtime::db::lock_for_migration(&tx).await?;
+    migration::Migrator::up(&tx, None).await?;
+    tx.commit().await
+}

@@ -1,0 +1,91 @@
+//! The `partnerhub` command line: `serve`, `migrate`, `token`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use partnerhub_runtime::{
+    auth::{Subject, TokenKeys},
+    config::Settings,
+    telemetry::init_tracing,
+};
+
+use crate::app::{Application, ServiceName, open_database};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "partnerhub",
+    version,
+    about = "Partner Hub: move WhatsApp Business Accounts between partners"
+)]
+pub struct Cli {
+    /// A TOML config file; `PARTNERHUB__SECTION__KEY` environment variables override it.
+    #[arg(long, global = true, env = "PARTNERHUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run services (all of them, in one process, unless --service is given).
+    Serve {
+        /// Run only this service; repeat to run several.
+        #[arg(long = "service", value_enum)]
+        services: Vec<ServiceName>,
+    },
+    /// Apply every service's database migrations, then exit.
+    Migrate,
+    /// Print a bearer token signed with the configured key.
+    Token {
+        /// `client:<id>`, `partner:<id>`, `service:<name>` or `support:<user>`.
+        #[arg(long)]
+        subject: Subject,
+        /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] partnerhub_runtime::config::ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] partnerhub_runtime::telemetry::TelemetryError),
+    #[error(transparent)]
+    Startup(#[from] crate::app::StartupError),
+    #[error(transparent)]
+    Stop(#[from] crate::app::StopError),
+    #[error(transparent)]
+    Key(#[from] partnerhub_runtime::auth::KeyError),
+    #[error(transparent)]
+    Token(#[from] partnerhub_runtime::auth::TokenError),
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { services } => {
+            init_tracing(&settings.log)?;
+            let services = if services.is_empty() {
+                ServiceName::ALL.to_vec()
+            } else {
+                services
+            };
+            Application::start(&settings, &services)
+                .await?
+                .run_until_stopped()
+                .await?;
+        }
+        Command::Migrate => {
+            init_tracing(&settings.log)?;
+            open_database(&settings).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Token { subject, ttl } => {
+            let keys = TokenKeys::load_or_generate(&settings)?;
+            println!("{}", keys.mint(&subject, ttl)?);
+        }
+    }
+    Ok(())
+}
