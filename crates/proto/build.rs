@@ -19,14 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let file_descriptors = protox::compile(PROTO_FILES, [&proto_root])?;
-    std::fs::write(
-        out_dir.join("partnerhub_descriptor.bin"),
-        prost::Message::encode_to_vec(&file_descriptors),
-    )?;
+    std::fs::write(out_dir.join("partnerhub_descriptor.bin"), prost::Message::encode_to_vec(&file_descriptors))?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(file_descriptors)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(file_descriptors)?;
     Ok(())
 }

@@ -1,1 +1,12 @@
+//! The one integration-test binary. Every test that touches storage runs on
+//! SQLite and on PostgreSQL (see `on_both_databases!`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should fail loudly
+
+mod account;
+mod authentication;
+mod authorization;
+mod fixtures;
+mod process;
+mod transfer;
+mod validation;

@@ -1,1 +1,166 @@
+//! The integration-test harness: [`TestApp::spawn`] starts the real system on a
+//! random port against a fresh database (a temporary SQLite file, or a new
+//! PostgreSQL database that is dropped afterwards) and hands out typed clients
+//! that carry a token for any subject.
+//!
+//! PostgreSQL is found at `PARTNERHUB_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). When it cannot be reached the
+//! PostgreSQL tests fail and say how to start it; they are never skipped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed set-up should fail loudly
+
+pub mod binary;
+pub mod database;
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::Engine as _;
+use partnerhub::{Application, ServiceName};
+use partnerhub_proto::account::v1::account_service_client::AccountServiceClient;
+use partnerhub_runtime::{
+    auth::{BearerToken, Subject, TokenKeys},
+    config::Settings,
+};
+use secrecy::SecretString;
+use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
+
+pub use crate::database::{Backend, TestDatabase};
+
+/// A channel that sends `authorization: Bearer <token>` on every call.
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+/// A running Partner Hub, in this process, on its own database.
+pub struct TestApp {
+    pub settings: Settings,
+    app: Option<Application>,
+    channel: Channel,
+    keys: TokenKeys,
+    signing_secret: Vec<u8>,
+    /// Dropped last: removes the database once the server is gone.
+    _database: TestDatabase,
+}
+
+impl TestApp {
+    /// Every service, on a fresh database of `backend`.
+    pub async fn spawn(backend: Backend) -> TestApp {
+        init_test_tracing();
+        let database = TestDatabase::create(backend).await;
+        let secret = [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat();
+        let mut settings = Settings { data_dir: database.data_dir().to_owned(), ..Settings::default() };
+        settings.database.url = database.url().map(SecretString::from);
+        settings.database.max_connections = 5;
+        settings.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.server.shutdown_grace = Duration::from_secs(5);
+        settings.auth.signing_key = Some(SecretString::from(base64::engine::general_purpose::STANDARD.encode(&secret)));
+        let keys = TokenKeys::load_or_generate(&settings).unwrap();
+        let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
+        let channel = channel_to(app.local_addr());
+        TestApp { settings, app: Some(app), channel, keys, signing_secret: secret, _database: database }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.app.as_ref().expect("the app is running").local_addr()
+    }
+
+    /// A valid token for `subject` (e.g. `"support:alice"`).
+    pub fn token(&self, subject: &str) -> String {
+        let subject: Subject = subject.parse().unwrap();
+        self.keys.mint(&subject, Duration::from_secs(600)).unwrap()
+    }
+
+    /// The key every token of this app is signed with (to forge expired ones).
+    pub fn signing_secret(&self) -> Vec<u8> {
+        self.signing_secret.clone()
+    }
+
+    /// A channel that sends `token` as it is (to test bad tokens).
+    pub fn channel_with_token(&self, token: &str) -> Authed {
+        InterceptedService::new(self.channel.clone(), BearerToken::new(token).unwrap())
+    }
+
+    pub fn channel_without_token(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn account(&self, subject: &str) -> AccountServiceClient<Authed> {
+        AccountServiceClient::new(self.channel_with_token(&self.token(subject)))
+    }
+
+    /// Stops the server gracefully and starts it again on the same database.
+    pub async fn restart(&mut self) {
+        self.app.take().expect("the app is running").stop().await.unwrap();
+        let app = Application::start(&self.settings, ServiceName::ALL).await.unwrap();
+        self.channel = channel_to(app.local_addr());
+        self.app = Some(app);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            // Stop accepting at once; the runtime ending takes the tasks with it.
+            app.shutdown_token().cancel();
+        }
+    }
+}
+
+fn channel_to(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy()
+}
+
+/// Quiet unless `TEST_LOG` is set; installed once per test binary.
+fn init_test_tracing() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+        }
+    });
+}
+
+/// The `ErrorInfo.reason` of a status, or "" when it has none.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
+}
+
+/// The fields named by a status's `BadRequest`.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|violation| violation.field).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with `code` and an `ErrorInfo` of `reason`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, expected_reason: &str) {
+    match result {
+        Ok(value) => panic!("expected {code:?}/{expected_reason}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(reason(&status), expected_reason, "{status:?}");
+        }
+    }
+}
+
+/// Writes two tests for each named `async fn(Backend)`: one on SQLite, one on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}

@@ -21,13 +21,9 @@ impl PaymentProcessor {
     }
 
     pub fn from_stored(name: &str) -> Option<Self> {
-        [
-            PaymentProcessor::Stripe,
-            PaymentProcessor::Adyen,
-            PaymentProcessor::Braintree,
-        ]
-        .into_iter()
-        .find(|processor| processor.as_str() == name)
+        [PaymentProcessor::Stripe, PaymentProcessor::Adyen, PaymentProcessor::Braintree]
+            .into_iter()
+            .find(|processor| processor.as_str() == name)
     }
 }
 
@@ -46,9 +42,7 @@ impl PaymentMethodType {
     }
 
     pub fn from_stored(name: &str) -> Option<Self> {
-        [PaymentMethodType::Card, PaymentMethodType::BankAccount]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        [PaymentMethodType::Card, PaymentMethodType::BankAccount].into_iter().find(|kind| kind.as_str() == name)
     }
 }
 
@@ -208,15 +202,8 @@ mod tests {
 
     #[test]
     fn missing_fields_are_listed_in_api_order() {
-        let info = CompanyInfo {
-            legal_name: "Acme GmbH".into(),
-            city: "Berlin".into(),
-            ..CompanyInfo::default()
-        };
-        assert_eq!(
-            info.missing_fields(),
-            ["address_line", "postal_code", "country_code", "tax_id"]
-        );
+        let info = CompanyInfo { legal_name: "Acme GmbH".into(), city: "Berlin".into(), ..CompanyInfo::default() };
+        assert_eq!(info.missing_fields(), ["address_line", "postal_code", "country_code", "tax_id"]);
     }
 
     #[test]

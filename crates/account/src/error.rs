@@ -17,11 +17,7 @@ pub enum AccountError {
     #[error("phone number {0} already belongs to a WABA")]
     PhoneNumberTaken(String),
     #[error("WABA {waba_id} is with partner {actual}, not {expected}")]
-    SourcePartnerMismatch {
-        waba_id: String,
-        expected: String,
-        actual: String,
-    },
+    SourcePartnerMismatch { waba_id: String, expected: String, actual: String },
     #[error("partner change {0} already transferred a WABA with other arguments")]
     TransferKeyReused(String),
     #[error(transparent)]
@@ -38,26 +34,13 @@ impl From<AccountError> for Status {
     fn from(err: AccountError) -> Self {
         let message = err.to_string();
         match err {
-            AccountError::ClientNotFound(id) => {
-                not_found(ErrorReason::ClientNotFound, "client", "clientId", &id)
+            AccountError::ClientNotFound(id) => not_found(ErrorReason::ClientNotFound, "client", "clientId", &id),
+            AccountError::PartnerNotFound(id) => not_found(ErrorReason::PartnerNotFound, "partner", "partnerId", &id),
+            AccountError::WabaNotFound(id) => not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", &id),
+            AccountError::PhoneNumberTaken(number) => {
+                status(Code::AlreadyExists, ErrorReason::PhoneNumberTaken, message, [("phoneNumber", number.as_str())])
             }
-            AccountError::PartnerNotFound(id) => {
-                not_found(ErrorReason::PartnerNotFound, "partner", "partnerId", &id)
-            }
-            AccountError::WabaNotFound(id) => {
-                not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", &id)
-            }
-            AccountError::PhoneNumberTaken(number) => status(
-                Code::AlreadyExists,
-                ErrorReason::PhoneNumberTaken,
-                message,
-                [("phoneNumber", number.as_str())],
-            ),
-            AccountError::SourcePartnerMismatch {
-                waba_id,
-                expected,
-                actual,
-            } => status(
+            AccountError::SourcePartnerMismatch { waba_id, expected, actual } => status(
                 Code::FailedPrecondition,
                 ErrorReason::SourcePartnerMismatch,
                 message,

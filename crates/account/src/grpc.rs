@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Client, CompanyInfo, NewPartner, Partner, PartnerSettings, PartnerSettingsPatch,
-        PaymentMethod, PaymentMethodType, PaymentProcessor, Transfer, Waba, WabaOwner,
+        Client, CompanyInfo, NewPartner, Partner, PartnerSettings, PartnerSettingsPatch, PaymentMethod,
+        PaymentMethodType, PaymentProcessor, Transfer, Waba, WabaOwner,
     },
     error::AccountError,
     store,
@@ -38,10 +38,7 @@ type RpcResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::account_service_server::AccountService for AccountApi {
-    async fn create_partner(
-        &self,
-        request: Request<pb::CreatePartnerRequest>,
-    ) -> RpcResult<pb::CreatePartnerResponse> {
+    async fn create_partner(&self, request: Request<pb::CreatePartnerRequest>) -> RpcResult<pb::CreatePartnerResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
         let (display_name, payment_processor, settings) = (
@@ -51,24 +48,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         )
             .validate()?;
         allow(caller.is_support())?;
-        let partner = store::create_partner(
-            &self.db,
-            NewPartner {
-                display_name,
-                payment_processor,
-                settings,
-            },
-        )
-        .await?;
-        Ok(Response::new(pb::CreatePartnerResponse {
-            partner: Some(partner_to_proto(partner)),
-        }))
+        let partner = store::create_partner(&self.db, NewPartner { display_name, payment_processor, settings }).await?;
+        Ok(Response::new(pb::CreatePartnerResponse { partner: Some(partner_to_proto(partner)) }))
     }
 
-    async fn get_partner(
-        &self,
-        request: Request<pb::GetPartnerRequest>,
-    ) -> RpcResult<pb::GetPartnerResponse> {
+    async fn get_partner(&self, request: Request<pb::GetPartnerRequest>) -> RpcResult<pb::GetPartnerResponse> {
         let caller = caller(&request)?;
         let partner_id = id("partner_id", &request.get_ref().partner_id).validate()?;
         // Any client may read a partner's public profile (all a Partner holds);
@@ -77,9 +61,7 @@ impl pb::account_service_server::AccountService for AccountApi {
             return Err(AccountError::PartnerNotFound(partner_id).into());
         }
         let partner = store::get_partner(&self.db, &partner_id).await?;
-        Ok(Response::new(pb::GetPartnerResponse {
-            partner: Some(partner_to_proto(partner)),
-        }))
+        Ok(Response::new(pb::GetPartnerResponse { partner: Some(partner_to_proto(partner)) }))
     }
 
     async fn update_partner_settings(
@@ -88,8 +70,7 @@ impl pb::account_service_server::AccountService for AccountApi {
     ) -> RpcResult<pb::UpdatePartnerSettingsResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (partner_id, patch) =
-            (id("partner_id", &r.partner_id), settings_patch(r)).validate()?;
+        let (partner_id, patch) = (id("partner_id", &r.partner_id), settings_patch(r)).validate()?;
         match caller {
             Subject::Support(_) => {}
             Subject::Partner(own) if *own == partner_id => {}
@@ -97,15 +78,10 @@ impl pb::account_service_server::AccountService for AccountApi {
             Subject::Client(_) | Subject::Service(_) => return Err(permission_denied()),
         }
         let partner = store::update_partner_settings(&self.db, &partner_id, patch).await?;
-        Ok(Response::new(pb::UpdatePartnerSettingsResponse {
-            partner: Some(partner_to_proto(partner)),
-        }))
+        Ok(Response::new(pb::UpdatePartnerSettingsResponse { partner: Some(partner_to_proto(partner)) }))
     }
 
-    async fn create_client(
-        &self,
-        request: Request<pb::CreateClientRequest>,
-    ) -> RpcResult<pb::CreateClientResponse> {
+    async fn create_client(&self, request: Request<pb::CreateClientRequest>) -> RpcResult<pb::CreateClientResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
         let (display_name, payment_processor) = (
@@ -115,22 +91,15 @@ impl pb::account_service_server::AccountService for AccountApi {
             .validate()?;
         allow(caller.is_support())?;
         let client = store::create_client(&self.db, display_name, payment_processor).await?;
-        Ok(Response::new(pb::CreateClientResponse {
-            client: Some(client_to_proto(client)),
-        }))
+        Ok(Response::new(pb::CreateClientResponse { client: Some(client_to_proto(client)) }))
     }
 
-    async fn get_client(
-        &self,
-        request: Request<pb::GetClientRequest>,
-    ) -> RpcResult<pb::GetClientResponse> {
+    async fn get_client(&self, request: Request<pb::GetClientRequest>) -> RpcResult<pb::GetClientResponse> {
         let caller = caller(&request)?;
         let client_id = id("client_id", &request.get_ref().client_id).validate()?;
         authorize_client(caller, &client_id, Operators::SupportAndServices)?;
         let client = store::get_client(&self.db, &client_id).await?;
-        Ok(Response::new(pb::GetClientResponse {
-            client: Some(client_to_proto(client)),
-        }))
+        Ok(Response::new(pb::GetClientResponse { client: Some(client_to_proto(client)) }))
     }
 
     async fn update_company_info(
@@ -139,16 +108,10 @@ impl pb::account_service_server::AccountService for AccountApi {
     ) -> RpcResult<pb::UpdateCompanyInfoResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (client_id, info) = (
-            id("client_id", &r.client_id),
-            company_info(r.company_info.as_ref()),
-        )
-            .validate()?;
+        let (client_id, info) = (id("client_id", &r.client_id), company_info(r.company_info.as_ref())).validate()?;
         authorize_client(caller, &client_id, Operators::SupportOnly)?;
         let client = store::update_company_info(&self.db, &client_id, info).await?;
-        Ok(Response::new(pb::UpdateCompanyInfoResponse {
-            client: Some(client_to_proto(client)),
-        }))
+        Ok(Response::new(pb::UpdateCompanyInfoResponse { client: Some(client_to_proto(client)) }))
     }
 
     async fn add_payment_method(
@@ -157,12 +120,8 @@ impl pb::account_service_server::AccountService for AccountApi {
     ) -> RpcResult<pb::AddPaymentMethodResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (client_id, kind, last4) = (
-            id("client_id", &r.client_id),
-            payment_method_type("type", r.r#type),
-            last4(&r.last4),
-        )
-            .validate()?;
+        let (client_id, kind, last4) =
+            (id("client_id", &r.client_id), payment_method_type("type", r.r#type), last4(&r.last4)).validate()?;
         authorize_client(caller, &client_id, Operators::SupportOnly)?;
         let (method, client) = store::add_payment_method(&self.db, &client_id, kind, last4).await?;
         Ok(Response::new(pb::AddPaymentMethodResponse {
@@ -180,15 +139,10 @@ impl pb::account_service_server::AccountService for AccountApi {
         let client_id = id("client_id", &r.client_id).validate()?;
         allow(caller.is_support())?;
         let client = store::set_client_legacy(&self.db, &client_id, r.legacy).await?;
-        Ok(Response::new(pb::SetClientLegacyResponse {
-            client: Some(client_to_proto(client)),
-        }))
+        Ok(Response::new(pb::SetClientLegacyResponse { client: Some(client_to_proto(client)) }))
     }
 
-    async fn create_waba(
-        &self,
-        request: Request<pb::CreateWabaRequest>,
-    ) -> RpcResult<pb::CreateWabaResponse> {
+    async fn create_waba(&self, request: Request<pb::CreateWabaRequest>) -> RpcResult<pb::CreateWabaResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
         let (client_id, partner_id, display_name) = (
@@ -199,9 +153,7 @@ impl pb::account_service_server::AccountService for AccountApi {
             .validate()?;
         allow(caller.is_operator())?;
         let waba = store::create_waba(&self.db, &client_id, &partner_id, display_name).await?;
-        Ok(Response::new(pb::CreateWabaResponse {
-            waba: Some(waba_to_proto(waba)),
-        }))
+        Ok(Response::new(pb::CreateWabaResponse { waba: Some(waba_to_proto(waba)) }))
     }
 
     async fn add_phone_number(
@@ -217,15 +169,10 @@ impl pb::account_service_server::AccountService for AccountApi {
             .validate()?;
         allow(caller.is_operator())?;
         let waba = store::add_phone_number(&self.db, &waba_id, number.as_str()).await?;
-        Ok(Response::new(pb::AddPhoneNumberResponse {
-            waba: Some(waba_to_proto(waba)),
-        }))
+        Ok(Response::new(pb::AddPhoneNumberResponse { waba: Some(waba_to_proto(waba)) }))
     }
 
-    async fn get_waba(
-        &self,
-        request: Request<pb::GetWabaRequest>,
-    ) -> RpcResult<pb::GetWabaResponse> {
+    async fn get_waba(&self, request: Request<pb::GetWabaRequest>) -> RpcResult<pb::GetWabaResponse> {
         let caller = caller(&request)?;
         let waba_id = id("waba_id", &request.get_ref().waba_id).validate()?;
         let waba = store::get_waba(&self.db, &waba_id).await?;
@@ -237,15 +184,10 @@ impl pb::account_service_server::AccountService for AccountApi {
         if !visible {
             return Err(AccountError::WabaNotFound(waba_id).into());
         }
-        Ok(Response::new(pb::GetWabaResponse {
-            waba: Some(waba_to_proto(waba)),
-        }))
+        Ok(Response::new(pb::GetWabaResponse { waba: Some(waba_to_proto(waba)) }))
     }
 
-    async fn list_wabas(
-        &self,
-        request: Request<pb::ListWabasRequest>,
-    ) -> RpcResult<pb::ListWabasResponse> {
+    async fn list_wabas(&self, request: Request<pb::ListWabasRequest>) -> RpcResult<pb::ListWabasResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
         let named_owner = match &r.owner {
@@ -271,10 +213,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         }))
     }
 
-    async fn transfer_waba(
-        &self,
-        request: Request<pb::TransferWabaRequest>,
-    ) -> RpcResult<pb::TransferWabaResponse> {
+    async fn transfer_waba(&self, request: Request<pb::TransferWabaRequest>) -> RpcResult<pb::TransferWabaResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
         let (waba_id, from_partner_id, to_partner_id, partner_change_id) = (
@@ -285,17 +224,13 @@ impl pb::account_service_server::AccountService for AccountApi {
         )
             .validate()?;
         if from_partner_id == to_partner_id {
-            return Err(partnerhub_runtime::error::invalid_argument(&[
-                FieldViolation::new("to_partner_id", "must differ from from_partner_id"),
-            ]));
+            return Err(partnerhub_runtime::error::invalid_argument(&[FieldViolation::new(
+                "to_partner_id",
+                "must differ from from_partner_id",
+            )]));
         }
         allow(caller.is_service())?;
-        let transfer = Transfer {
-            partner_change_id,
-            waba_id,
-            from_partner_id,
-            to_partner_id,
-        };
+        let transfer = Transfer { partner_change_id, waba_id, from_partner_id, to_partner_id };
         let outcome = store::transfer_waba(&self.db, &transfer).await?;
         Ok(Response::new(pb::TransferWabaResponse {
             waba: Some(waba_to_proto(outcome.waba)),
@@ -305,11 +240,7 @@ impl pb::account_service_server::AccountService for AccountApi {
 }
 
 fn allow(allowed: bool) -> Result<(), Status> {
-    if allowed {
-        Ok(())
-    } else {
-        Err(permission_denied())
-    }
+    if allowed { Ok(()) } else { Err(permission_denied()) }
 }
 
 /// Which operators, besides the client itself, may act on a client.
@@ -337,29 +268,20 @@ fn list_owner(caller: &Subject, named: Option<WabaOwner>) -> Result<WabaOwner, S
     match (caller, named) {
         (Subject::Support(_) | Subject::Service(_), Some(owner)) => Ok(owner),
         (Subject::Support(_) | Subject::Service(_), None) => {
-            Err(partnerhub_runtime::error::invalid_argument(&[
-                FieldViolation::new(
-                    "owner",
-                    "support and services must name a client_id or a partner_id",
-                ),
-            ]))
+            Err(partnerhub_runtime::error::invalid_argument(&[FieldViolation::new(
+                "owner",
+                "support and services must name a client_id or a partner_id",
+            )]))
         }
         (Subject::Client(own), None) => Ok(WabaOwner::Client(own.clone())),
-        (Subject::Client(own), Some(WabaOwner::Client(named))) if *own == named => {
-            Ok(WabaOwner::Client(named))
-        }
-        (Subject::Client(_), Some(WabaOwner::Client(named))) => {
-            Err(AccountError::ClientNotFound(named).into())
-        }
+        (Subject::Client(own), Some(WabaOwner::Client(named))) if *own == named => Ok(WabaOwner::Client(named)),
+        (Subject::Client(_), Some(WabaOwner::Client(named))) => Err(AccountError::ClientNotFound(named).into()),
         (Subject::Partner(own), None) => Ok(WabaOwner::Partner(own.clone())),
-        (Subject::Partner(own), Some(WabaOwner::Partner(named))) if *own == named => {
-            Ok(WabaOwner::Partner(named))
+        (Subject::Partner(own), Some(WabaOwner::Partner(named))) if *own == named => Ok(WabaOwner::Partner(named)),
+        (Subject::Partner(_), Some(WabaOwner::Partner(named))) => Err(AccountError::PartnerNotFound(named).into()),
+        (Subject::Client(_), Some(WabaOwner::Partner(_))) | (Subject::Partner(_), Some(WabaOwner::Client(_))) => {
+            Err(permission_denied())
         }
-        (Subject::Partner(_), Some(WabaOwner::Partner(named))) => {
-            Err(AccountError::PartnerNotFound(named).into())
-        }
-        (Subject::Client(_), Some(WabaOwner::Partner(_)))
-        | (Subject::Partner(_), Some(WabaOwner::Client(_))) => Err(permission_denied()),
     }
 }
 
@@ -399,16 +321,9 @@ fn partner_settings(settings: Option<&pb::PartnerSettings>) -> Parsed<PartnerSet
 }
 
 fn settings_patch(r: &pb::UpdatePartnerSettingsRequest) -> Parsed<PartnerSettingsPatch> {
-    let paths = r
-        .update_mask
-        .as_ref()
-        .map(|mask| mask.paths.as_slice())
-        .unwrap_or_default();
+    let paths = r.update_mask.as_ref().map(|mask| mask.paths.as_slice()).unwrap_or_default();
     if paths.is_empty() {
-        return Err(FieldViolation::new(
-            "update_mask",
-            "must name at least one field",
-        ));
+        return Err(FieldViolation::new("update_mask", "must name at least one field"));
     }
     let settings = r.settings.clone().unwrap_or_default();
     let mut patch = PartnerSettingsPatch::default();
@@ -416,24 +331,15 @@ fn settings_patch(r: &pb::UpdatePartnerSettingsRequest) -> Parsed<PartnerSetting
         match path.as_str() {
             "auto_approve" => patch.auto_approve = Some(settings.auto_approve),
             "accepting_changes" => patch.accepting_changes = Some(settings.accepting_changes),
-            "requires_payment_method" => {
-                patch.requires_payment_method = Some(settings.requires_payment_method)
-            }
+            "requires_payment_method" => patch.requires_payment_method = Some(settings.requires_payment_method),
             "terms_version" => {
-                patch.terms_version = Some(terms_version(
-                    "settings.terms_version",
-                    &settings.terms_version,
-                )?)
+                patch.terms_version = Some(terms_version("settings.terms_version", &settings.terms_version)?)
             }
             "payment_processor" => {
-                patch.payment_processor =
-                    Some(payment_processor("payment_processor", r.payment_processor)?)
+                patch.payment_processor = Some(payment_processor("payment_processor", r.payment_processor)?)
             }
             other => {
-                return Err(FieldViolation::new(
-                    "update_mask",
-                    format!("unknown field {other:?}"),
-                ));
+                return Err(FieldViolation::new("update_mask", format!("unknown field {other:?}")));
             }
         }
     }
@@ -443,13 +349,9 @@ fn settings_patch(r: &pb::UpdatePartnerSettingsRequest) -> Parsed<PartnerSetting
 fn company_info(info: Option<&pb::CompanyInfo>) -> Parsed<CompanyInfo> {
     let info = info.ok_or_else(|| FieldViolation::new("company_info", "is required"))?;
     let country_code = optional_text("company_info.country_code", &info.country_code, 2)?;
-    if !country_code.is_empty()
-        && !(country_code.len() == 2 && country_code.bytes().all(|b| b.is_ascii_uppercase()))
-    {
-        return Err(FieldViolation::new(
-            "company_info.country_code",
-            "must be an ISO 3166-1 alpha-2 code such as DE",
-        ));
+    let is_alpha2 = country_code.len() == 2 && country_code.bytes().all(|b| b.is_ascii_uppercase());
+    if !country_code.is_empty() && !is_alpha2 {
+        return Err(FieldViolation::new("company_info.country_code", "must be an ISO 3166-1 alpha-2 code such as DE"));
     }
     Ok(CompanyInfo {
         legal_name: optional_text("company_info.legal_name", &info.legal_name, 200)?,
@@ -508,12 +410,7 @@ fn payment_method_to_proto(method: PaymentMethod) -> pb::PaymentMethod {
 }
 
 fn client_to_proto(client: Client) -> pb::Client {
-    let missing_company_info_fields = client
-        .company_info
-        .missing_fields()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let missing_company_info_fields = client.company_info.missing_fields().into_iter().map(str::to_owned).collect();
     let info = client.company_info;
     pb::Client {
         client_id: client.client_id,
@@ -528,11 +425,7 @@ fn client_to_proto(client: Client) -> pb::Client {
             tax_id: info.tax_id,
         }),
         missing_company_info_fields,
-        payment_methods: client
-            .payment_methods
-            .into_iter()
-            .map(payment_method_to_proto)
-            .collect(),
+        payment_methods: client.payment_methods.into_iter().map(payment_method_to_proto).collect(),
         legacy: client.legacy,
         create_time: Some(to_timestamp(client.create_time)),
         update_time: Some(to_timestamp(client.update_time)),

@@ -23,8 +23,7 @@ pub fn service(
     authenticator: Authenticator,
     max_message_bytes: usize,
 ) -> InterceptedService<AccountServiceServer<grpc::AccountApi>, Authenticator> {
-    let server = AccountServiceServer::new(grpc::AccountApi::new(db))
-        .max_decoding_message_size(max_message_bytes);
+    let server = AccountServiceServer::new(grpc::AccountApi::new(db)).max_decoding_message_size(max_message_bytes);
     InterceptedService::new(server, authenticator)
 }
 

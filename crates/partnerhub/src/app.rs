@@ -63,21 +63,14 @@ pub struct Application {
 /// Opens the database and applies the migrations of every service, so that a
 /// single service's process also finds the shared tables it reads.
 pub async fn open_database(settings: &Settings) -> Result<DatabaseConnection, StartupError> {
-    let db = db::connect(settings)
-        .await
-        .map_err(StartupError::Database)?;
-    partnerhub_account::migrate(&db)
-        .await
-        .map_err(StartupError::Migration)?;
+    let db = db::connect(settings).await.map_err(StartupError::Database)?;
+    partnerhub_account::migrate(&db).await.map_err(StartupError::Migration)?;
     Ok(db)
 }
 
 impl Application {
     /// Starts serving `services` as `settings` say, and returns once the port is bound.
-    pub async fn start(
-        settings: &Settings,
-        services: &[ServiceName],
-    ) -> Result<Self, StartupError> {
+    pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Self, StartupError> {
         let keys = Arc::new(TokenKeys::load_or_generate(settings)?);
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
@@ -85,14 +78,12 @@ impl Application {
 
         let authenticator = Authenticator::new(keys);
         let max_message_bytes = settings.server.max_message_bytes;
-        let mut host = Host::new()?;
+        let mut host = Host::new(max_message_bytes)?;
         for service in services {
             match service {
-                ServiceName::Account => host.add_service(partnerhub_account::service(
-                    db.clone(),
-                    authenticator.clone(),
-                    max_message_bytes,
-                )),
+                ServiceName::Account => {
+                    host.add_service(partnerhub_account::service(db.clone(), authenticator.clone(), max_message_bytes))
+                }
             };
         }
 
@@ -148,9 +139,7 @@ impl Application {
             self.tasks.wait().await;
             served.map_err(StopError::from)
         };
-        let stopped = tokio::time::timeout(grace, drained)
-            .await
-            .map_err(|_| StopError::Timeout(grace))?;
+        let stopped = tokio::time::timeout(grace, drained).await.map_err(|_| StopError::Timeout(grace))?;
         tracing::info!("stopped");
         stopped
     }

@@ -12,11 +12,7 @@ use partnerhub_runtime::{
 use crate::app::{Application, ServiceName, open_database};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "partnerhub",
-    version,
-    about = "Partner Hub: move WhatsApp Business Accounts between partners"
-)]
+#[command(name = "partnerhub", version, about = "Partner Hub: move WhatsApp Business Accounts between partners")]
 pub struct Cli {
     /// A TOML config file; `PARTNERHUB__SECTION__KEY` environment variables override it.
     #[arg(long, global = true, env = "PARTNERHUB_CONFIG")]
@@ -67,15 +63,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { services } => {
             init_tracing(&settings.log)?;
-            let services = if services.is_empty() {
-                ServiceName::ALL.to_vec()
-            } else {
-                services
-            };
-            Application::start(&settings, &services)
-                .await?
-                .run_until_stopped()
-                .await?;
+            let services = if services.is_empty() { ServiceName::ALL.to_vec() } else { services };
+            Application::start(&settings, &services).await?.run_until_stopped().await?;
         }
         Command::Migrate => {
             init_tracing(&settings.log)?;

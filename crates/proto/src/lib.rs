@@ -24,5 +24,4 @@ pub mod permissions {
 }
 
 /// The encoded `FileDescriptorSet` of every Partner Hub proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/partnerhub_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/partnerhub_descriptor.bin"));

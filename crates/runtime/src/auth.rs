@@ -15,7 +15,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status, metadata::MetadataMap};
 
@@ -66,18 +66,13 @@ impl Subject {
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (Subject::Client(id)
-        | Subject::Partner(id)
-        | Subject::Service(id)
-        | Subject::Support(id)) = self;
+        let (Subject::Client(id) | Subject::Partner(id) | Subject::Service(id) | Subject::Support(id)) = self;
         write!(f, "{}:{id}", self.kind())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a subject is `client:<id>`, `partner:<id>`, `service:<name>` or `support:<user>` (got {0:?})"
-)]
+#[error("a subject is `client:<id>`, `partner:<id>`, `service:<name>` or `support:<user>` (got {0:?})")]
 pub struct InvalidSubject(String);
 
 impl FromStr for Subject {
@@ -86,11 +81,8 @@ impl FromStr for Subject {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidSubject(text.to_owned());
         let (kind, id) = text.split_once(':').ok_or_else(invalid)?;
-        let id_ok = !id.is_empty()
-            && id.len() <= 128
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        let id_ok =
+            !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
         if !id_ok {
             return Err(invalid());
         }
@@ -124,24 +116,16 @@ pub struct TokenKeys {
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenKeys")
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenKeys").field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read the signing key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write the signing key file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("the signing key {origin} is not valid base64 of at least 32 bytes")]
     Malformed { origin: String },
     #[error(
@@ -180,20 +164,14 @@ impl TokenKeys {
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
         let issuer = &settings.auth.issuer;
         if let Some(key) = &settings.auth.signing_key {
-            return Ok(Self::from_secret(
-                &decode_key(key.expose_secret(), "auth.signing_key")?,
-                issuer,
-            ));
+            return Ok(Self::from_secret(&decode_key(key.expose_secret(), "auth.signing_key")?, issuer));
         }
         let path = match &settings.auth.signing_key_file {
             Some(path) => path.clone(),
             None => settings.data_dir.join("signing.key"),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Self::from_secret(
-                &decode_key(text.trim(), &path.display().to_string())?,
-                issuer,
-            )),
+            Ok(text) => Ok(Self::from_secret(&decode_key(text.trim(), &path.display().to_string())?, issuer)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if settings.auth.signing_key_file.is_some() || !settings.uses_embedded_database() {
                     return Err(KeyError::Missing);
@@ -209,31 +187,22 @@ impl TokenKeys {
     /// A token for `subject`, valid for `ttl`.
     pub fn mint(&self, subject: &Subject, ttl: Duration) -> Result<String, TokenError> {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            sub: subject.to_string(),
-            iss: self.issuer.clone(),
-            iat: now,
-            exp: now + ttl.as_secs(),
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(TokenError::Sign)
+        let claims = Claims { sub: subject.to_string(), iss: self.issuer.clone(), iat: now, exp: now + ttl.as_secs() };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
     }
 
     /// The subject of a valid token, or the reason it is not one.
     pub fn verify(&self, token: &str) -> Result<Subject, Status> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|err| match err.kind() {
-                ErrorKind::ExpiredSignature => {
-                    unauthenticated(ErrorReason::TokenExpired, "the token has expired")
-                }
-                _ => unauthenticated(ErrorReason::InvalidToken, "the token is not valid"),
-            })?;
-        data.claims.sub.parse().map_err(|_| {
-            unauthenticated(
-                ErrorReason::InvalidToken,
-                "the token's subject is not valid",
-            )
-        })
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| match err
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => unauthenticated(ErrorReason::TokenExpired, "the token has expired"),
+            _ => unauthenticated(ErrorReason::InvalidToken, "the token is not valid"),
+        })?;
+        data.claims
+            .sub
+            .parse()
+            .map_err(|_| unauthenticated(ErrorReason::InvalidToken, "the token's subject is not valid"))
     }
 }
 
@@ -241,10 +210,7 @@ impl TokenKeys {
 pub fn generate_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     let mut secret = vec![0u8; MIN_KEY_BYTES];
     getrandom::fill(&mut secret).map_err(KeyError::Random)?;
-    let write_err = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let write_err = |source| KeyError::Write { path: path.to_owned(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(write_err)?;
     }
@@ -260,9 +226,7 @@ pub fn generate_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
 fn decode_key(text: &str, origin: &str) -> Result<Vec<u8>, KeyError> {
     match BASE64.decode(text.trim()) {
         Ok(secret) if secret.len() >= MIN_KEY_BYTES => Ok(secret),
-        _ => Err(KeyError::Malformed {
-            origin: origin.to_owned(),
-        }),
+        _ => Err(KeyError::Malformed { origin: origin.to_owned() }),
     }
 }
 
@@ -283,18 +247,9 @@ impl Authenticator {
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, Status> {
-        let missing = || {
-            unauthenticated(
-                ErrorReason::MissingCredentials,
-                "send `authorization: Bearer <token>`",
-            )
-        };
+        let missing = || unauthenticated(ErrorReason::MissingCredentials, "send `authorization: Bearer <token>`");
         let header = metadata.get("authorization").ok_or_else(missing)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(missing)?;
+        let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(missing)?;
         self.keys.verify(token.trim())
     }
 }
@@ -328,19 +283,15 @@ impl fmt::Debug for BearerToken {
 }
 
 impl BearerToken {
-    pub fn new(token: &SecretString) -> Result<Self, InvalidSubject> {
-        format!("Bearer {}", token.expose_secret())
-            .parse()
-            .map(|header| Self { header })
-            .map_err(|_| InvalidSubject("token is not ASCII".to_owned()))
+    /// `None` when the token cannot be a header value (it is not printable ASCII).
+    pub fn new(token: &str) -> Option<Self> {
+        format!("Bearer {token}").parse().ok().map(|header| Self { header })
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.header.clone());
+        request.metadata_mut().insert("authorization", self.header.clone());
         Ok(request)
     }
 }
@@ -355,12 +306,7 @@ mod tests {
 
     #[test]
     fn subjects_round_trip_and_bad_ones_are_refused() {
-        for text in [
-            "client:acme",
-            "partner:p-1",
-            "service:partner-change",
-            "support:alice@example.com",
-        ] {
+        for text in ["client:acme", "partner:p-1", "service:partner-change", "support:alice@example.com"] {
             let subject: Subject = text.parse().unwrap();
             assert_eq!(subject.to_string(), text);
         }
@@ -372,34 +318,20 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_and_a_tampered_one_does_not() {
         let keys = keys();
-        let token = keys
-            .mint(&Subject::Client("acme".into()), Duration::from_secs(60))
-            .unwrap();
+        let token = keys.mint(&Subject::Client("acme".into()), Duration::from_secs(60)).unwrap();
         assert_eq!(keys.verify(&token).unwrap(), Subject::Client("acme".into()));
 
         let other = TokenKeys::from_secret(&[8u8; 32], "partnerhub");
-        assert_eq!(
-            other.verify(&token).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert_eq!(other.verify(&token).unwrap_err().code(), tonic::Code::Unauthenticated);
         let wrong_issuer = TokenKeys::from_secret(&[7u8; 32], "someone-else");
-        assert_eq!(
-            wrong_issuer.verify(&token).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert_eq!(wrong_issuer.verify(&token).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
     fn an_expired_token_is_unauthenticated() {
         let keys = keys();
-        let claims = Claims {
-            sub: "client:acme".into(),
-            iss: "partnerhub".into(),
-            iat: 1,
-            exp: 2,
-        };
-        let token =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: 1, exp: 2 };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         let status = keys.verify(&token).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(status.message().contains("expired"), "{}", status.message());

@@ -109,30 +109,19 @@ impl Default for ServerSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 10,
-            connect_timeout: Duration::from_secs(5),
-        }
+        Self { url: None, max_connections: 10, connect_timeout: Duration::from_secs(5) }
     }
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self {
-            signing_key: None,
-            signing_key_file: None,
-            issuer: "partnerhub".to_owned(),
-        }
+        Self { signing_key: None, signing_key_file: None, issuer: "partnerhub".to_owned() }
     }
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            filter: "info".to_owned(),
-        }
+        Self { format: LogFormat::Human, filter: "info".to_owned() }
     }
 }
 
@@ -141,10 +130,7 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: {field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { field: &'static str, problem: String },
 }
 
 impl Settings {
@@ -154,11 +140,8 @@ impl Settings {
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("PARTNERHUB")
-                .prefix_separator("__")
-                .separator("__"),
-        );
+        builder =
+            builder.add_source(config::Environment::with_prefix("PARTNERHUB").prefix_separator("__").separator("__"));
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -178,10 +161,7 @@ impl Settings {
             });
         }
         if self.auth.issuer.is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "auth.issuer",
-                problem: "must not be empty".to_owned(),
-            });
+            return Err(ConfigError::Invalid { field: "auth.issuer", problem: "must not be empty".to_owned() });
         }
         Ok(())
     }
@@ -191,10 +171,7 @@ impl Settings {
         use secrecy::ExposeSecret;
         match &self.database.url {
             Some(url) => url.expose_secret().to_owned(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("partnerhub.db").display()
-            ),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("partnerhub.db").display()),
         }
     }
 
@@ -218,11 +195,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("partnerhub-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(
-            &good,
-            "[server]\nlisten_addr = \"127.0.0.1:6000\"\nshutdown_grace = \"3s\"\n",
-        )
-        .unwrap();
+        std::fs::write(&good, "[server]\nlisten_addr = \"127.0.0.1:6000\"\nshutdown_grace = \"3s\"\n").unwrap();
         let settings = Settings::load(Some(&good)).unwrap();
         assert_eq!(settings.server.listen_addr.port(), 6000);
         assert_eq!(settings.server.shutdown_grace, Duration::from_secs(3));
@@ -235,10 +208,7 @@ mod tests {
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[server]\nmax_message_bytes = 10\n").unwrap();
         let err = Settings::load(Some(&bad)).expect_err("tiny message limit must be refused");
-        assert!(
-            err.to_string().contains("server.max_message_bytes"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("server.max_message_bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, RuntimeErr, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
+    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use tonic::Status;
@@ -17,10 +17,7 @@ use crate::config::Settings;
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbErr> {
     if settings.database.url.is_none() {
         std::fs::create_dir_all(&settings.data_dir).map_err(|err| {
-            DbErr::Custom(format!(
-                "cannot create data directory {}: {err}",
-                settings.data_dir.display()
-            ))
+            DbErr::Custom(format!("cannot create data directory {}: {err}", settings.data_dir.display()))
         })?;
     }
     let mut options = ConnectOptions::new(settings.database_url());
@@ -56,8 +53,7 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 pub async fn lock_for_migration(tx: &DatabaseTransaction) -> Result<(), DbErr> {
     if tx.get_database_backend() == DbBackend::Postgres {
         // Any constant works, as long as every Partner Hub migrator uses the same one.
-        tx.execute_unprepared("SELECT pg_advisory_xact_lock(7262001)")
-            .await?;
+        tx.execute_unprepared("SELECT pg_advisory_xact_lock(7262001)").await?;
     }
     Ok(())
 }
@@ -92,14 +88,10 @@ impl From<DbErr> for StoreError {
         }
         match database_code(&err) {
             // PostgreSQL serialization_failure, deadlock_detected.
-            Some((Backend::Postgres, code)) if code == "40001" || code == "40P01" => {
-                StoreError::Conflict(err)
-            }
+            Some((Backend::Postgres, code)) if code == "40001" || code == "40P01" => StoreError::Conflict(err),
             // SQLite SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
             Some((Backend::Sqlite, code)) if is_sqlite_busy(&code) => StoreError::Unavailable(err),
-            _ if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => {
-                StoreError::Unavailable(err)
-            }
+            _ if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => StoreError::Unavailable(err),
             _ if is_io_error(&err) => StoreError::Unavailable(err),
             _ => StoreError::Other(err),
         }
@@ -138,10 +130,7 @@ fn database_code(err: &DbErr) -> Option<(Backend, String)> {
     let sea_orm::sqlx::Error::Database(db) = sqlx_error(err)? else {
         return None;
     };
-    let backend = if db
-        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
-        .is_some()
-    {
+    let backend = if db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some() {
         Backend::Sqlite
     } else {
         Backend::Postgres
@@ -150,8 +139,7 @@ fn database_code(err: &DbErr) -> Option<(Backend, String)> {
 }
 
 fn is_sqlite_busy(code: &str) -> bool {
-    code.parse::<i32>()
-        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+    code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 fn is_io_error(err: &DbErr) -> bool {

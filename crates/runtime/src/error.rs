@@ -25,6 +25,7 @@ pub enum ErrorReason {
     PhoneNumberTaken,
     SourcePartnerMismatch,
     IdempotencyKeyReused,
+    MessageTooLarge,
     Internal,
     Unavailable,
 }
@@ -44,6 +45,7 @@ impl ErrorReason {
             ErrorReason::PhoneNumberTaken => "PHONE_NUMBER_TAKEN",
             ErrorReason::SourcePartnerMismatch => "SOURCE_PARTNER_MISMATCH",
             ErrorReason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ErrorReason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorReason::Internal => "INTERNAL",
             ErrorReason::Unavailable => "UNAVAILABLE",
         }
@@ -69,15 +71,9 @@ pub fn status_with_reason<'a>(
     message: impl Into<String>,
     metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Status {
-    let metadata: HashMap<String, String> = metadata
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect();
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
-    )
+    let metadata: HashMap<String, String> =
+        metadata.into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata))
 }
 
 /// A field of a request that is not acceptable, and why.
@@ -89,10 +85,7 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
+        Self { field: field.into(), description: description.into() }
     }
 }
 
@@ -102,11 +95,7 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
         [only] => format!("{}: {}", only.field, only.description),
         _ => format!("{} fields are invalid", violations.len()),
     };
-    let mut details = ErrorDetails::with_error_info(
-        ErrorReason::InvalidRequest.as_str(),
-        ERROR_DOMAIN,
-        HashMap::new(),
-    );
+    let mut details = ErrorDetails::with_error_info(ErrorReason::InvalidRequest.as_str(), ERROR_DOMAIN, HashMap::new());
     for violation in violations {
         details.add_bad_request_violation(&violation.field, &violation.description);
     }
@@ -116,22 +105,12 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
 /// `NOT_FOUND`, worded the same whether the resource does not exist or belongs
 /// to another tenant.
 pub fn not_found(reason: ErrorReason, what: &str, id_key: &str, id: &str) -> Status {
-    status(
-        Code::NotFound,
-        reason,
-        format!("{what} {id} not found"),
-        [(id_key, id)],
-    )
+    status(Code::NotFound, reason, format!("{what} {id} not found"), [(id_key, id)])
 }
 
 /// The caller's kind of subject may not make this call at all.
 pub fn permission_denied() -> Status {
-    status(
-        Code::PermissionDenied,
-        ErrorReason::SubjectNotAllowed,
-        "the caller may not make this call",
-        [],
-    )
+    status(Code::PermissionDenied, ErrorReason::SubjectNotAllowed, "the caller may not make this call", [])
 }
 
 /// An internal failure; the caller learns nothing more. Log the cause first.
@@ -141,12 +120,7 @@ pub fn internal() -> Status {
 
 /// A dependency (database, peer service) is unreachable; the caller may retry.
 pub fn unavailable() -> Status {
-    status(
-        Code::Unavailable,
-        ErrorReason::Unavailable,
-        "temporarily unavailable, retry later",
-        [],
-    )
+    status(Code::Unavailable, ErrorReason::Unavailable, "temporarily unavailable, retry later", [])
 }
 
 #[cfg(test)]
@@ -155,27 +129,16 @@ mod tests {
 
     #[test]
     fn invalid_argument_lists_every_violation() {
-        let status = invalid_argument(&[
-            FieldViolation::new("a", "bad"),
-            FieldViolation::new("b", "worse"),
-        ]);
+        let status = invalid_argument(&[FieldViolation::new("a", "bad"), FieldViolation::new("b", "worse")]);
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let fields: Vec<_> = details
             .bad_request()
-            .map(|bad| {
-                bad.field_violations
-                    .iter()
-                    .map(|v| v.field.clone())
-                    .collect()
-            })
+            .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
             .unwrap_or_default();
         assert_eq!(fields, ["a", "b"]);
         let info = details.error_info().unwrap();
-        assert_eq!(
-            (info.reason.as_str(), info.domain.as_str()),
-            ("INVALID_REQUEST", "partnerhub")
-        );
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_REQUEST", "partnerhub"));
     }
 
     #[test]
@@ -183,10 +146,7 @@ mod tests {
         let status = not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", "waba-1");
         let info = status.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "WABA_NOT_FOUND");
-        assert_eq!(
-            info.metadata.get("wabaId").map(String::as_str),
-            Some("waba-1")
-        );
+        assert_eq!(info.metadata.get("wabaId").map(String::as_str), Some("waba-1"));
         assert_eq!(status.message(), "WABA waba-1 not found");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`pagination`]: AIP-158 page sizes and filter-bound page tokens;
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
+//! - [`limits`]: oversized requests refused as `INVALID_ARGUMENT`;
 //! - [`ids`] and [`time`]: resource IDs and timestamp conversions.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod pagination;
 pub mod server;
 pub mod telemetry;

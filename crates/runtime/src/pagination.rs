@@ -28,12 +28,7 @@ pub fn page_token(token: &str, scope: &str) -> Parsed<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || {
-        FieldViolation::new(
-            "page_token",
-            "is not a token issued for this request's filters",
-        )
-    };
+    let invalid = || FieldViolation::new("page_token", "is not a token issued for this request's filters");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let rest = text.strip_prefix(TOKEN_VERSION).ok_or_else(invalid)?;
@@ -46,17 +41,12 @@ pub fn page_token(token: &str, scope: &str) -> Parsed<Option<String>> {
 
 /// The token that continues after `last_key` under the same `scope`.
 pub fn next_page_token(last_key: &str, scope: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{TOKEN_VERSION}{:016x}{last_key}",
-        fingerprint_of(scope)
-    ))
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}{:016x}{last_key}", fingerprint_of(scope)))
 }
 
 /// FNV-1a: stable across processes and releases, unlike `std`'s hasher.
 fn fingerprint_of(scope: &str) -> u64 {
-    scope.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    scope.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -74,10 +64,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_only_under_the_same_filters() {
         let token = next_page_token("waba-0192", "client=c1");
-        assert_eq!(
-            page_token(&token, "client=c1").unwrap().as_deref(),
-            Some("waba-0192")
-        );
+        assert_eq!(page_token(&token, "client=c1").unwrap().as_deref(), Some("waba-0192"));
         assert!(page_token(&token, "client=c2").is_err());
         assert!(page_token("not a token", "client=c1").is_err());
         assert_eq!(page_token("", "client=c1").unwrap(), None);

@@ -10,18 +10,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use crate::limits::OversizedMessageLayer;
+
 /// Routes under construction, with the health reporter that tracks them.
 pub struct Host {
     routes: RoutesBuilder,
+    max_message_bytes: usize,
     health: HealthReporter,
     service_names: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host")
-            .field("service_names", &self.service_names)
-            .finish_non_exhaustive()
+        f.debug_struct("Host").field("service_names", &self.service_names).finish_non_exhaustive()
     }
 }
 
@@ -30,17 +31,15 @@ pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
 impl Host {
-    /// Health and reflection, with no Partner Hub service yet.
-    pub fn new() -> Result<Self, ServeError> {
+    /// Health and reflection, with no Partner Hub service yet. Services added
+    /// later must limit their decoding to `max_message_bytes` too.
+    pub fn new(max_message_bytes: usize) -> Result<Self, ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Besides our APIs: health, reflection itself, and google.rpc error
         // details, so that grpcurl can decode every message it is sent.
@@ -52,30 +51,23 @@ impl Host {
             tonic_types::pb::FILE_DESCRIPTOR_SET,
         ];
         let reflection = || {
-            descriptor_sets.iter().fold(
-                tonic_reflection::server::Builder::configure(),
-                |builder, set| builder.register_encoded_file_descriptor_set(set),
-            )
+            descriptor_sets.iter().fold(tonic_reflection::server::Builder::configure(), |builder, set| {
+                builder.register_encoded_file_descriptor_set(set)
+            })
         };
         let mut routes = RoutesBuilder::default();
         routes
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
-        Ok(Self {
-            routes,
-            health,
-            service_names: Vec::new(),
-        })
+        Ok(Self { routes, max_message_bytes, health, service_names: Vec::new() })
     }
 
     /// Adds a service; it reports SERVING once the host serves.
     pub fn add_service<S>(&mut self, service: S) -> &mut Self
     where
-        S: tower_service::Service<
-                http::Request<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + NamedService
+        S: tower_service::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
             + Clone
             + Send
             + Sync
@@ -90,16 +82,8 @@ impl Host {
 
     /// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
     /// reports NOT_SERVING and lets in-flight calls finish.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> Result<(), ServeError> {
-        let Host {
-            routes,
-            health,
-            service_names,
-        } = self;
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Host { routes, max_message_bytes, health, service_names } = self;
         set_status(&health, &service_names, ServingStatus::Serving).await;
         let drained = {
             let health = health.clone();
@@ -110,6 +94,7 @@ impl Host {
             }
         };
         tonic::transport::Server::builder()
+            .layer(OversizedMessageLayer { max_message_bytes })
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
             .await?;
@@ -119,9 +104,7 @@ impl Host {
 
 /// Binds `addr` (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
 async fn set_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
@@ -137,9 +120,7 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");

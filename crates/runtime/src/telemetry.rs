@@ -7,10 +7,7 @@ use crate::config::{LogFormat, LogSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("invalid log filter {filter:?}: {source}")]
-    Filter {
-        filter: String,
-        source: tracing_subscriber::filter::ParseError,
-    },
+    Filter { filter: String, source: tracing_subscriber::filter::ParseError },
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -21,13 +18,11 @@ pub fn init_tracing(settings: &LogSettings) -> Result<(), TelemetryError> {
         Ok(filter) if !filter.is_empty() => filter,
         _ => settings.filter.clone(),
     };
-    let env_filter =
-        EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter { filter, source })?;
+    let env_filter = EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter { filter, source })?;
     let installed = match settings.format {
-        LogFormat::Human => fmt()
-            .with_env_filter(env_filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .try_init(),
+        LogFormat::Human => {
+            fmt().with_env_filter(env_filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).try_init()
+        }
         LogFormat::Json => fmt()
             .json()
             .flatten_event(true)

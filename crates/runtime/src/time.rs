@@ -6,10 +6,7 @@ use prost_types::Timestamp;
 use crate::{error::FieldViolation, validate::Parsed};
 
 pub fn to_timestamp(time: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
 }
 
 /// An optional wire time; an out-of-range one is a violation of `field`.

@@ -22,30 +22,17 @@ pub fn id(field: &str, value: &str) -> Parsed<String> {
         return Err(FieldViolation::new(field, "is required"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {MAX_ID_LEN} characters"),
-        ));
+        return Err(FieldViolation::new(field, format!("must be at most {MAX_ID_LEN} characters")));
     }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(FieldViolation::new(
-            field,
-            "may contain only letters, digits, '-' and '_'",
-        ));
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(FieldViolation::new(field, "may contain only letters, digits, '-' and '_'"));
     }
     Ok(value.to_owned())
 }
 
 /// An ID that may be left empty.
 pub fn optional_id(field: &str, value: &str) -> Parsed<Option<String>> {
-    if value.is_empty() {
-        Ok(None)
-    } else {
-        id(field, value).map(Some)
-    }
+    if value.is_empty() { Ok(None) } else { id(field, value).map(Some) }
 }
 
 /// Free text that must be present: 1 to `max` characters, no control characters.
@@ -59,16 +46,10 @@ pub fn required_text(field: &str, value: &str, max: usize) -> Parsed<String> {
 /// Free text that may be empty: at most `max` characters, no control characters.
 pub fn optional_text(field: &str, value: &str, max: usize) -> Parsed<String> {
     if value.chars().count() > max {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(FieldViolation::new(field, format!("must be at most {max} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(FieldViolation::new(field, "must not contain control characters"));
     }
     Ok(value.trim().to_owned())
 }
@@ -88,35 +69,25 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     pub fn parse(field: &str, value: &str) -> Parsed<Self> {
         let digits = value.strip_prefix('+').unwrap_or("");
-        let valid = (8..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+        let valid =
+            (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         if valid {
             Ok(Self(value.to_owned()))
         } else {
-            Err(FieldViolation::new(
-                field,
-                "must be an E.164 phone number such as +4915112345678",
-            ))
+            Err(FieldViolation::new(field, "must be an E.164 phone number such as +4915112345678"))
         }
     }
 
     /// A list of numbers: each valid, none repeated, at most `max`.
     pub fn parse_list(field: &str, values: &[String], max: usize) -> Parsed<Vec<Self>> {
         if values.len() > max {
-            return Err(FieldViolation::new(
-                field,
-                format!("must hold at most {max} numbers"),
-            ));
+            return Err(FieldViolation::new(field, format!("must hold at most {max} numbers")));
         }
         let mut numbers = Vec::with_capacity(values.len());
         for (index, value) in values.iter().enumerate() {
             let number = Self::parse(&format!("{field}[{index}]"), value)?;
             if numbers.contains(&number) {
-                return Err(FieldViolation::new(
-                    format!("{field}[{index}]"),
-                    "is repeated",
-                ));
+                return Err(FieldViolation::new(format!("{field}[{index}]"), "is repeated"));
             }
             numbers.push(number);
         }
@@ -196,43 +167,20 @@ mod tests {
         for good in ["+4915112345678", "+12025550123", "+33123456789"] {
             assert!(PhoneNumber::parse("n", good).is_ok(), "{good}");
         }
-        for bad in [
-            "4915112345678",
-            "+0123456789",
-            "+1234567",
-            "+1234567890123456",
-            "+49 151 1234",
-            "",
-            "+",
-        ] {
+        for bad in ["4915112345678", "+0123456789", "+1234567", "+1234567890123456", "+49 151 1234", "", "+"] {
             assert!(PhoneNumber::parse("n", bad).is_err(), "{bad}");
         }
         let repeated = ["+4915112345678".to_owned(), "+4915112345678".to_owned()];
-        assert_eq!(
-            PhoneNumber::parse_list("n", &repeated, 10)
-                .unwrap_err()
-                .field,
-            "n[1]"
-        );
+        assert_eq!(PhoneNumber::parse_list("n", &repeated, 10).unwrap_err().field, "n[1]");
     }
 
     #[test]
     fn a_tuple_reports_every_violation() {
-        let status = (id("a", ""), id("b", "ok"), required_text("c", " ", 10))
-            .validate()
-            .unwrap_err();
-        let fields: Vec<String> = status
-            .get_details_bad_request()
-            .unwrap()
-            .field_violations
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
+        let status = (id("a", ""), id("b", "ok"), required_text("c", " ", 10)).validate().unwrap_err();
+        let fields: Vec<String> =
+            status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
         assert_eq!(fields, ["a", "c"]);
-        assert_eq!(
-            (id("a", "x"), id("b", "y")).validate().unwrap(),
-            ("x".to_owned(), "y".to_owned())
-        );
+        assert_eq!((id("a", "x"), id("b", "y")).validate().unwrap(), ("x".to_owned(), "y".to_owned()));
     }
 
     #[test]
@@ -246,13 +194,7 @@ mod tests {
             }
         }
         assert!(required_enum::<Small>("e", 1).is_ok());
-        assert_eq!(
-            required_enum::<Small>("e", 0).unwrap_err().description,
-            "is required"
-        );
-        assert_eq!(
-            required_enum::<Small>("e", 9).unwrap_err().description,
-            "unknown value 9"
-        );
+        assert_eq!(required_enum::<Small>("e", 0).unwrap_err().description, "is required");
+        assert_eq!(required_enum::<Small>("e", 9).unwrap_err().description, "unknown value 9");
     }
 }

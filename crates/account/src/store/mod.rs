@@ -14,25 +14,21 @@ use partnerhub_runtime::{
     time::now,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
     sea_query::{Expr, ExprTrait},
 };
 
 use self::entities::{client, partner, payment_method, phone_number, waba, waba_transfer};
 use crate::{
     domain::{
-        Client, CompanyInfo, NewPartner, Partner, PartnerSettings, PartnerSettingsPatch,
-        PaymentMethod, PaymentMethodType, PaymentProcessor, Transfer, TransferOutcome, Waba,
-        WabaOwner,
+        Client, CompanyInfo, NewPartner, Partner, PartnerSettings, PartnerSettingsPatch, PaymentMethod,
+        PaymentMethodType, PaymentProcessor, Transfer, TransferOutcome, Waba, WabaOwner,
     },
     error::AccountError,
 };
 
-pub async fn create_partner(
-    db: &DatabaseConnection,
-    new: NewPartner,
-) -> Result<Partner, AccountError> {
+pub async fn create_partner(db: &DatabaseConnection, new: NewPartner) -> Result<Partner, AccountError> {
     let time = now();
     let model = partner::ActiveModel {
         partner_id: Set(new_id("partner")),
@@ -50,10 +46,7 @@ pub async fn create_partner(
     partner_from_model(model)
 }
 
-pub async fn get_partner(
-    db: &impl ConnectionTrait,
-    partner_id: &str,
-) -> Result<Partner, AccountError> {
+pub async fn get_partner(db: &impl ConnectionTrait, partner_id: &str) -> Result<Partner, AccountError> {
     let model = partner::Entity::find_by_id(partner_id).one(db).await?;
     partner_from_model(model.ok_or_else(|| AccountError::PartnerNotFound(partner_id.to_owned()))?)
 }
@@ -107,10 +100,7 @@ pub async fn create_client(
     client_from_models(model, Vec::new())
 }
 
-pub async fn get_client(
-    db: &impl ConnectionTrait,
-    client_id: &str,
-) -> Result<Client, AccountError> {
+pub async fn get_client(db: &impl ConnectionTrait, client_id: &str) -> Result<Client, AccountError> {
     let model = client::Entity::find_by_id(client_id)
         .one(db)
         .await?
@@ -148,11 +138,7 @@ pub async fn update_company_info(
     Ok(client)
 }
 
-pub async fn set_client_legacy(
-    db: &DatabaseConnection,
-    client_id: &str,
-    legacy: bool,
-) -> Result<Client, AccountError> {
+pub async fn set_client_legacy(db: &DatabaseConnection, client_id: &str, legacy: bool) -> Result<Client, AccountError> {
     let tx = begin_write(db).await?;
     let updated = client::Entity::update_many()
         .col_expr(client::Column::Legacy, Expr::value(legacy))
@@ -198,18 +184,10 @@ pub async fn create_waba(
     display_name: String,
 ) -> Result<Waba, AccountError> {
     let tx = begin_write(db).await?;
-    if client::Entity::find_by_id(client_id)
-        .one(&tx)
-        .await?
-        .is_none()
-    {
+    if client::Entity::find_by_id(client_id).one(&tx).await?.is_none() {
         return Err(AccountError::ClientNotFound(client_id.to_owned()));
     }
-    if partner::Entity::find_by_id(partner_id)
-        .one(&tx)
-        .await?
-        .is_none()
-    {
+    if partner::Entity::find_by_id(partner_id).one(&tx).await?.is_none() {
         return Err(AccountError::PartnerNotFound(partner_id.to_owned()));
     }
     let time = now();
@@ -229,13 +207,9 @@ pub async fn create_waba(
 }
 
 /// Adds a number to a WABA. Adding a number the WABA already has changes nothing.
-pub async fn add_phone_number(
-    db: &DatabaseConnection,
-    waba_id: &str,
-    number: &str,
-) -> Result<Waba, AccountError> {
+pub async fn add_phone_number(db: &DatabaseConnection, waba_id: &str, number: &str) -> Result<Waba, AccountError> {
     let tx = begin_write(db).await?;
-    let waba = find_waba_model(&tx, waba_id).await?;
+    find_waba_model(&tx, waba_id).await?;
     match phone_number::Entity::find_by_id(number).one(&tx).await? {
         Some(existing) if existing.waba_id == waba_id => {}
         Some(_) => return Err(AccountError::PhoneNumberTaken(number.to_owned())),
@@ -256,27 +230,21 @@ pub async fn add_phone_number(
                 Err(err) => return Err(err.into()),
             }
             waba::Entity::update_many()
-                .col_expr(
-                    waba::Column::Version,
-                    Expr::col(waba::Column::Version).add(1),
-                )
+                .col_expr(waba::Column::Version, Expr::col(waba::Column::Version).add(1))
                 .col_expr(waba::Column::UpdateTime, Expr::value(now()))
                 .filter(waba::Column::WabaId.eq(waba_id))
                 .exec(&tx)
                 .await?;
         }
     }
-    let waba = with_numbers(&tx, vec![waba]).await?.pop();
+    let waba = get_waba(&tx, waba_id).await?;
     tx.commit().await?;
-    waba.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+    Ok(waba)
 }
 
 pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, AccountError> {
     let model = find_waba_model(db, waba_id).await?;
-    with_numbers(db, vec![model])
-        .await?
-        .pop()
-        .ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+    with_numbers(db, vec![model]).await?.pop().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
 }
 
 /// One page of an owner's WABAs, oldest first, after the WABA ID `after`.
@@ -294,11 +262,7 @@ pub async fn list_wabas(
     if let Some(after) = after {
         query = query.filter(waba::Column::WabaId.gt(after));
     }
-    let mut models = query
-        .order_by_asc(waba::Column::WabaId)
-        .limit(page_size + 1)
-        .all(db)
-        .await?;
+    let mut models = query.order_by_asc(waba::Column::WabaId).limit(page_size + 1).all(db).await?;
     let more = models.len() as u64 > page_size;
     models.truncate(page_size as usize);
     Ok((with_numbers(db, models).await?, more))
@@ -307,10 +271,7 @@ pub async fn list_wabas(
 /// Moves a WABA to another partner for one partner change: compare-and-set on
 /// the current partner, recorded so that a repeat of the same partner change
 /// returns the same result and changes nothing.
-pub async fn transfer_waba(
-    db: &DatabaseConnection,
-    transfer: &Transfer,
-) -> Result<TransferOutcome, AccountError> {
+pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Result<TransferOutcome, AccountError> {
     let tx = begin_write(db).await?;
     // The idempotency record goes first: a repeat (even a concurrent one) stops here.
     let recorded = waba_transfer::ActiveModel {
@@ -334,24 +295,12 @@ pub async fn transfer_waba(
         }
         Err(err) => return Err(err.into()),
     }
-    if partner::Entity::find_by_id(&transfer.to_partner_id)
-        .one(&tx)
-        .await?
-        .is_none()
-    {
-        return Err(AccountError::PartnerNotFound(
-            transfer.to_partner_id.clone(),
-        ));
+    if partner::Entity::find_by_id(&transfer.to_partner_id).one(&tx).await?.is_none() {
+        return Err(AccountError::PartnerNotFound(transfer.to_partner_id.clone()));
     }
     let moved = waba::Entity::update_many()
-        .col_expr(
-            waba::Column::PartnerId,
-            Expr::value(&transfer.to_partner_id),
-        )
-        .col_expr(
-            waba::Column::Version,
-            Expr::col(waba::Column::Version).add(1),
-        )
+        .col_expr(waba::Column::PartnerId, Expr::value(&transfer.to_partner_id))
+        .col_expr(waba::Column::Version, Expr::col(waba::Column::Version).add(1))
         .col_expr(waba::Column::UpdateTime, Expr::value(now()))
         .filter(waba::Column::WabaId.eq(&transfer.waba_id))
         .filter(waba::Column::PartnerId.eq(&transfer.from_partner_id))
@@ -374,50 +323,28 @@ pub async fn transfer_waba(
         partner_change_id = %transfer.partner_change_id,
         "WABA transferred"
     );
-    Ok(TransferOutcome {
-        waba,
-        already_applied: false,
-    })
+    Ok(TransferOutcome { waba, already_applied: false })
 }
 
-async fn repeated_transfer(
-    db: &DatabaseConnection,
-    transfer: &Transfer,
-) -> Result<TransferOutcome, AccountError> {
-    let record = waba_transfer::Entity::find_by_id(&transfer.partner_change_id)
-        .one(db)
-        .await?;
+async fn repeated_transfer(db: &DatabaseConnection, transfer: &Transfer) -> Result<TransferOutcome, AccountError> {
+    let record = waba_transfer::Entity::find_by_id(&transfer.partner_change_id).one(db).await?;
     let same = record.is_some_and(|record| {
         record.waba_id == transfer.waba_id
             && record.from_partner_id == transfer.from_partner_id
             && record.to_partner_id == transfer.to_partner_id
     });
     if !same {
-        return Err(AccountError::TransferKeyReused(
-            transfer.partner_change_id.clone(),
-        ));
+        return Err(AccountError::TransferKeyReused(transfer.partner_change_id.clone()));
     }
-    Ok(TransferOutcome {
-        waba: get_waba(db, &transfer.waba_id).await?,
-        already_applied: true,
-    })
+    Ok(TransferOutcome { waba: get_waba(db, &transfer.waba_id).await?, already_applied: true })
 }
 
-async fn find_waba_model(
-    db: &impl ConnectionTrait,
-    waba_id: &str,
-) -> Result<waba::Model, AccountError> {
-    waba::Entity::find_by_id(waba_id)
-        .one(db)
-        .await?
-        .ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+async fn find_waba_model(db: &impl ConnectionTrait, waba_id: &str) -> Result<waba::Model, AccountError> {
+    waba::Entity::find_by_id(waba_id).one(db).await?.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
 }
 
 /// Attaches each WABA's numbers with one query for the whole batch.
-async fn with_numbers(
-    db: &impl ConnectionTrait,
-    models: Vec<waba::Model>,
-) -> Result<Vec<Waba>, DbErr> {
+async fn with_numbers(db: &impl ConnectionTrait, models: Vec<waba::Model>) -> Result<Vec<Waba>, DbErr> {
     if models.is_empty() {
         return Ok(Vec::new());
     }
@@ -430,10 +357,7 @@ async fn with_numbers(
         .await?;
     let mut by_waba: HashMap<String, Vec<String>> = HashMap::new();
     for number in numbers {
-        by_waba
-            .entry(number.waba_id)
-            .or_default()
-            .push(number.phone_number);
+        by_waba.entry(number.waba_id).or_default().push(number.phone_number);
     }
     Ok(models
         .into_iter()
@@ -445,9 +369,7 @@ async fn with_numbers(
 }
 
 fn corrupt(what: &str, value: &str) -> AccountError {
-    AccountError::Store(StoreError::Other(DbErr::Custom(format!(
-        "unknown stored {what} {value:?}"
-    ))))
+    AccountError::Store(StoreError::Other(DbErr::Custom(format!("unknown stored {what} {value:?}"))))
 }
 
 fn partner_from_model(model: partner::Model) -> Result<Partner, AccountError> {
@@ -468,10 +390,7 @@ fn partner_from_model(model: partner::Model) -> Result<Partner, AccountError> {
     })
 }
 
-fn client_from_models(
-    model: client::Model,
-    methods: Vec<payment_method::Model>,
-) -> Result<Client, AccountError> {
+fn client_from_models(model: client::Model, methods: Vec<payment_method::Model>) -> Result<Client, AccountError> {
     let payment_processor = PaymentProcessor::from_stored(&model.payment_processor)
         .ok_or_else(|| corrupt("payment processor", &model.payment_processor))?;
     Ok(Client {
@@ -486,10 +405,7 @@ fn client_from_models(
             country_code: model.country_code,
             tax_id: model.tax_id,
         },
-        payment_methods: methods
-            .into_iter()
-            .map(payment_method_from_model)
-            .collect::<Result<_, _>>()?,
+        payment_methods: methods.into_iter().map(payment_method_from_model).collect::<Result<_, _>>()?,
         legacy: model.legacy,
         create_time: model.create_time,
         update_time: model.update_time,
@@ -497,8 +413,8 @@ fn client_from_models(
 }
 
 fn payment_method_from_model(model: payment_method::Model) -> Result<PaymentMethod, AccountError> {
-    let kind = PaymentMethodType::from_stored(&model.r#type)
-        .ok_or_else(|| corrupt("payment method type", &model.r#type))?;
+    let kind =
+        PaymentMethodType::from_stored(&model.r#type).ok_or_else(|| corrupt("payment method type", &model.r#type))?;
     Ok(PaymentMethod {
         payment_method_id: model.payment_method_id,
         kind,

@@ -155,9 +155,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Wabas::CreateTime))
                     .col(timestamp_with_time_zone(Wabas::UpdateTime))
                     .foreign_key(
-                        ForeignKey::create()
-                            .from(Wabas::Table, Wabas::ClientId)
-                            .to(Clients::Table, Clients::ClientId),
+                        ForeignKey::create().from(Wabas::Table, Wabas::ClientId).to(Clients::Table, Clients::ClientId),
                     )
                     .foreign_key(
                         ForeignKey::create()
@@ -167,19 +165,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for (name, column) in [
-            ("wabas_by_client", Wabas::ClientId),
-            ("wabas_by_partner", Wabas::PartnerId),
-        ] {
+        for (name, column) in [("wabas_by_client", Wabas::ClientId), ("wabas_by_partner", Wabas::PartnerId)] {
             manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(Wabas::Table)
-                        .col(column)
-                        .col(Wabas::WabaId)
-                        .to_owned(),
-                )
+                .create_index(Index::create().name(name).table(Wabas::Table).col(column).col(Wabas::WabaId).to_owned())
                 .await?;
         }
         manager
@@ -227,17 +215,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            "waba_transfers",
-            "phone_numbers",
-            "wabas",
-            "payment_methods",
-            "clients",
-            "partners",
-        ] {
-            manager
-                .drop_table(Table::drop().table(table.into_iden()).to_owned())
-                .await?;
+        for table in ["waba_transfers", "phone_numbers", "wabas", "payment_methods", "clients", "partners"] {
+            manager.drop_table(Table::drop().table(table.into_iden()).to_owned()).await?;
         }
         Ok(())
     }

