@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use partnerhub_tests::binary::{ServerProcess, grpcurl};
+use partnerhub_tests::binary::{ServerProcess, grpcurl, run_cli};
 
 fn run_grpcurl(args: &[&str]) -> (bool, String) {
     let output = Command::new(grpcurl()).args(args).output().expect("grpcurl runs");
@@ -85,4 +85,37 @@ fn a_bad_configuration_is_a_clear_error_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid configuration") && stderr.contains("listen_adr"), "{stderr}");
+}
+
+#[test]
+fn migrate_applies_the_schema_once_and_one_service_serves_alone_with_json_logs() {
+    let data_dir = std::env::temp_dir().join(format!("partnerhub-process-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    run_cli(&data_dir, &["migrate"]);
+    run_cli(&data_dir, &["migrate"]); // a second run finds nothing to do and succeeds
+    assert!(data_dir.join("partnerhub.db").exists());
+
+    let server = ServerProcess::start_with(
+        &data_dir,
+        &["serve", "--service", "account"],
+        &[("RUST_LOG", ""), ("PARTNERHUB__LOG__FORMAT", "json")],
+    );
+    let (ok, health) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service": "partnerhub.account.v1.AccountService"}"#,
+        &server.addr.to_string(),
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(ok && health.contains("SERVING"), "{health}");
+    let log = server.log();
+    for line in log.lines().filter(|line| !line.trim().is_empty()) {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        assert!(object.get("level").is_some() && object.get("timestamp").is_some(), "{line}");
+    }
+    assert!(log.contains(r#""message":"serving""#), "{log}");
+    assert!(!log.contains("Applying migration"), "migrate already applied everything:\n{log}");
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -37,12 +37,19 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `partnerhub serve` on a free port and waits until it logs that it serves.
     pub fn start(data_dir: &Path) -> ServerProcess {
+        Self::start_with(data_dir, &["serve"], &[])
+    }
+
+    /// Starts `partnerhub <args>` with extra environment variables, and waits
+    /// until it logs the address it serves on.
+    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_file = data_dir.join("serve.log");
         let log = std::fs::File::create(&log_file).unwrap();
         let child = Command::new(partnerhub_binary())
-            .arg("serve")
+            .args(args)
             .envs(environment(data_dir))
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -58,10 +65,12 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
-            let addr = log
-                .lines()
-                .filter(|line| line.contains("serving"))
-                .find_map(|line| line.split("local_addr=").nth(1)?.split_whitespace().next()?.parse().ok());
+            // Human lines say `local_addr=127.0.0.1:1234`, JSON lines `"local_addr":"127.0.0.1:1234"`.
+            let addr = log.lines().filter(|line| line.contains("serving")).find_map(|line| {
+                let rest = line.split("local_addr").nth(1)?;
+                let start = rest.find(|c: char| c.is_ascii_digit())?;
+                rest[start..].split(|c: char| c == '"' || c.is_whitespace()).next()?.parse().ok()
+            });
             if let Some(addr) = addr {
                 return addr;
             }
@@ -78,9 +87,12 @@ impl ServerProcess {
 
     /// Runs `partnerhub <args>` against the same configuration and returns its stdout.
     pub fn run_cli(&self, args: &[&str]) -> String {
-        let output = Command::new(partnerhub_binary()).args(args).envs(environment(&self.data_dir)).output().unwrap();
-        assert!(output.status.success(), "partnerhub {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
+        run_cli(&self.data_dir, args)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit code.
@@ -104,6 +116,13 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `partnerhub <args>` configured for `data_dir`, asserts it succeeded, returns its stdout.
+pub fn run_cli(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(partnerhub_binary()).args(args).envs(environment(data_dir)).output().unwrap();
+    assert!(output.status.success(), "partnerhub {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
 }
 
 fn environment(data_dir: &Path) -> Vec<(&'static str, String)> {
