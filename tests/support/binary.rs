@@ -129,7 +129,7 @@ fn environment(data_dir: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("PARTNERHUB__DATA_DIR", data_dir.display().to_string()),
         ("PARTNERHUB__SERVER__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
+        ("RUST_LOG", "info,sqlx=warn".to_owned()),
     ]
 }
 

@@ -121,7 +121,7 @@ impl Default for AuthSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Human, filter: "info".to_owned() }
+        Self { format: LogFormat::Human, filter: "info,sqlx=warn".to_owned() }
     }
 }
 
