@@ -1,26 +1,41 @@
 //! One start-up path for production and tests: connect, migrate, bind (port 0
-//! allowed), serve the chosen services, and stop gracefully.
+//! allowed), serve the chosen services with their background work, and stop
+//! gracefully.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use partnerhub_partner_change::{facts::Accounts, worker::MigrationWorker};
 use partnerhub_runtime::{
     auth::{Authenticator, KeyError, TokenKeys},
     config::Settings,
     db,
+    ids::new_id,
+    peers::{self, InvalidPeerUrl, PeerChannel},
     server::{Host, ServeError, bind},
 };
 use sea_orm::{DatabaseConnection, DbErr};
-use tokio::task::JoinHandle;
+use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// A service this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum ServiceName {
     Account,
+    PartnerChange,
+    Permissions,
 }
 
 impl ServiceName {
-    pub const ALL: &[ServiceName] = &[ServiceName::Account];
+    pub const ALL: &[ServiceName] = &[ServiceName::Account, ServiceName::PartnerChange, ServiceName::Permissions];
+
+    /// The subject this service's calls to its peers carry.
+    fn subject_name(self) -> &'static str {
+        match self {
+            ServiceName::Account => "account",
+            ServiceName::PartnerChange => "partner-change",
+            ServiceName::Permissions => "permissions",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +50,15 @@ pub enum StartupError {
     Serve(#[from] ServeError),
     #[error("cannot read the bound address: {0}")]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    Peer(#[from] InvalidPeerUrl),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     #[error(transparent)]
     Serve(#[from] ServeError),
-    #[error("in-flight calls did not finish within {0:?}")]
+    #[error("in-flight calls and background tasks did not finish within {0:?}")]
     Timeout(Duration),
     #[error("the server task panicked")]
     Panicked,
@@ -55,8 +72,10 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The gRPC server; it returns once shutdown is requested and calls have drained.
     server: JoinHandle<Result<(), ServeError>>,
-    /// Background work (none yet beyond the server); stopped by `shutdown`.
+    /// The migration worker and the expiry sweeper; stopped by `shutdown`.
     tasks: TaskTracker,
+    /// This process's migration worker, when it serves the partner-change service.
+    migration_worker: Option<MigrationWorker>,
     shutdown_grace: Duration,
 }
 
@@ -65,7 +84,31 @@ pub struct Application {
 pub async fn open_database(settings: &Settings) -> Result<DatabaseConnection, StartupError> {
     let db = db::connect(settings).await.map_err(StartupError::Database)?;
     partnerhub_account::migrate(&db).await.map_err(StartupError::Migration)?;
+    partnerhub_partner_change::migrate(&db).await.map_err(StartupError::Migration)?;
+    partnerhub_permissions::migrate(&db).await.map_err(StartupError::Migration)?;
     Ok(db)
+}
+
+/// Where this process's peers are: configured, or this process itself.
+struct Peers {
+    keys: Arc<TokenKeys>,
+    own_url: String,
+    settings: Settings,
+}
+
+impl Peers {
+    fn channel(&self, configured: &Option<String>, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
+        let url = configured.as_deref().unwrap_or(&self.own_url);
+        peers::connect(url, self.keys.clone(), caller.subject_name(), self.settings.peers.call_timeout)
+    }
+
+    fn account(&self, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
+        self.channel(&self.settings.peers.account_url, caller)
+    }
+
+    fn permissions(&self, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
+        self.channel(&self.settings.peers.permissions_url, caller)
+    }
 }
 
 impl Application {
@@ -75,16 +118,49 @@ impl Application {
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
         let local_addr = listener.local_addr().map_err(StartupError::LocalAddr)?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], local_addr.port()));
+        let own_addr = if local_addr.ip().is_unspecified() { loopback } else { local_addr };
+        let peers = Peers { keys: keys.clone(), own_url: format!("http://{own_addr}"), settings: settings.clone() };
 
         let authenticator = Authenticator::new(keys);
         let max_message_bytes = settings.server.max_message_bytes;
+        let worker_wake = Arc::new(Notify::new());
+        let mut migration_worker = None;
         let mut host = Host::new(max_message_bytes)?;
         for service in services {
             match service {
                 ServiceName::Account => {
-                    host.add_service(partnerhub_account::service(db.clone(), authenticator.clone(), max_message_bytes))
+                    host.add_service(partnerhub_account::service(db.clone(), authenticator.clone(), max_message_bytes));
                 }
-            };
+                ServiceName::PartnerChange => {
+                    let accounts = Accounts::new(peers.account(*service)?);
+                    host.add_service(partnerhub_partner_change::service(
+                        db.clone(),
+                        accounts.clone(),
+                        settings.partner_change.request_ttl,
+                        worker_wake.clone(),
+                        authenticator.clone(),
+                        max_message_bytes,
+                    ));
+                    migration_worker = Some(MigrationWorker::new(
+                        db.clone(),
+                        accounts,
+                        peers.permissions(*service)?,
+                        settings.partner_change.worker.clone(),
+                        new_id("worker"),
+                        worker_wake.clone(),
+                    ));
+                }
+                ServiceName::Permissions => {
+                    let account = peers.account(*service)?;
+                    host.add_service(partnerhub_permissions::service(
+                        db.clone(),
+                        account,
+                        authenticator.clone(),
+                        max_message_bytes,
+                    ));
+                }
+            }
         }
 
         let shutdown = CancellationToken::new();
@@ -99,12 +175,24 @@ impl Application {
                 served
             }
         });
+        let tasks = TaskTracker::new();
+        if let Some(worker) = &migration_worker {
+            tasks.spawn(partnerhub_partner_change::worker::run_expiry_sweeper(
+                db.clone(),
+                settings.partner_change.expiry_sweep_interval,
+                shutdown.clone(),
+            ));
+            if settings.partner_change.worker.enabled {
+                tasks.spawn(worker.clone().run(shutdown.clone()));
+            }
+        }
         tracing::info!(%local_addr, ?services, "serving");
         Ok(Self {
             local_addr,
             shutdown,
             server,
-            tasks: TaskTracker::new(),
+            tasks,
+            migration_worker,
             shutdown_grace: settings.server.shutdown_grace,
         })
     }
@@ -118,6 +206,11 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// This process's migration worker (to drive it step by step in tests).
+    pub fn migration_worker(&self) -> Option<&MigrationWorker> {
+        self.migration_worker.as_ref()
+    }
+
     /// Serves until SIGINT/SIGTERM (or until the server fails), then stops gracefully.
     pub async fn run_until_stopped(self) -> Result<(), StopError> {
         tokio::select! {
@@ -128,8 +221,8 @@ impl Application {
     }
 
     /// Tells everyone to stop, then waits for everyone: the server stops
-    /// accepting and finishes in-flight calls, background tasks end. Gives up
-    /// after the configured grace period.
+    /// accepting and finishes in-flight calls, background tasks finish their
+    /// current step. Gives up after the configured grace period.
     pub async fn stop(self) -> Result<(), StopError> {
         self.shutdown.cancel();
         self.tasks.close();

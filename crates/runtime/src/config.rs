@@ -23,6 +23,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub peers: PeerSettings,
+    pub partner_change: PartnerChangeSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,12 +77,48 @@ pub enum LogFormat {
 
 /// Where each service's peers are. Unset: this process's own listen address,
 /// which is right when all services run in one process.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerSettings {
     pub account_url: Option<String>,
     pub partner_change_url: Option<String>,
     pub permissions_url: Option<String>,
+    /// The deadline of every call to a peer.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+}
+
+/// The partner change workflow: request expiry and the migration worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartnerChangeSettings {
+    /// How long a request may wait for the destination partner before it expires.
+    #[serde(with = "humantime_serde")]
+    pub request_ttl: Duration,
+    /// How often the expiry sweeper looks for requests past their expire_time.
+    #[serde(with = "humantime_serde")]
+    pub expiry_sweep_interval: Duration,
+    pub worker: WorkerSettings,
+}
+
+/// The migration worker. Any number of replicas may run it: a request is
+/// claimed with a lease, and a lapsed lease lets another replica resume it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Off: this process never migrates (another replica must).
+    pub enabled: bool,
+    /// How often an idle worker looks for approved requests.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a claim lasts before another worker may resume the request.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// The first retry delay after a transient error; it doubles up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
 }
 
 impl Default for Settings {
@@ -93,6 +130,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             peers: PeerSettings::default(),
+            partner_change: PartnerChangeSettings::default(),
         }
     }
 }
@@ -116,6 +154,39 @@ impl Default for DatabaseSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Self { signing_key: None, signing_key_file: None, issuer: "partnerhub".to_owned() }
+    }
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        Self {
+            account_url: None,
+            partner_change_url: None,
+            permissions_url: None,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for PartnerChangeSettings {
+    fn default() -> Self {
+        Self {
+            request_ttl: Duration::from_secs(14 * 24 * 60 * 60),
+            expiry_sweep_interval: Duration::from_secs(30),
+            worker: WorkerSettings::default(),
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+        }
     }
 }
 
@@ -158,6 +229,23 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 field: "database.max_connections",
                 problem: "must be at least 1".to_owned(),
+            });
+        }
+        let durations = [
+            ("peers.call_timeout", self.peers.call_timeout),
+            ("partner_change.request_ttl", self.partner_change.request_ttl),
+            ("partner_change.expiry_sweep_interval", self.partner_change.expiry_sweep_interval),
+            ("partner_change.worker.poll_interval", self.partner_change.worker.poll_interval),
+            ("partner_change.worker.lease", self.partner_change.worker.lease),
+            ("partner_change.worker.backoff_initial", self.partner_change.worker.backoff_initial),
+        ];
+        if let Some((field, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
+            return Err(ConfigError::Invalid { field, problem: "must be longer than zero".to_owned() });
+        }
+        if self.partner_change.worker.backoff_max < self.partner_change.worker.backoff_initial {
+            return Err(ConfigError::Invalid {
+                field: "partner_change.worker.backoff_max",
+                problem: "must not be shorter than backoff_initial".to_owned(),
             });
         }
         if self.auth.issuer.is_empty() {

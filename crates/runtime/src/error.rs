@@ -26,6 +26,10 @@ pub enum ErrorReason {
     SourcePartnerMismatch,
     IdempotencyKeyReused,
     MessageTooLarge,
+    NumberNotWithPartner,
+    MigrationInProgress,
+    ConcurrentMigration,
+    InvalidState,
     Internal,
     Unavailable,
 }
@@ -46,6 +50,10 @@ impl ErrorReason {
             ErrorReason::SourcePartnerMismatch => "SOURCE_PARTNER_MISMATCH",
             ErrorReason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorReason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorReason::NumberNotWithPartner => "NUMBER_NOT_WITH_PARTNER",
+            ErrorReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
+            ErrorReason::ConcurrentMigration => "CONCURRENT_MIGRATION",
+            ErrorReason::InvalidState => "INVALID_STATE",
             ErrorReason::Internal => "INTERNAL",
             ErrorReason::Unavailable => "UNAVAILABLE",
         }

@@ -5,6 +5,7 @@
 //! - [`auth`]: bearer tokens naming one [`auth::Subject`], and the interceptor that checks them;
 //! - [`error`] and [`validate`]: every `Status` a service returns, and parsing at the boundary;
 //! - [`pagination`]: AIP-158 page sizes and filter-bound page tokens;
+//! - [`peers`]: channels to other services, signed and with deadlines;
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
 //! - [`limits`]: oversized requests refused as `INVALID_ARGUMENT`;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod pagination;
+pub mod peers;
 pub mod server;
 pub mod telemetry;
 pub mod time;

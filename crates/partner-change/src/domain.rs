@@ -1,0 +1,479 @@
+//! The partner change workflow's rules: the states a request moves through, the
+//! events that move it, and every reason a change is refused. No I/O and no
+//! protobuf here: `grpc` and `worker` gather the facts, these functions decide.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum State {
+    PendingApproval,
+    Approved,
+    Migrating,
+    Completed,
+    Rejected,
+    Cancelled,
+    Expired,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::PendingApproval,
+        State::Approved,
+        State::Migrating,
+        State::Completed,
+        State::Rejected,
+        State::Cancelled,
+        State::Expired,
+        State::Failed,
+    ];
+
+    /// The stored name; other services read it from the shared request table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::PendingApproval => "PENDING_APPROVAL",
+            State::Approved => "APPROVED",
+            State::Migrating => "MIGRATING",
+            State::Completed => "COMPLETED",
+            State::Rejected => "REJECTED",
+            State::Cancelled => "CANCELLED",
+            State::Expired => "EXPIRED",
+            State::Failed => "FAILED",
+        }
+    }
+
+    pub fn from_stored(name: &str) -> Option<Self> {
+        State::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+
+    /// An open request holds its WABA: no second request may be opened for it.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::PendingApproval | State::Approved | State::Migrating)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Submitted,
+    Approved,
+    Rejected,
+    Cancelled,
+    Expired,
+    MigrationStarted,
+    Completed,
+    Failed,
+    Retried,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 9] = [
+        EventType::Submitted,
+        EventType::Approved,
+        EventType::Rejected,
+        EventType::Cancelled,
+        EventType::Expired,
+        EventType::MigrationStarted,
+        EventType::Completed,
+        EventType::Failed,
+        EventType::Retried,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Submitted => "SUBMITTED",
+            EventType::Approved => "APPROVED",
+            EventType::Rejected => "REJECTED",
+            EventType::Cancelled => "CANCELLED",
+            EventType::Expired => "EXPIRED",
+            EventType::MigrationStarted => "MIGRATION_STARTED",
+            EventType::Completed => "COMPLETED",
+            EventType::Failed => "FAILED",
+            EventType::Retried => "RETRIED",
+        }
+    }
+
+    pub fn from_stored(name: &str) -> Option<Self> {
+        EventType::ALL.into_iter().find(|event| event.as_str() == name)
+    }
+}
+
+/// The state an event moves a request to from `from`, if the event may happen there.
+/// This is the whole lifecycle: submit creates a request, every later step is here.
+pub fn next_state(from: State, event: EventType) -> Option<State> {
+    use {EventType as E, State as S};
+    match (from, event) {
+        (S::PendingApproval, E::Approved) => Some(S::Approved),
+        (S::PendingApproval, E::Rejected) => Some(S::Rejected),
+        (S::PendingApproval, E::Cancelled) => Some(S::Cancelled),
+        (S::PendingApproval, E::Expired) => Some(S::Expired),
+        (S::Approved, E::MigrationStarted) => Some(S::Migrating),
+        (S::Migrating, E::Completed) => Some(S::Completed),
+        (S::Migrating, E::Failed) => Some(S::Failed),
+        (S::Failed, E::Retried) => Some(S::Approved),
+        _ => None,
+    }
+}
+
+/// Where the migration saga of a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaStep {
+    /// Re-check eligibility, then move the WABA in the account service.
+    Transfer,
+    /// Revoke the old partner's permissions and grant the named numbers.
+    Permissions,
+}
+
+impl SagaStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStep::Transfer => "TRANSFER",
+            SagaStep::Permissions => "PERMISSIONS",
+        }
+    }
+
+    pub fn from_stored(name: &str) -> Option<Self> {
+        [SagaStep::Transfer, SagaStep::Permissions].into_iter().find(|step| step.as_str() == name)
+    }
+}
+
+/// A partner change request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerChange {
+    pub partner_change_id: String,
+    pub request_id: String,
+    pub waba_id: String,
+    pub client_id: String,
+    pub source_partner_id: String,
+    pub destination_partner_id: String,
+    pub state: State,
+    pub phone_numbers: Vec<String>,
+    pub grant_phone_numbers: Vec<String>,
+    pub accepted_terms_version: String,
+    pub failure_reason: String,
+    pub saga_step: SagaStep,
+    /// Bumped by every write; conditional writes name the version they read.
+    pub version: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub expire_time: DateTime<Utc>,
+}
+
+impl PartnerChange {
+    /// Whether a repeated submit with this key asks for the same change.
+    pub fn same_submission(&self, submission: &Submission) -> bool {
+        let mut mine = self.grant_phone_numbers.clone();
+        let mut theirs = submission.grant_phone_numbers.clone();
+        mine.sort();
+        theirs.sort();
+        self.waba_id == submission.waba_id
+            && self.destination_partner_id == submission.destination_partner_id
+            && self.accepted_terms_version == submission.accepted_terms_version
+            && mine == theirs
+    }
+}
+
+/// What a client asks for when it submits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub request_id: String,
+    pub waba_id: String,
+    pub destination_partner_id: String,
+    pub accepted_terms_version: String,
+    pub grant_phone_numbers: Vec<String>,
+}
+
+/// One entry of a request's history (and of the event stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub position: i64,
+    pub partner_change_id: String,
+    pub event_type: EventType,
+    pub state: State,
+    pub actor: String,
+    pub reason: String,
+    pub time: DateTime<Utc>,
+    /// The request right after this event.
+    pub snapshot: PartnerChange,
+}
+
+/// Why a partner change cannot go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockerReason {
+    LegacyAccount,
+    PaymentProcessorMismatch,
+    CompanyInfoIncomplete,
+    PartnerNotFound,
+    PartnerNotAccepting,
+    SamePartner,
+    TermsNotAccepted,
+    PaymentMethodRequired,
+    ChangeAlreadyPending,
+}
+
+impl BlockerReason {
+    /// The `ErrorInfo.reason` of a refusal for this blocker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockerReason::LegacyAccount => "LEGACY_ACCOUNT",
+            BlockerReason::PaymentProcessorMismatch => "PAYMENT_PROCESSOR_MISMATCH",
+            BlockerReason::CompanyInfoIncomplete => "COMPANY_INFO_INCOMPLETE",
+            BlockerReason::PartnerNotFound => "PARTNER_NOT_FOUND",
+            BlockerReason::PartnerNotAccepting => "PARTNER_NOT_ACCEPTING",
+            BlockerReason::SamePartner => "SAME_PARTNER",
+            BlockerReason::TermsNotAccepted => "TERMS_NOT_ACCEPTED",
+            BlockerReason::PaymentMethodRequired => "PAYMENT_METHOD_REQUIRED",
+            BlockerReason::ChangeAlreadyPending => "CHANGE_ALREADY_PENDING",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: BlockerReason,
+    pub message: String,
+    pub missing_fields: Vec<String>,
+}
+
+impl Blocker {
+    fn new(reason: BlockerReason, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into(), missing_fields: Vec::new() }
+    }
+
+    /// How a failed migration records it: `REASON: message`.
+    pub fn as_failure_reason(&self) -> String {
+        format!("{}: {}", self.reason.as_str(), self.message)
+    }
+}
+
+/// What the rules need to know about the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFacts {
+    pub legacy: bool,
+    pub payment_processor: String,
+    pub missing_company_info_fields: Vec<String>,
+    pub has_payment_method: bool,
+}
+
+/// What the rules need to know about the destination partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerFacts {
+    pub partner_id: String,
+    pub payment_processor: String,
+    pub accepting_changes: bool,
+    pub terms_version: String,
+    pub requires_payment_method: bool,
+    pub auto_approve: bool,
+}
+
+/// Everything a preview, a submit or the start of a migration checks.
+#[derive(Debug, Clone)]
+pub struct Eligibility<'a> {
+    pub client: &'a ClientFacts,
+    pub current_partner_id: &'a str,
+    pub destination_partner_id: &'a str,
+    /// `None`: no partner has that ID.
+    pub destination: Option<&'a PartnerFacts>,
+    /// `None` at preview, where the client has not accepted any terms yet.
+    pub accepted_terms_version: Option<&'a str>,
+    /// Another open request for the same WABA, if any.
+    pub open_request_id: Option<&'a str>,
+}
+
+/// Every reason the change cannot go ahead, in a fixed order; empty when it can.
+pub fn blockers(facts: &Eligibility<'_>) -> Vec<Blocker> {
+    let mut found = Vec::new();
+    let client = facts.client;
+    if client.legacy {
+        found.push(Blocker::new(
+            BlockerReason::LegacyAccount,
+            "This account cannot change partner. Please contact support.",
+        ));
+    }
+    if !client.missing_company_info_fields.is_empty() {
+        found.push(Blocker {
+            reason: BlockerReason::CompanyInfoIncomplete,
+            message: format!(
+                "Complete your company information first: {}.",
+                client.missing_company_info_fields.join(", ")
+            ),
+            missing_fields: client.missing_company_info_fields.clone(),
+        });
+    }
+    if let Some(open) = facts.open_request_id {
+        found.push(Blocker::new(
+            BlockerReason::ChangeAlreadyPending,
+            format!("Partner change {open} for this WABA is still open."),
+        ));
+    }
+    if facts.current_partner_id == facts.destination_partner_id {
+        found.push(Blocker::new(
+            BlockerReason::SamePartner,
+            format!("The WABA is already with partner {}.", facts.destination_partner_id),
+        ));
+    }
+    let Some(destination) = facts.destination else {
+        found.push(Blocker::new(
+            BlockerReason::PartnerNotFound,
+            format!("No partner has the ID {}.", facts.destination_partner_id),
+        ));
+        return found;
+    };
+    if !destination.accepting_changes {
+        found.push(Blocker::new(
+            BlockerReason::PartnerNotAccepting,
+            format!("Partner {} does not take incoming partner changes.", destination.partner_id),
+        ));
+    }
+    if destination.payment_processor != client.payment_processor {
+        found.push(Blocker::new(
+            BlockerReason::PaymentProcessorMismatch,
+            "Destination partner is using a different payment processor.",
+        ));
+    }
+    if destination.requires_payment_method && !client.has_payment_method {
+        found.push(Blocker::new(
+            BlockerReason::PaymentMethodRequired,
+            format!("Partner {} requires a payment method on file.", destination.partner_id),
+        ));
+    }
+    if let Some(accepted) = facts.accepted_terms_version
+        && accepted != destination.terms_version
+    {
+        found.push(Blocker::new(
+            BlockerReason::TermsNotAccepted,
+            format!(
+                "Accept partner {}'s current terms, version {} (accepted: {accepted}).",
+                destination.partner_id, destination.terms_version
+            ),
+        ));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientFacts {
+        ClientFacts {
+            legacy: false,
+            payment_processor: "STRIPE".into(),
+            missing_company_info_fields: Vec::new(),
+            has_payment_method: true,
+        }
+    }
+
+    fn partner() -> PartnerFacts {
+        PartnerFacts {
+            partner_id: "p2".into(),
+            payment_processor: "STRIPE".into(),
+            accepting_changes: true,
+            terms_version: "v1".into(),
+            requires_payment_method: false,
+            auto_approve: false,
+        }
+    }
+
+    fn facts<'a>(client: &'a ClientFacts, destination: Option<&'a PartnerFacts>) -> Eligibility<'a> {
+        Eligibility {
+            client,
+            current_partner_id: "p1",
+            destination_partner_id: "p2",
+            destination,
+            accepted_terms_version: Some("v1"),
+            open_request_id: None,
+        }
+    }
+
+    fn reasons(found: &[Blocker]) -> Vec<&'static str> {
+        found.iter().map(|blocker| blocker.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn an_eligible_change_has_no_blockers() {
+        let (client, partner) = (client(), partner());
+        assert!(blockers(&facts(&client, Some(&partner))).is_empty());
+    }
+
+    #[test]
+    fn every_blocker_is_reported_at_once() {
+        let client = ClientFacts {
+            legacy: true,
+            payment_processor: "ADYEN".into(),
+            missing_company_info_fields: vec!["tax_id".into()],
+            has_payment_method: false,
+        };
+        let partner = PartnerFacts { accepting_changes: false, requires_payment_method: true, ..partner() };
+        let mut facts = facts(&client, Some(&partner));
+        facts.accepted_terms_version = Some("v0");
+        facts.open_request_id = Some("pc-1");
+        let found = blockers(&facts);
+        assert_eq!(
+            reasons(&found),
+            [
+                "LEGACY_ACCOUNT",
+                "COMPANY_INFO_INCOMPLETE",
+                "CHANGE_ALREADY_PENDING",
+                "PARTNER_NOT_ACCEPTING",
+                "PAYMENT_PROCESSOR_MISMATCH",
+                "PAYMENT_METHOD_REQUIRED",
+                "TERMS_NOT_ACCEPTED",
+            ]
+        );
+        assert_eq!(found[1].missing_fields, ["tax_id"]);
+        assert_eq!(found[4].message, "Destination partner is using a different payment processor.");
+    }
+
+    #[test]
+    fn an_unknown_or_current_partner_is_refused() {
+        let client = client();
+        assert_eq!(reasons(&blockers(&facts(&client, None))), ["PARTNER_NOT_FOUND"]);
+        let partner = partner();
+        let mut same = facts(&client, Some(&partner));
+        same.current_partner_id = "p2";
+        assert_eq!(reasons(&blockers(&same)), ["SAME_PARTNER"]);
+    }
+
+    #[test]
+    fn terms_are_not_checked_at_preview() {
+        let (client, partner) = (client(), partner());
+        let mut preview = facts(&client, Some(&partner));
+        preview.accepted_terms_version = None;
+        assert!(blockers(&preview).is_empty());
+    }
+
+    #[test]
+    fn the_lifecycle_allows_exactly_the_documented_transitions() {
+        use {EventType as E, State as S};
+        let allowed = [
+            (S::PendingApproval, E::Approved, S::Approved),
+            (S::PendingApproval, E::Rejected, S::Rejected),
+            (S::PendingApproval, E::Cancelled, S::Cancelled),
+            (S::PendingApproval, E::Expired, S::Expired),
+            (S::Approved, E::MigrationStarted, S::Migrating),
+            (S::Migrating, E::Completed, S::Completed),
+            (S::Migrating, E::Failed, S::Failed),
+            (S::Failed, E::Retried, S::Approved),
+        ];
+        for from in State::ALL {
+            for event in EventType::ALL {
+                let expected = allowed.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
+                assert_eq!(next_state(from, event), expected, "{from:?} + {event:?}");
+            }
+        }
+        for terminal in [S::Completed, S::Rejected, S::Cancelled, S::Expired] {
+            assert!(EventType::ALL.iter().all(|event| next_state(terminal, *event).is_none()), "{terminal:?}");
+        }
+    }
+
+    #[test]
+    fn stored_names_round_trip() {
+        for state in State::ALL {
+            assert_eq!(State::from_stored(state.as_str()), Some(state));
+        }
+        for event in EventType::ALL {
+            assert_eq!(EventType::from_stored(event.as_str()), Some(event));
+        }
+    }
+}

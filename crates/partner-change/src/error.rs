@@ -1,0 +1,110 @@
+//! The partner-change service's one error type, and its one mapping to `tonic::Status`.
+
+use partnerhub_runtime::{
+    db::StoreError,
+    error::{ERROR_DOMAIN, ErrorReason, not_found, status},
+    peers::is_transient,
+};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    domain::{Blocker, BlockerReason, State},
+    store::WriteError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartnerChangeError {
+    #[error("partner change {0} not found")]
+    NotFound(String),
+    #[error("WABA {0} not found")]
+    WabaNotFound(String),
+    /// The change may not go ahead; every reason, most important first.
+    #[error("{}", .0.first().map_or("refused", |blocker| blocker.message.as_str()))]
+    Blocked(Vec<Blocker>),
+    #[error("request_id {0} was already used for a different partner change")]
+    IdempotencyKeyReused(String),
+    #[error("partner change {id} is {}; this needs {needed}", .state.as_str())]
+    InvalidState { id: String, state: State, needed: &'static str },
+    #[error("partner change {0} changed while this call ran; read it again and retry")]
+    Conflict(String),
+    #[error("the account or permissions service failed: {0}")]
+    Peer(Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sea_orm::DbErr> for PartnerChangeError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        PartnerChangeError::Store(err.into())
+    }
+}
+
+impl PartnerChangeError {
+    /// A failed conditional write, as the caller should see it.
+    pub fn from_write(err: WriteError, id: &str, current: State, needed: &'static str) -> Self {
+        match err {
+            WriteError::InvalidState { .. } => {
+                PartnerChangeError::InvalidState { id: id.to_owned(), state: current, needed }
+            }
+            WriteError::Conflict => PartnerChangeError::Conflict(id.to_owned()),
+            WriteError::Duplicate(detail) => PartnerChangeError::Store(StoreError::UniqueViolation(detail)),
+            WriteError::Store(err) => PartnerChangeError::Store(err),
+        }
+    }
+}
+
+impl From<PartnerChangeError> for Status {
+    fn from(err: PartnerChangeError) -> Self {
+        let message = err.to_string();
+        match err {
+            PartnerChangeError::NotFound(id) => {
+                not_found(ErrorReason::PartnerChangeNotFound, "partner change", "partnerChangeId", &id)
+            }
+            PartnerChangeError::WabaNotFound(id) => not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", &id),
+            PartnerChangeError::Blocked(blockers) => blocked(&blockers),
+            PartnerChangeError::IdempotencyKeyReused(request_id) => status(
+                Code::FailedPrecondition,
+                ErrorReason::IdempotencyKeyReused,
+                message,
+                [("requestId", request_id.as_str())],
+            ),
+            PartnerChangeError::InvalidState { id, state, .. } => status(
+                Code::FailedPrecondition,
+                ErrorReason::InvalidState,
+                message,
+                [("partnerChangeId", id.as_str()), ("state", state.as_str())],
+            ),
+            PartnerChangeError::Conflict(id) => {
+                status(Code::Aborted, ErrorReason::ConcurrentMigration, message, [("partnerChangeId", id.as_str())])
+            }
+            PartnerChangeError::Peer(peer) if is_transient(&peer) => {
+                tracing::warn!(status = ?peer, "a peer service is unavailable");
+                partnerhub_runtime::error::unavailable()
+            }
+            PartnerChangeError::Peer(peer) => {
+                tracing::error!(status = ?peer, "a peer service refused a call");
+                partnerhub_runtime::error::internal()
+            }
+            PartnerChangeError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// A refusal: the first blocker's reason in `ErrorInfo`, every blocker as a
+/// `PreconditionFailure` violation. An unknown destination is `NOT_FOUND`.
+fn blocked(blockers: &[Blocker]) -> Status {
+    let Some(first) = blockers.first() else {
+        return partnerhub_runtime::error::internal();
+    };
+    let code = if first.reason == BlockerReason::PartnerNotFound { Code::NotFound } else { Code::FailedPrecondition };
+    let mut metadata = std::collections::HashMap::new();
+    if !first.missing_fields.is_empty() {
+        metadata.insert("missingFields".to_owned(), first.missing_fields.join(","));
+    }
+    let mut details = ErrorDetails::with_error_info(first.reason.as_str(), ERROR_DOMAIN, metadata);
+    for blocker in blockers {
+        details.add_precondition_failure_violation(blocker.reason.as_str(), "partner_change", &blocker.message);
+    }
+    Status::with_error_details(code, first.message.clone(), details)
+}

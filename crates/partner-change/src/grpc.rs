@@ -1,0 +1,602 @@
+//! The partner-change service's gRPC boundary: parse → authorize → gather
+//! facts → decide (domain) → write (store) → map. Only this file knows the
+//! protobuf types.
+
+use std::{sync::Arc, time::Duration};
+
+use partnerhub_proto::partnerchange::v1 as pb;
+use partnerhub_runtime::{
+    auth::{Subject, caller},
+    error::{FieldViolation, invalid_argument, permission_denied},
+    ids::new_id,
+    pagination::{next_page_token, page_size, page_token},
+    time::{from_timestamp, now, to_timestamp},
+    validate::{Parsed, PhoneNumber, Validate, id, optional_id, optional_text, required_text},
+};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{
+        Blocker, BlockerReason, Eligibility, Event, EventType, PartnerChange, SagaStep, State, Submission, blockers,
+    },
+    error::PartnerChangeError,
+    facts::{Accounts, FactsError, World},
+    store::{self, Effects, EventDraft, ListFilter, ListScope, WriteError},
+};
+
+/// The most numbers a submit may name for granting.
+pub const MAX_GRANT_NUMBERS: usize = 1000;
+const MAX_REASON_LEN: usize = 500;
+const MAX_TERMS_VERSION_LEN: usize = 64;
+
+/// The `PartnerChangeService` implementation.
+#[derive(Debug, Clone)]
+pub struct PartnerChangeApi {
+    db: DatabaseConnection,
+    accounts: Accounts,
+    /// How long a submitted request waits for a decision before it expires.
+    request_ttl: Duration,
+    /// Wakes this process's migration worker when a request is approved.
+    worker_wake: Arc<Notify>,
+}
+
+impl PartnerChangeApi {
+    pub fn new(db: DatabaseConnection, accounts: Accounts, request_ttl: Duration, worker_wake: Arc<Notify>) -> Self {
+        Self { db, accounts, request_ttl, worker_wake }
+    }
+
+    /// The WABA's world, as the caller may see it: another client's WABA is
+    /// NOT_FOUND, and only the owner client and support may act on one.
+    async fn world_for(&self, caller: &Subject, waba_id: &str, destination: &str) -> Result<World, Status> {
+        if !matches!(caller, Subject::Client(_) | Subject::Support(_)) {
+            return Err(permission_denied());
+        }
+        let world = self.accounts.world(waba_id, destination).await.map_err(facts_error)?;
+        if matches!(caller, Subject::Client(own) if *own != world.client_id) {
+            return Err(PartnerChangeError::WabaNotFound(waba_id.to_owned()).into());
+        }
+        Ok(world)
+    }
+
+    /// A request the caller may see; any other answers NOT_FOUND.
+    async fn visible(&self, caller: &Subject, partner_change_id: &str) -> Result<PartnerChange, Status> {
+        let change = store::get(&self.db, partner_change_id).await.map_err(PartnerChangeError::from)?;
+        match change {
+            Some(change) if can_see(caller, &change) => Ok(change),
+            _ => Err(PartnerChangeError::NotFound(partner_change_id.to_owned()).into()),
+        }
+    }
+
+    /// Applies `event` to a request the caller may see and act on.
+    async fn decide(
+        &self,
+        caller: &Subject,
+        partner_change_id: &str,
+        may_act: impl Fn(&Subject, &PartnerChange) -> bool,
+        event: EventType,
+        reason: String,
+        needed: &'static str,
+    ) -> Result<PartnerChange, Status> {
+        let change = self.visible(caller, partner_change_id).await?;
+        if !may_act(caller, &change) {
+            return Err(permission_denied());
+        }
+        let draft = EventDraft { event_type: event, actor: caller.to_string(), reason };
+        let effects = Effects { failure_reason: (event == EventType::Retried).then(String::new), ..Effects::default() };
+        match store::apply_event(&self.db, &change, draft, effects).await {
+            Ok(next) => Ok(next),
+            Err(WriteError::Conflict) => {
+                // Someone else moved it first: report what it is now.
+                let current = self.visible(caller, partner_change_id).await?;
+                Err(PartnerChangeError::from_write(
+                    WriteError::InvalidState { state: current.state, event },
+                    partner_change_id,
+                    current.state,
+                    needed,
+                )
+                .into())
+            }
+            Err(WriteError::Duplicate(_)) => {
+                let open =
+                    store::find_open_for_waba(&self.db, &change.waba_id).await.map_err(PartnerChangeError::from)?;
+                Err(PartnerChangeError::Blocked(vec![already_pending(
+                    open.as_ref().map_or("", |open| open.partner_change_id.as_str()),
+                )])
+                .into())
+            }
+            Err(err) => Err(PartnerChangeError::from_write(err, partner_change_id, change.state, needed).into()),
+        }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeApi {
+    async fn preview_partner_change(
+        &self,
+        request: Request<pb::PreviewPartnerChangeRequest>,
+    ) -> RpcResult<pb::PreviewPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (waba_id, destination) =
+            (id("waba_id", &r.waba_id), id("destination_partner_id", &r.destination_partner_id)).validate()?;
+        let world = self.world_for(caller, &waba_id, &destination).await?;
+        let open = store::find_open_for_waba(&self.db, &waba_id).await.map_err(PartnerChangeError::from)?;
+        let found = blockers(&Eligibility {
+            client: &world.client,
+            current_partner_id: &world.current_partner_id,
+            destination_partner_id: &destination,
+            destination: world.destination.as_ref(),
+            accepted_terms_version: None,
+            open_request_id: open.as_ref().map(|open| open.partner_change_id.as_str()),
+        });
+        Ok(Response::new(pb::PreviewPartnerChangeResponse {
+            phone_numbers: world.phone_numbers,
+            destination_terms_version: world.destination.as_ref().map(|d| d.terms_version.clone()).unwrap_or_default(),
+            destination_auto_approves: world.destination.as_ref().is_some_and(|d| d.auto_approve),
+            blockers: found.into_iter().map(blocker_to_proto).collect(),
+            source_partner_id: world.current_partner_id,
+        }))
+    }
+
+    async fn submit_partner_change(
+        &self,
+        request: Request<pb::SubmitPartnerChangeRequest>,
+    ) -> RpcResult<pb::SubmitPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (request_id, waba_id, destination_partner_id, accepted_terms_version, grant_numbers) = (
+            id("request_id", &r.request_id),
+            id("waba_id", &r.waba_id),
+            id("destination_partner_id", &r.destination_partner_id),
+            required_text("accepted_terms_version", &r.accepted_terms_version, MAX_TERMS_VERSION_LEN),
+            PhoneNumber::parse_list("grant_phone_numbers", &r.grant_phone_numbers, MAX_GRANT_NUMBERS),
+        )
+            .validate()?;
+        let submission = Submission {
+            request_id,
+            waba_id,
+            destination_partner_id,
+            accepted_terms_version,
+            grant_phone_numbers: grant_numbers.into_iter().map(PhoneNumber::into_string).collect(),
+        };
+        let world = self.world_for(caller, &submission.waba_id, &submission.destination_partner_id).await?;
+        if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
+            return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
+        }
+        grant_numbers_on_waba(&submission, &world).validate()?;
+        let open = store::find_open_for_waba(&self.db, &submission.waba_id).await.map_err(PartnerChangeError::from)?;
+        let found = blockers(&Eligibility {
+            client: &world.client,
+            current_partner_id: &world.current_partner_id,
+            destination_partner_id: &submission.destination_partner_id,
+            destination: world.destination.as_ref(),
+            accepted_terms_version: Some(&submission.accepted_terms_version),
+            open_request_id: open.as_ref().map(|open| open.partner_change_id.as_str()),
+        });
+        let Some(destination) = world.destination.as_ref().filter(|_| found.is_empty()) else {
+            return Err(PartnerChangeError::Blocked(found).into());
+        };
+
+        let time = now();
+        let auto_approve = destination.auto_approve;
+        let change = PartnerChange {
+            partner_change_id: new_id("pc"),
+            request_id: submission.request_id.clone(),
+            waba_id: world.waba_id.clone(),
+            client_id: world.client_id.clone(),
+            source_partner_id: world.current_partner_id.clone(),
+            destination_partner_id: submission.destination_partner_id.clone(),
+            state: if auto_approve { State::Approved } else { State::PendingApproval },
+            phone_numbers: world.phone_numbers.clone(),
+            grant_phone_numbers: submission.grant_phone_numbers.clone(),
+            accepted_terms_version: submission.accepted_terms_version.clone(),
+            failure_reason: String::new(),
+            saga_step: SagaStep::Transfer,
+            version: 1,
+            create_time: time,
+            update_time: time,
+            expire_time: time + chrono::Duration::from_std(self.request_ttl).unwrap_or(chrono::Duration::MAX),
+        };
+        let mut events =
+            vec![EventDraft { event_type: EventType::Submitted, actor: caller.to_string(), reason: String::new() }];
+        if auto_approve {
+            events.push(EventDraft {
+                event_type: EventType::Approved,
+                actor: format!("partner:{}", change.destination_partner_id),
+                reason: "the destination partner approves every request automatically".to_owned(),
+            });
+        }
+        let stored = match store::insert_submission(&self.db, &change, &events).await {
+            Ok(stored) => stored,
+            Err(WriteError::Duplicate(_)) => return Err(self.lost_submit_race(&world.client_id, &submission).await),
+            Err(err) => {
+                return Err(PartnerChangeError::from_write(err, &change.partner_change_id, change.state, "").into());
+            }
+        };
+        if auto_approve {
+            self.worker_wake.notify_one();
+        }
+        tracing::info!(
+            partner_change_id = %stored.partner_change_id,
+            waba_id = %stored.waba_id,
+            source_partner_id = %stored.source_partner_id,
+            destination_partner_id = %stored.destination_partner_id,
+            state = stored.state.as_str(),
+            "partner change submitted"
+        );
+        Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(stored)) }))
+    }
+
+    async fn get_partner_change(
+        &self,
+        request: Request<pb::GetPartnerChangeRequest>,
+    ) -> RpcResult<pb::GetPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
+        let change = self.visible(caller, &partner_change_id).await?;
+        Ok(Response::new(pb::GetPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    async fn get_partner_change_history(
+        &self,
+        request: Request<pb::GetPartnerChangeHistoryRequest>,
+    ) -> RpcResult<pb::GetPartnerChangeHistoryResponse> {
+        let caller = caller(&request)?;
+        let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
+        self.visible(caller, &partner_change_id).await?;
+        let events = store::history(&self.db, &partner_change_id).await.map_err(PartnerChangeError::from)?;
+        Ok(Response::new(pb::GetPartnerChangeHistoryResponse {
+            entries: events.into_iter().map(history_entry).collect(),
+        }))
+    }
+
+    async fn list_partner_changes(
+        &self,
+        request: Request<pb::ListPartnerChangesRequest>,
+    ) -> RpcResult<pb::ListPartnerChangesResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (client_id, partner_id, other_party_id, states, created_after, created_before, size) = (
+            optional_id("client_id", &r.client_id),
+            optional_id("partner_id", &r.partner_id),
+            optional_id("other_party_id", &r.other_party_id),
+            states(&r.states),
+            from_timestamp("created_after", r.created_after.as_ref()),
+            from_timestamp("created_before", r.created_before.as_ref()),
+            page_size(r.page_size),
+        )
+            .validate()?;
+        let direction = direction(r.direction).validate()?;
+        let scope = list_scope(caller, client_id, partner_id, direction)?;
+        let filter = ListFilter { scope, states, other_party_id, created_after, created_before };
+        let after = page_token(&r.page_token, &filter.page_scope()).validate()?;
+        let (changes, more) =
+            store::list(&self.db, &filter, after.as_deref(), size).await.map_err(PartnerChangeError::from)?;
+        let next_page_token = match changes.last() {
+            Some(last) if more => next_page_token(&last.partner_change_id, &filter.page_scope()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPartnerChangesResponse {
+            partner_changes: changes.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn approve_partner_change(
+        &self,
+        request: Request<pb::ApprovePartnerChangeRequest>,
+    ) -> RpcResult<pb::ApprovePartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
+        let change = self
+            .decide(caller, &partner_change_id, is_destination, EventType::Approved, String::new(), "PENDING_APPROVAL")
+            .await?;
+        self.worker_wake.notify_one();
+        tracing::info!(%partner_change_id, actor = %caller, "partner change approved");
+        Ok(Response::new(pb::ApprovePartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    async fn reject_partner_change(
+        &self,
+        request: Request<pb::RejectPartnerChangeRequest>,
+    ) -> RpcResult<pb::RejectPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (partner_change_id, reason) =
+            (id("partner_change_id", &r.partner_change_id), required_text("reason", &r.reason, MAX_REASON_LEN))
+                .validate()?;
+        let change = self
+            .decide(caller, &partner_change_id, is_destination, EventType::Rejected, reason, "PENDING_APPROVAL")
+            .await?;
+        tracing::info!(%partner_change_id, actor = %caller, "partner change rejected");
+        Ok(Response::new(pb::RejectPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    async fn cancel_partner_change(
+        &self,
+        request: Request<pb::CancelPartnerChangeRequest>,
+    ) -> RpcResult<pb::CancelPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (partner_change_id, reason) =
+            (id("partner_change_id", &r.partner_change_id), optional_text("reason", &r.reason, MAX_REASON_LEN))
+                .validate()?;
+        let owner_or_support =
+            |caller: &Subject, change: &PartnerChange| caller.is_support() || caller.is_client(&change.client_id);
+        let change = self
+            .decide(caller, &partner_change_id, owner_or_support, EventType::Cancelled, reason, "PENDING_APPROVAL")
+            .await?;
+        tracing::info!(%partner_change_id, actor = %caller, "partner change cancelled");
+        Ok(Response::new(pb::CancelPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    async fn retry_partner_change(
+        &self,
+        request: Request<pb::RetryPartnerChangeRequest>,
+    ) -> RpcResult<pb::RetryPartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
+        let support_only = |caller: &Subject, _: &PartnerChange| caller.is_support();
+        let change =
+            self.decide(caller, &partner_change_id, support_only, EventType::Retried, String::new(), "FAILED").await?;
+        self.worker_wake.notify_one();
+        tracing::info!(%partner_change_id, actor = %caller, "partner change retried");
+        Ok(Response::new(pb::RetryPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    type WatchPartnerChangeEventsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchPartnerChangeEventsResponse, Status>>;
+
+    async fn watch_partner_change_events(
+        &self,
+        _request: Request<pb::WatchPartnerChangeEventsRequest>,
+    ) -> RpcResult<Self::WatchPartnerChangeEventsStream> {
+        Err(Status::unimplemented("the event stream is not built yet"))
+    }
+}
+
+impl PartnerChangeApi {
+    /// The request an earlier submit with the same key created, if the payload
+    /// is the same; a different payload under the same key is refused.
+    async fn previous_submission(
+        &self,
+        client_id: &str,
+        submission: &Submission,
+    ) -> Result<Option<PartnerChange>, Status> {
+        let existing = store::find_by_request_id(&self.db, client_id, &submission.request_id)
+            .await
+            .map_err(PartnerChangeError::from)?;
+        match existing {
+            Some(existing) if existing.same_submission(submission) => Ok(Some(existing)),
+            Some(_) => Err(PartnerChangeError::IdempotencyKeyReused(submission.request_id.clone()).into()),
+            None => Ok(None),
+        }
+    }
+
+    /// A concurrent submit took the idempotency key or the WABA's open slot first.
+    async fn lost_submit_race(&self, client_id: &str, submission: &Submission) -> Status {
+        match self.previous_submission(client_id, submission).await {
+            Ok(Some(_)) => PartnerChangeError::Conflict(submission.request_id.clone()).into(),
+            Ok(None) => {
+                let open = store::find_open_for_waba(&self.db, &submission.waba_id).await;
+                match open {
+                    Ok(open) => PartnerChangeError::Blocked(vec![already_pending(
+                        open.as_ref().map_or("", |open| open.partner_change_id.as_str()),
+                    )])
+                    .into(),
+                    Err(err) => PartnerChangeError::from(err).into(),
+                }
+            }
+            Err(status) => status,
+        }
+    }
+}
+
+fn already_pending(open_id: &str) -> Blocker {
+    Blocker {
+        reason: BlockerReason::ChangeAlreadyPending,
+        message: format!("Partner change {open_id} for this WABA is still open."),
+        missing_fields: Vec::new(),
+    }
+}
+
+fn facts_error(err: FactsError) -> Status {
+    match err {
+        FactsError::WabaNotFound(id) => PartnerChangeError::WabaNotFound(id).into(),
+        FactsError::Peer(status) => PartnerChangeError::Peer(status).into(),
+    }
+}
+
+/// The client, both partners, support and services see a request; nobody else.
+fn can_see(caller: &Subject, change: &PartnerChange) -> bool {
+    caller.is_operator()
+        || caller.is_client(&change.client_id)
+        || caller.is_partner(&change.source_partner_id)
+        || caller.is_partner(&change.destination_partner_id)
+}
+
+fn is_destination(caller: &Subject, change: &PartnerChange) -> bool {
+    caller.is_partner(&change.destination_partner_id)
+}
+
+/// Every number to grant must be one of the WABA's.
+fn grant_numbers_on_waba(submission: &Submission, world: &World) -> Parsed<()> {
+    for (index, number) in submission.grant_phone_numbers.iter().enumerate() {
+        if !world.phone_numbers.contains(number) {
+            return Err(FieldViolation::new(
+                format!("grant_phone_numbers[{index}]"),
+                format!("{number} is not a number of WABA {}", world.waba_id),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Incoming,
+    Outgoing,
+}
+
+fn direction(raw: i32) -> Parsed<Option<Direction>> {
+    match pb::Direction::try_from(raw) {
+        Ok(pb::Direction::Unspecified) => Ok(None),
+        Ok(pb::Direction::Incoming) => Ok(Some(Direction::Incoming)),
+        Ok(pb::Direction::Outgoing) => Ok(Some(Direction::Outgoing)),
+        Err(_) => Err(FieldViolation::new("direction", format!("unknown value {raw}"))),
+    }
+}
+
+fn states(raw: &[i32]) -> Parsed<Vec<State>> {
+    raw.iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let field = || format!("states[{index}]");
+            match pb::PartnerChangeState::try_from(*value) {
+                Ok(pb::PartnerChangeState::Unspecified) => Err(FieldViolation::new(field(), "must not be unspecified")),
+                Ok(state) => Ok(state_from_proto(state)),
+                Err(_) => Err(FieldViolation::new(field(), format!("unknown value {value}"))),
+            }
+        })
+        .collect()
+}
+
+/// Whose requests a list shows. A client or partner gets its own (naming another
+/// tenant answers NOT_FOUND); support and services name exactly one party.
+fn list_scope(
+    caller: &Subject,
+    client_id: Option<String>,
+    partner_id: Option<String>,
+    direction: Option<Direction>,
+) -> Result<ListScope, Status> {
+    let partner_scope = |id: String| match direction {
+        Some(Direction::Incoming) => ListScope::Incoming(id),
+        Some(Direction::Outgoing) => ListScope::Outgoing(id),
+        None => ListScope::Partner(id),
+    };
+    let invalid = |field: &str, description: &str| invalid_argument(&[FieldViolation::new(field, description)]);
+    match caller {
+        Subject::Client(own) => {
+            if direction.is_some() || partner_id.is_some() {
+                return Err(invalid("direction", "is for partners; a client lists its own requests"));
+            }
+            match client_id {
+                Some(named) if named != *own => Err(partnerhub_runtime::error::not_found(
+                    partnerhub_runtime::error::ErrorReason::ClientNotFound,
+                    "client",
+                    "clientId",
+                    &named,
+                )),
+                _ => Ok(ListScope::Client(own.clone())),
+            }
+        }
+        Subject::Partner(own) => {
+            if client_id.is_some() {
+                return Err(invalid("client_id", "a partner lists requests to or from itself"));
+            }
+            match partner_id {
+                Some(named) if named != *own => Err(partnerhub_runtime::error::not_found(
+                    partnerhub_runtime::error::ErrorReason::PartnerNotFound,
+                    "partner",
+                    "partnerId",
+                    &named,
+                )),
+                _ => Ok(partner_scope(own.clone())),
+            }
+        }
+        Subject::Support(_) | Subject::Service(_) => match (client_id, partner_id) {
+            (Some(client), None) if direction.is_none() => Ok(ListScope::Client(client)),
+            (Some(_), None) => Err(invalid("direction", "is for partners")),
+            (None, Some(partner)) => Ok(partner_scope(partner)),
+            _ => Err(invalid("client_id", "support and services name exactly one of client_id and partner_id")),
+        },
+    }
+}
+
+pub(crate) fn state_to_proto(state: State) -> pb::PartnerChangeState {
+    match state {
+        State::PendingApproval => pb::PartnerChangeState::PendingApproval,
+        State::Approved => pb::PartnerChangeState::Approved,
+        State::Migrating => pb::PartnerChangeState::Migrating,
+        State::Completed => pb::PartnerChangeState::Completed,
+        State::Rejected => pb::PartnerChangeState::Rejected,
+        State::Cancelled => pb::PartnerChangeState::Cancelled,
+        State::Expired => pb::PartnerChangeState::Expired,
+        State::Failed => pb::PartnerChangeState::Failed,
+    }
+}
+
+fn state_from_proto(state: pb::PartnerChangeState) -> State {
+    match state {
+        pb::PartnerChangeState::PendingApproval | pb::PartnerChangeState::Unspecified => State::PendingApproval,
+        pb::PartnerChangeState::Approved => State::Approved,
+        pb::PartnerChangeState::Migrating => State::Migrating,
+        pb::PartnerChangeState::Completed => State::Completed,
+        pb::PartnerChangeState::Rejected => State::Rejected,
+        pb::PartnerChangeState::Cancelled => State::Cancelled,
+        pb::PartnerChangeState::Expired => State::Expired,
+        pb::PartnerChangeState::Failed => State::Failed,
+    }
+}
+
+pub(crate) fn event_type_to_proto(event: EventType) -> pb::PartnerChangeEventType {
+    match event {
+        EventType::Submitted => pb::PartnerChangeEventType::Submitted,
+        EventType::Approved => pb::PartnerChangeEventType::Approved,
+        EventType::Rejected => pb::PartnerChangeEventType::Rejected,
+        EventType::Cancelled => pb::PartnerChangeEventType::Cancelled,
+        EventType::Expired => pb::PartnerChangeEventType::Expired,
+        EventType::MigrationStarted => pb::PartnerChangeEventType::MigrationStarted,
+        EventType::Completed => pb::PartnerChangeEventType::Completed,
+        EventType::Failed => pb::PartnerChangeEventType::Failed,
+        EventType::Retried => pb::PartnerChangeEventType::Retried,
+    }
+}
+
+fn blocker_to_proto(blocker: Blocker) -> pb::Blocker {
+    let reason = match blocker.reason {
+        BlockerReason::LegacyAccount => pb::BlockerReason::LegacyAccount,
+        BlockerReason::PaymentProcessorMismatch => pb::BlockerReason::PaymentProcessorMismatch,
+        BlockerReason::CompanyInfoIncomplete => pb::BlockerReason::CompanyInfoIncomplete,
+        BlockerReason::PartnerNotFound => pb::BlockerReason::PartnerNotFound,
+        BlockerReason::PartnerNotAccepting => pb::BlockerReason::PartnerNotAccepting,
+        BlockerReason::SamePartner => pb::BlockerReason::SamePartner,
+        BlockerReason::TermsNotAccepted => pb::BlockerReason::TermsNotAccepted,
+        BlockerReason::PaymentMethodRequired => pb::BlockerReason::PaymentMethodRequired,
+        BlockerReason::ChangeAlreadyPending => pb::BlockerReason::ChangeAlreadyPending,
+    };
+    pb::Blocker { reason: reason.into(), message: blocker.message, missing_fields: blocker.missing_fields }
+}
+
+pub(crate) fn to_proto(change: PartnerChange) -> pb::PartnerChange {
+    pb::PartnerChange {
+        partner_change_id: change.partner_change_id,
+        request_id: change.request_id,
+        waba_id: change.waba_id,
+        client_id: change.client_id,
+        source_partner_id: change.source_partner_id,
+        destination_partner_id: change.destination_partner_id,
+        state: state_to_proto(change.state).into(),
+        phone_numbers: change.phone_numbers,
+        grant_phone_numbers: change.grant_phone_numbers,
+        failure_reason: change.failure_reason,
+        create_time: Some(to_timestamp(change.create_time)),
+        update_time: Some(to_timestamp(change.update_time)),
+        expire_time: Some(to_timestamp(change.expire_time)),
+        accepted_terms_version: change.accepted_terms_version,
+    }
+}
+
+fn history_entry(event: Event) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        state: state_to_proto(event.state).into(),
+        actor: event.actor,
+        reason: event.reason,
+        time: Some(to_timestamp(event.time)),
+        event_type: event_type_to_proto(event.event_type).into(),
+    }
+}

@@ -1,0 +1,18 @@
+//! The partner-change service's schema, recorded in its own `partner_change_migrations` table.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_partner_change_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migration_table_name() -> DynIden {
+        "partner_change_migrations".into_iden()
+    }
+
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_partner_change_tables::Migration)]
+    }
+}

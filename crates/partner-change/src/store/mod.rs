@@ -1,0 +1,499 @@
+//! Persistence for the partner-change service: the shared request table, its
+//! event log, and the conditional writes that move requests between states.
+//!
+//! **Architecture Invariant:** every change of a request's state is one
+//! transaction that updates the row *only if* it still has the state and
+//! version that were read, and appends the event (transactional outbox): no
+//! event without its change, no change without its event.
+//!
+//! **Architecture Invariant:** event positions are taken from the one row of
+//! `event_log_head`, last thing before commit. Its row lock is held until the
+//! transaction ends, so a transaction cannot take position N+1 before the one
+//! holding N has committed or rolled back: positions become visible in order,
+//! and a reader that has seen N+1 can never later see N appear.
+
+pub mod entities;
+pub mod migration;
+
+use chrono::{DateTime, Utc};
+use partnerhub_runtime::{
+    db::{StoreError, begin_write},
+    time::now,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::{Alias, Expr, ExprTrait, Query},
+};
+
+use self::entities::{event, partner_change};
+use crate::domain::{Event, EventType, PartnerChange, SagaStep, State, next_state};
+
+/// An event to append, before it has a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    pub event_type: EventType,
+    /// The subject that made the step, e.g. `partner:p-1`.
+    pub actor: String,
+    pub reason: String,
+}
+
+/// What a transition changes besides the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub failure_reason: Option<String>,
+    pub saga_step: Option<SagaStep>,
+    /// Hold the request for this worker until the given time.
+    pub lease: Option<(String, DateTime<Utc>)>,
+    /// Drop any lease and reset the retry count.
+    pub release: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The event may not happen in the request's state.
+    #[error("a {event:?} event cannot happen in state {state:?}")]
+    InvalidState { state: State, event: EventType },
+    /// Someone else changed the request since it was read.
+    #[error("the request changed concurrently")]
+    Conflict,
+    /// A unique key was taken (idempotency key, or the WABA's one open request).
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<DbErr> for WriteError {
+    fn from(err: DbErr) -> Self {
+        match StoreError::from(err) {
+            StoreError::UniqueViolation(detail) => WriteError::Duplicate(detail),
+            other => WriteError::Store(other),
+        }
+    }
+}
+
+/// Stores a new request and its first events (SUBMITTED, then APPROVED when
+/// the destination auto-approves) in one transaction.
+pub async fn insert_submission(
+    db: &DatabaseConnection,
+    change: &PartnerChange,
+    events: &[EventDraft],
+) -> Result<PartnerChange, WriteError> {
+    let tx = begin_write(db).await?;
+    let time = change.create_time;
+    partner_change::ActiveModel {
+        partner_change_id: Set(change.partner_change_id.clone()),
+        request_id: Set(change.request_id.clone()),
+        waba_id: Set(change.waba_id.clone()),
+        client_id: Set(change.client_id.clone()),
+        source_partner_id: Set(change.source_partner_id.clone()),
+        destination_partner_id: Set(change.destination_partner_id.clone()),
+        state: Set(change.state.as_str().to_owned()),
+        phone_numbers: Set(change.phone_numbers.join(",")),
+        grant_phone_numbers: Set(change.grant_phone_numbers.join(",")),
+        accepted_terms_version: Set(change.accepted_terms_version.clone()),
+        failure_reason: Set(String::new()),
+        saga_step: Set(change.saga_step.as_str().to_owned()),
+        version: Set(change.version),
+        attempts: Set(0),
+        lease_owner: Set(None),
+        lease_expire_time: Set(None),
+        open_waba_id: Set(Some(change.waba_id.clone())),
+        create_time: Set(time),
+        update_time: Set(time),
+        expire_time: Set(change.expire_time),
+    }
+    .insert(&tx)
+    .await?;
+    // SUBMITTED leaves the request pending; each later event moves it on
+    // (auto-approval: to APPROVED). Each event carries the request as it left it.
+    let mut snapshot = PartnerChange { state: State::PendingApproval, ..change.clone() };
+    let mut drafts = Vec::with_capacity(events.len());
+    for (index, draft) in events.iter().enumerate() {
+        if index > 0 {
+            snapshot.state = next_state(snapshot.state, draft.event_type)
+                .ok_or(WriteError::InvalidState { state: snapshot.state, event: draft.event_type })?;
+        }
+        drafts.push((draft, snapshot.clone()));
+    }
+    if snapshot.state != change.state {
+        return Err(WriteError::InvalidState { state: snapshot.state, event: EventType::Submitted });
+    }
+    append_events(&tx, &drafts).await?;
+    tx.commit().await?;
+    Ok(change.clone())
+}
+
+/// Moves `expected` (the request as read) on by one event: one transaction,
+/// conditional on the state and version read, that also appends the event.
+pub async fn apply_event(
+    db: &DatabaseConnection,
+    expected: &PartnerChange,
+    draft: EventDraft,
+    effects: Effects,
+) -> Result<PartnerChange, WriteError> {
+    let state = next_state(expected.state, draft.event_type)
+        .ok_or(WriteError::InvalidState { state: expected.state, event: draft.event_type })?;
+    let mut next = expected.clone();
+    next.state = state;
+    next.version += 1;
+    next.update_time = now();
+    if let Some(reason) = &effects.failure_reason {
+        next.failure_reason = reason.clone();
+    }
+    if let Some(step) = effects.saga_step {
+        next.saga_step = step;
+    }
+    let tx = begin_write(db).await?;
+    let mut update = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::State, Expr::value(state.as_str()))
+        .col_expr(partner_change::Column::Version, Expr::value(next.version))
+        .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
+        .col_expr(partner_change::Column::FailureReason, Expr::value(next.failure_reason.clone()))
+        .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step.as_str()))
+        .col_expr(partner_change::Column::OpenWabaId, Expr::value(state.is_open().then(|| next.waba_id.clone())));
+    if let Some((owner, until)) = &effects.lease {
+        update = update
+            .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.clone())))
+            .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(*until)))
+            .col_expr(partner_change::Column::Attempts, Expr::value(0));
+    } else if effects.release {
+        update = update
+            .col_expr(partner_change::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(None::<DateTime<Utc>>))
+            .col_expr(partner_change::Column::Attempts, Expr::value(0));
+    }
+    let updated = update
+        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
+        .filter(partner_change::Column::State.eq(expected.state.as_str()))
+        .filter(partner_change::Column::Version.eq(expected.version))
+        .exec(&tx)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    append_events(&tx, &[(&draft, next.clone())]).await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
+/// Takes over a migrating request whose lease has lapsed (its worker crashed,
+/// or its retry delay has passed). No state changes, so no event.
+pub async fn take_lease(
+    db: &DatabaseConnection,
+    expected: &PartnerChange,
+    owner: &str,
+    until: DateTime<Utc>,
+) -> Result<PartnerChange, WriteError> {
+    let mut next = expected.clone();
+    next.version += 1;
+    let time = now();
+    let updated = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::Version, Expr::value(next.version))
+        .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.to_owned())))
+        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(until)))
+        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
+        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .filter(partner_change::Column::Version.eq(expected.version))
+        .filter(
+            Condition::any()
+                .add(partner_change::Column::LeaseExpireTime.is_null())
+                .add(partner_change::Column::LeaseExpireTime.lt(time)),
+        )
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    Ok(next)
+}
+
+/// Records that the saga finished a step, if `owner` still holds the lease.
+pub async fn record_progress(
+    db: &DatabaseConnection,
+    expected: &PartnerChange,
+    owner: &str,
+    step: SagaStep,
+) -> Result<PartnerChange, WriteError> {
+    let mut next = expected.clone();
+    next.version += 1;
+    next.saga_step = step;
+    next.update_time = now();
+    let updated = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::Version, Expr::value(next.version))
+        .col_expr(partner_change::Column::SagaStep, Expr::value(step.as_str()))
+        .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
+        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
+        .filter(partner_change::Column::Version.eq(expected.version))
+        .filter(partner_change::Column::LeaseOwner.eq(owner))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    Ok(next)
+}
+
+/// Gives a migrating request back after a transient error: any worker may
+/// resume it from `retry_at`.
+pub async fn release_for_retry(
+    db: &DatabaseConnection,
+    expected: &PartnerChange,
+    owner: &str,
+    retry_at: DateTime<Utc>,
+) -> Result<(), WriteError> {
+    let updated = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::Version, Expr::value(expected.version + 1))
+        .col_expr(partner_change::Column::LeaseOwner, Expr::value(None::<String>))
+        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(retry_at)))
+        .col_expr(partner_change::Column::Attempts, Expr::col(partner_change::Column::Attempts).add(1))
+        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
+        .filter(partner_change::Column::Version.eq(expected.version))
+        .filter(partner_change::Column::LeaseOwner.eq(owner))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    Ok(())
+}
+
+/// How many times the migration of a request has been retried since it was claimed.
+pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Result<i32, StoreError> {
+    let model = partner_change::Entity::find_by_id(partner_change_id).one(db).await?;
+    Ok(model.map_or(0, |model| model.attempts))
+}
+
+/// Requests a worker may take now: approved ones, and migrating ones whose lease lapsed.
+pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
+    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(
+        Condition::any()
+            .add(partner_change::Column::LeaseExpireTime.is_null())
+            .add(partner_change::Column::LeaseExpireTime.lt(now())),
+    );
+    let models = partner_change::Entity::find()
+        .filter(Condition::any().add(partner_change::Column::State.eq(State::Approved.as_str())).add(lapsed))
+        .order_by_asc(partner_change::Column::UpdateTime)
+        .limit(limit)
+        .all(db)
+        .await?;
+    models.into_iter().map(from_model).collect()
+}
+
+/// Pending requests past their expire time.
+pub async fn due_to_expire(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
+    let models = partner_change::Entity::find()
+        .filter(partner_change::Column::State.eq(State::PendingApproval.as_str()))
+        .filter(partner_change::Column::ExpireTime.lte(now()))
+        .order_by_asc(partner_change::Column::ExpireTime)
+        .limit(limit)
+        .all(db)
+        .await?;
+    models.into_iter().map(from_model).collect()
+}
+
+pub async fn get(db: &DatabaseConnection, partner_change_id: &str) -> Result<Option<PartnerChange>, StoreError> {
+    partner_change::Entity::find_by_id(partner_change_id).one(db).await?.map(from_model).transpose()
+}
+
+pub async fn find_by_request_id(
+    db: &DatabaseConnection,
+    client_id: &str,
+    request_id: &str,
+) -> Result<Option<PartnerChange>, StoreError> {
+    let model = partner_change::Entity::find()
+        .filter(partner_change::Column::ClientId.eq(client_id))
+        .filter(partner_change::Column::RequestId.eq(request_id))
+        .one(db)
+        .await?;
+    model.map(from_model).transpose()
+}
+
+/// The open request of a WABA, if any.
+pub async fn find_open_for_waba(db: &DatabaseConnection, waba_id: &str) -> Result<Option<PartnerChange>, StoreError> {
+    let model = partner_change::Entity::find().filter(partner_change::Column::OpenWabaId.eq(waba_id)).one(db).await?;
+    model.map(from_model).transpose()
+}
+
+/// A request's events, oldest first.
+pub async fn history(db: &DatabaseConnection, partner_change_id: &str) -> Result<Vec<Event>, StoreError> {
+    let models = event::Entity::find()
+        .filter(event::Column::PartnerChangeId.eq(partner_change_id))
+        .order_by_asc(event::Column::Position)
+        .all(db)
+        .await?;
+    models.into_iter().map(event_from_model).collect()
+}
+
+/// Whose requests a list shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListScope {
+    /// A client's own requests; the other party is either partner.
+    Client(String),
+    /// Requests to a partner (incoming); the other party is the source partner.
+    Incoming(String),
+    /// Requests away from a partner (outgoing); the other party is the destination.
+    Outgoing(String),
+    /// Both directions.
+    Partner(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    pub scope: ListScope,
+    /// Empty: every state.
+    pub states: Vec<State>,
+    pub other_party_id: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl ListFilter {
+    /// Binds page tokens to the filter they were issued for.
+    pub fn page_scope(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// One page of requests, newest first, after the request ID `after`.
+pub async fn list(
+    db: &DatabaseConnection,
+    filter: &ListFilter,
+    after: Option<&str>,
+    page_size: u64,
+) -> Result<(Vec<PartnerChange>, bool), StoreError> {
+    use partner_change::Column as C;
+    let other = filter.other_party_id.as_deref();
+    let scope = match &filter.scope {
+        ListScope::Client(id) => {
+            let mut scope = Condition::all().add(C::ClientId.eq(id));
+            if let Some(other) = other {
+                scope = scope
+                    .add(Condition::any().add(C::SourcePartnerId.eq(other)).add(C::DestinationPartnerId.eq(other)));
+            }
+            scope
+        }
+        ListScope::Incoming(id) => {
+            let mut scope = Condition::all().add(C::DestinationPartnerId.eq(id));
+            if let Some(other) = other {
+                scope = scope.add(C::SourcePartnerId.eq(other));
+            }
+            scope
+        }
+        ListScope::Outgoing(id) => {
+            let mut scope = Condition::all().add(C::SourcePartnerId.eq(id));
+            if let Some(other) = other {
+                scope = scope.add(C::DestinationPartnerId.eq(other));
+            }
+            scope
+        }
+        ListScope::Partner(id) => match other {
+            None => Condition::any().add(C::SourcePartnerId.eq(id)).add(C::DestinationPartnerId.eq(id)),
+            Some(other) => Condition::any()
+                .add(Condition::all().add(C::SourcePartnerId.eq(id)).add(C::DestinationPartnerId.eq(other)))
+                .add(Condition::all().add(C::SourcePartnerId.eq(other)).add(C::DestinationPartnerId.eq(id))),
+        },
+    };
+    let mut query = partner_change::Entity::find().filter(scope);
+    if !filter.states.is_empty() {
+        query = query.filter(C::State.is_in(filter.states.iter().map(|state| state.as_str())));
+    }
+    if let Some(after) = filter.created_after {
+        query = query.filter(C::CreateTime.gt(after));
+    }
+    if let Some(before) = filter.created_before {
+        query = query.filter(C::CreateTime.lt(before));
+    }
+    if let Some(after) = after {
+        query = query.filter(C::PartnerChangeId.lt(after));
+    }
+    let mut models = query.order_by_desc(C::PartnerChangeId).limit(page_size.saturating_add(1)).all(db).await?;
+    let more = models.len() as u64 > page_size;
+    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    Ok((models.into_iter().map(from_model).collect::<Result<_, _>>()?, more))
+}
+
+/// Appends events with positions taken from the log head; see the module documentation.
+async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, PartnerChange)]) -> Result<(), DbErr> {
+    let count = i64::try_from(events.len()).map_err(|_| DbErr::Custom("too many events".into()))?;
+    let take = Query::update()
+        .table(Alias::new("event_log_head"))
+        .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .returning_col(Alias::new("last_position"))
+        .to_owned();
+    let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom("event_log_head has no row".into()))?;
+    let last: i64 = row.try_get("", "last_position")?;
+    for (offset, (draft, snapshot)) in (0..count).rev().zip(events) {
+        let snapshot_json = serde_json::to_string(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
+        event::ActiveModel {
+            position: Set(last - offset),
+            partner_change_id: Set(snapshot.partner_change_id.clone()),
+            event_type: Set(draft.event_type.as_str().to_owned()),
+            state: Set(snapshot.state.as_str().to_owned()),
+            actor: Set(draft.actor.clone()),
+            reason: Set(draft.reason.clone()),
+            time: Set(snapshot.update_time),
+            client_id: Set(snapshot.client_id.clone()),
+            source_partner_id: Set(snapshot.source_partner_id.clone()),
+            destination_partner_id: Set(snapshot.destination_partner_id.clone()),
+            snapshot: Set(snapshot_json),
+        }
+        .insert(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Other(DbErr::Custom(format!("unknown stored {what} {value:?}")))
+}
+
+fn split_numbers(text: &str) -> Vec<String> {
+    if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
+}
+
+fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError> {
+    Ok(PartnerChange {
+        state: State::from_stored(&model.state).ok_or_else(|| corrupt("state", &model.state))?,
+        saga_step: SagaStep::from_stored(&model.saga_step).ok_or_else(|| corrupt("saga step", &model.saga_step))?,
+        phone_numbers: split_numbers(&model.phone_numbers),
+        grant_phone_numbers: split_numbers(&model.grant_phone_numbers),
+        partner_change_id: model.partner_change_id,
+        request_id: model.request_id,
+        waba_id: model.waba_id,
+        client_id: model.client_id,
+        source_partner_id: model.source_partner_id,
+        destination_partner_id: model.destination_partner_id,
+        accepted_terms_version: model.accepted_terms_version,
+        failure_reason: model.failure_reason,
+        version: model.version,
+        create_time: model.create_time,
+        update_time: model.update_time,
+        expire_time: model.expire_time,
+    })
+}
+
+fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
+    Ok(Event {
+        position: model.position,
+        event_type: EventType::from_stored(&model.event_type)
+            .ok_or_else(|| corrupt("event type", &model.event_type))?,
+        state: State::from_stored(&model.state).ok_or_else(|| corrupt("state", &model.state))?,
+        snapshot: serde_json::from_str(&model.snapshot).map_err(|_| corrupt("snapshot", &model.partner_change_id))?,
+        partner_change_id: model.partner_change_id,
+        actor: model.actor,
+        reason: model.reason,
+        time: model.time,
+    })
+}
+
+/// Runs the partner-change migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm_migration::MigratorTrait;
+    let tx = begin_write(db).await?;
+    partnerhub_runtime::db::lock_for_migration(&tx).await?;
+    migration::Migrator::up(&tx, None).await?;
+    tx.commit().await
+}

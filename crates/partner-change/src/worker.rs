@@ -1,0 +1,441 @@
+//! The migration saga and the expiry sweeper: background work that any number
+//! of replicas may run at once.
+//!
+//! A worker claims an APPROVED request by moving it to MIGRATING with a lease
+//! (one conditional write, with its MIGRATION_STARTED event), then drives the
+//! saga: re-check eligibility and move the WABA in the account service
+//! (idempotent per request), record that, revoke the old partner's permissions
+//! and grant the named numbers (idempotent per request), mark COMPLETED. A
+//! worker that crashes leaves its lease to lapse; any worker then resumes the
+//! request at the step it had recorded, and the idempotent calls make a
+//! repeated step harmless. A transient error gives the request back with a
+//! retry time (capped exponential backoff with jitter); a permanent one ends it
+//! in FAILED with the reason.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use partnerhub_proto::{
+    account::v1::TransferWabaRequest,
+    permissions::v1::{
+        GrantPartnerPermissionsRequest, RevokePartnerPermissionsRequest,
+        permissions_service_client::PermissionsServiceClient,
+    },
+};
+use partnerhub_runtime::{config::WorkerSettings, db::StoreError, peers::PeerChannel, peers::is_transient, time::now};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic_types::StatusExt;
+
+use crate::{
+    domain::{Blocker, Eligibility, EventType, PartnerChange, SagaStep, State, blockers},
+    facts::{Accounts, FactsError},
+    store::{self, Effects, EventDraft, WriteError},
+};
+
+/// The actor the worker's events name.
+pub const WORKER_ACTOR: &str = "service:partner-change";
+
+/// What one call of [`MigrationWorker::run_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing was waiting.
+    Idle,
+    /// A request was claimed and driven as far as it would go.
+    Worked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Faults a test (or a drill) can make the worker suffer. Empty by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Mutex<FaultPlan>>);
+
+#[derive(Debug, Default)]
+struct FaultPlan {
+    crash_after: Option<SagaStep>,
+    permission_call_failures: VecDeque<tonic::Code>,
+}
+
+impl Faults {
+    /// The next time the worker finishes `step`, it stops as if the process had
+    /// died: it keeps its lease and does nothing more.
+    pub fn crash_after(&self, step: SagaStep) {
+        self.plan().crash_after = Some(step);
+    }
+
+    /// The next calls to the permissions service fail with these codes, in order.
+    pub fn fail_permission_calls(&self, codes: impl IntoIterator<Item = tonic::Code>) {
+        self.plan().permission_call_failures.extend(codes);
+    }
+
+    fn take_crash(&self, step: SagaStep) -> bool {
+        let mut plan = self.plan();
+        let crash = plan.crash_after == Some(step);
+        if crash {
+            plan.crash_after = None;
+        }
+        crash
+    }
+
+    fn take_permission_failure(&self) -> Option<Status> {
+        self.plan().permission_call_failures.pop_front().map(|code| Status::new(code, "injected fault"))
+    }
+
+    fn plan(&self) -> std::sync::MutexGuard<'_, FaultPlan> {
+        // A poisoned plan only means a test panicked mid-update; the plan is still usable.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The migration worker of one replica.
+#[derive(Debug, Clone)]
+pub struct MigrationWorker {
+    db: DatabaseConnection,
+    accounts: Accounts,
+    permissions: PermissionsServiceClient<PeerChannel>,
+    settings: WorkerSettings,
+    /// Names this worker in leases, so that only it records progress on what it holds.
+    owner: String,
+    /// Rung by this process's API when a request is approved.
+    wake: Arc<Notify>,
+    faults: Faults,
+}
+
+/// How one saga step ended, when it did not succeed.
+enum StepError {
+    /// The change may no longer go ahead: FAILED with this reason.
+    Permanent(String),
+    /// Try again later.
+    Transient(String),
+}
+
+impl MigrationWorker {
+    pub fn new(
+        db: DatabaseConnection,
+        accounts: Accounts,
+        permissions: PeerChannel,
+        settings: WorkerSettings,
+        owner: String,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let permissions = PermissionsServiceClient::new(permissions);
+        Self { db, accounts, permissions, settings, owner, wake, faults: Faults::default() }
+    }
+
+    /// The same worker under another name, with its own faults (tests run two
+    /// "replicas" this way).
+    pub fn replica(&self, owner: &str) -> Self {
+        Self { owner: owner.to_owned(), faults: Faults::default(), ..self.clone() }
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Claims one request, if any waits, and drives its saga as far as it goes.
+    pub async fn run_once(&self) -> Result<Step, WorkerError> {
+        let Some(change) = self.claim().await? else { return Ok(Step::Idle) };
+        self.drive(change).await?;
+        Ok(Step::Worked)
+    }
+
+    /// Runs until `shutdown`: work while there is work, then wait for a
+    /// wake-up or the poll interval. A saga step in flight finishes first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(owner = %self.owner, "migration worker started");
+        loop {
+            let idle = match self.run_once().await {
+                Ok(Step::Worked) => continue,
+                Ok(Step::Idle) => self.settings.poll_interval,
+                Err(err) => {
+                    tracing::error!(error = %err, "migration step failed");
+                    self.settings.poll_interval
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+        tracing::info!(owner = %self.owner, "migration worker stopped");
+    }
+
+    async fn claim(&self) -> Result<Option<PartnerChange>, WorkerError> {
+        let lease = Some((self.owner.clone(), now() + to_chrono(self.settings.lease)));
+        for candidate in store::claimable(&self.db, 8).await? {
+            let claimed = match candidate.state {
+                State::Approved => {
+                    let draft = EventDraft {
+                        event_type: EventType::MigrationStarted,
+                        actor: WORKER_ACTOR.to_owned(),
+                        reason: String::new(),
+                    };
+                    let effects = Effects { lease: lease.clone(), ..Effects::default() };
+                    store::apply_event(&self.db, &candidate, draft, effects).await
+                }
+                _ => {
+                    let (owner, until) = lease.clone().unwrap_or_default();
+                    store::take_lease(&self.db, &candidate, &owner, until).await
+                }
+            };
+            match claimed {
+                Ok(change) => {
+                    tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = change.saga_step.as_str(), "migration claimed");
+                    return Ok(Some(change));
+                }
+                // Another worker took it first.
+                Err(WriteError::Conflict | WriteError::InvalidState { .. }) => continue,
+                Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail).into()),
+                Err(WriteError::Store(err)) => return Err(err.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn drive(&self, mut change: PartnerChange) -> Result<(), WorkerError> {
+        loop {
+            let step = change.saga_step;
+            let done = match step {
+                SagaStep::Transfer => self.transfer(&change).await,
+                SagaStep::Permissions => self.move_permissions(&change).await,
+            };
+            match done {
+                Ok(()) => {}
+                Err(StepError::Permanent(reason)) => return self.fail(&change, reason).await,
+                Err(StepError::Transient(reason)) => return self.retry_later(&change, reason).await,
+            }
+            if self.faults.take_crash(step) {
+                tracing::warn!(partner_change_id = %change.partner_change_id, step = step.as_str(), "injected crash");
+                return Ok(());
+            }
+            let next = match step {
+                SagaStep::Transfer => {
+                    store::record_progress(&self.db, &change, &self.owner, SagaStep::Permissions).await
+                }
+                SagaStep::Permissions => {
+                    let draft = EventDraft {
+                        event_type: EventType::Completed,
+                        actor: WORKER_ACTOR.to_owned(),
+                        reason: String::new(),
+                    };
+                    let effects = Effects { release: true, ..Effects::default() };
+                    store::apply_event(&self.db, &change, draft, effects).await
+                }
+            };
+            change = match next {
+                Ok(next) if next.state == State::Completed => {
+                    tracing::info!(partner_change_id = %next.partner_change_id, "partner change completed");
+                    return Ok(());
+                }
+                Ok(next) => next,
+                // Our lease lapsed and another worker has it; it will finish.
+                Err(WriteError::Conflict | WriteError::InvalidState { .. }) => return Ok(()),
+                Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail).into()),
+                Err(WriteError::Store(err)) => return Err(err.into()),
+            };
+        }
+    }
+
+    /// Re-checks that the change may still go ahead, then moves the WABA.
+    async fn transfer(&self, change: &PartnerChange) -> Result<(), StepError> {
+        let world = match self.accounts.world(&change.waba_id, &change.destination_partner_id).await {
+            Ok(world) => world,
+            Err(FactsError::WabaNotFound(id)) => {
+                return Err(StepError::Permanent(format!("WABA_NOT_FOUND: WABA {id} no longer exists.")));
+            }
+            Err(FactsError::Peer(status)) => return Err(classify("reading the account", &status)),
+        };
+        // Already with the destination: either this change moved it before a
+        // crash (the idempotent transfer says so), or something else did.
+        if world.current_partner_id != change.destination_partner_id {
+            if world.current_partner_id != change.source_partner_id {
+                return Err(StepError::Permanent(format!(
+                    "SOURCE_PARTNER_MISMATCH: the WABA is now with partner {}, not {}.",
+                    world.current_partner_id, change.source_partner_id
+                )));
+            }
+            let found = blockers(&Eligibility {
+                client: &world.client,
+                current_partner_id: &world.current_partner_id,
+                destination_partner_id: &change.destination_partner_id,
+                destination: world.destination.as_ref(),
+                accepted_terms_version: Some(&change.accepted_terms_version),
+                open_request_id: None,
+            });
+            if let Some(blocker) = found.first() {
+                return Err(StepError::Permanent(Blocker::as_failure_reason(blocker)));
+            }
+        }
+        let request = TransferWabaRequest {
+            waba_id: change.waba_id.clone(),
+            from_partner_id: change.source_partner_id.clone(),
+            to_partner_id: change.destination_partner_id.clone(),
+            partner_change_id: change.partner_change_id.clone(),
+        };
+        match self.accounts.transfer(request).await {
+            Ok(outcome) => {
+                tracing::info!(partner_change_id = %change.partner_change_id, already_applied = outcome.already_applied, "WABA moved");
+                Ok(())
+            }
+            Err(status) => Err(classify("moving the WABA", &status)),
+        }
+    }
+
+    /// Revokes every permission of the old partner on the moved numbers, then
+    /// grants the numbers named at submit to the new partner.
+    async fn move_permissions(&self, change: &PartnerChange) -> Result<(), StepError> {
+        // The numbers as submitted, and any added to the WABA since: all moved.
+        let mut numbers = change.phone_numbers.clone();
+        match self.accounts.phone_numbers(&change.waba_id).await {
+            Ok(current) => numbers.extend(current.into_iter().filter(|number| !change.phone_numbers.contains(number))),
+            Err(status) => return Err(classify("reading the WABA's numbers", &status)),
+        }
+        let mut permissions = self.permissions.clone();
+        if let Some(fault) = self.faults.take_permission_failure() {
+            return Err(classify("revoking permissions", &fault));
+        }
+        let revoke = RevokePartnerPermissionsRequest {
+            partner_change_id: change.partner_change_id.clone(),
+            partner_id: change.source_partner_id.clone(),
+            phone_numbers: numbers,
+        };
+        let revoked = permissions
+            .revoke_partner_permissions(revoke)
+            .await
+            .map_err(|status| classify("revoking permissions", &status))?;
+        tracing::info!(partner_change_id = %change.partner_change_id, revoked = revoked.get_ref().revoked_count, "old partner's permissions revoked");
+        if change.grant_phone_numbers.is_empty() {
+            return Ok(());
+        }
+        if let Some(fault) = self.faults.take_permission_failure() {
+            return Err(classify("granting permissions", &fault));
+        }
+        let grant = GrantPartnerPermissionsRequest {
+            partner_change_id: change.partner_change_id.clone(),
+            client_id: change.client_id.clone(),
+            partner_id: change.destination_partner_id.clone(),
+            phone_numbers: change.grant_phone_numbers.clone(),
+        };
+        permissions
+            .grant_partner_permissions(grant)
+            .await
+            .map_err(|status| classify("granting permissions", &status))?;
+        Ok(())
+    }
+
+    async fn fail(&self, change: &PartnerChange, reason: String) -> Result<(), WorkerError> {
+        tracing::warn!(partner_change_id = %change.partner_change_id, %reason, "partner change failed");
+        let draft =
+            EventDraft { event_type: EventType::Failed, actor: WORKER_ACTOR.to_owned(), reason: reason.clone() };
+        let effects = Effects { failure_reason: Some(reason), release: true, ..Effects::default() };
+        match store::apply_event(&self.db, change, draft, effects).await {
+            Ok(_) | Err(WriteError::Conflict | WriteError::InvalidState { .. }) => Ok(()),
+            Err(WriteError::Duplicate(detail)) => Err(StoreError::UniqueViolation(detail).into()),
+            Err(WriteError::Store(err)) => Err(err.into()),
+        }
+    }
+
+    async fn retry_later(&self, change: &PartnerChange, reason: String) -> Result<(), WorkerError> {
+        let attempts = store::attempts(&self.db, &change.partner_change_id).await?;
+        let delay = backoff(&self.settings, attempts);
+        tracing::warn!(partner_change_id = %change.partner_change_id, %reason, attempts, retry_in = ?delay, "migration step will be retried");
+        match store::release_for_retry(&self.db, change, &self.owner, now() + to_chrono(delay)).await {
+            Ok(()) | Err(WriteError::Conflict | WriteError::InvalidState { .. }) => Ok(()),
+            Err(WriteError::Duplicate(detail)) => Err(StoreError::UniqueViolation(detail).into()),
+            Err(WriteError::Store(err)) => Err(err.into()),
+        }
+    }
+}
+
+/// A peer's refusal: transient codes are retried, anything else fails the
+/// change with the peer's reason.
+fn classify(doing: &str, status: &Status) -> StepError {
+    if is_transient(status) {
+        return StepError::Transient(format!("{doing}: {:?}: {}", status.code(), status.message()));
+    }
+    let reason =
+        status.get_details_error_info().map(|info| info.reason).unwrap_or_else(|| format!("{:?}", status.code()));
+    StepError::Permanent(format!("{reason}: {doing} failed: {}", status.message()))
+}
+
+/// `initial × 2^attempts`, capped, then scaled by a random factor in [0.5, 1).
+fn backoff(settings: &WorkerSettings, attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 30)).unwrap_or(30);
+    let capped = settings.backoff_initial.saturating_mul(2u32.saturating_pow(exponent)).min(settings.backoff_max);
+    let jitter = 0.5 + f64::from(getrandom::u32().unwrap_or(0) % 1000) / 2000.0;
+    capped.mul_f64(jitter)
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Expires every pending request past its expire time; returns how many.
+pub async fn expire_due(db: &DatabaseConnection) -> Result<usize, StoreError> {
+    let mut expired = 0;
+    for change in store::due_to_expire(db, 100).await? {
+        let draft = EventDraft {
+            event_type: EventType::Expired,
+            actor: WORKER_ACTOR.to_owned(),
+            reason: "the destination partner did not decide before the request expired".to_owned(),
+        };
+        match store::apply_event(db, &change, draft, Effects::default()).await {
+            Ok(_) => {
+                tracing::info!(partner_change_id = %change.partner_change_id, "partner change expired");
+                expired += 1;
+            }
+            // Decided (or expired by another replica) in the meantime.
+            Err(WriteError::Conflict | WriteError::InvalidState { .. }) => {}
+            Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail)),
+            Err(WriteError::Store(err)) => return Err(err),
+        }
+    }
+    Ok(expired)
+}
+
+/// Runs [`expire_due`] every `interval` until `shutdown`.
+pub async fn run_expiry_sweeper(db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(err) = expire_due(&db).await {
+            tracing::error!(error = %err, "expiry sweep failed");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let settings = WorkerSettings {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..WorkerSettings::default()
+        };
+        for (attempts, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (4, 1000), (40, 1000)] {
+            let delay = backoff(&settings, attempts);
+            let full = Duration::from_millis(full);
+            assert!(
+                delay >= full / 2 && delay < full,
+                "attempt {attempts}: {delay:?} not in [{:?}, {full:?})",
+                full / 2
+            );
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Persistence for the permissions service.
+//!
+//! **Architecture Invariant:** the permissions service is the only writer of
+//! these tables. It reads one table it does not own, `partner_changes`, the
+//! shared request table, to refuse changes to numbers that are mid-migration.
+
+pub mod entities;
+pub mod migration;
+
+use chrono::{DateTime, Utc};
+use partnerhub_runtime::{
+    db::{StoreError, begin_write},
+    ids::new_id,
+    time::now,
+    validate::PhoneNumber,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
+};
+
+use self::entities::{application, audit, fence, grant};
+use crate::{
+    domain::{Grant, GrantFilter},
+    error::PermissionsError,
+};
+
+/// Replaces every number `client_id` lets `partner_id` manage with `numbers`.
+/// `checked_at` is when the caller verified the numbers are with the partner: if
+/// a partner change took any of them from the partner since, nothing changes.
+pub async fn replace_grants(
+    db: &DatabaseConnection,
+    actor: &str,
+    client_id: &str,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+    checked_at: DateTime<Utc>,
+) -> Result<Vec<Grant>, PermissionsError> {
+    let tx = begin_write(db).await?;
+    let fences = lock_fences(&tx, partner_id, numbers, None).await?;
+    if fences.iter().any(|fence| fence.revoke_time.is_some_and(|revoked| revoked >= checked_at)) {
+        return Err(PermissionsError::MovedWhileSaving);
+    }
+    grant::Entity::delete_many()
+        .filter(grant::Column::ClientId.eq(client_id))
+        .filter(grant::Column::PartnerId.eq(partner_id))
+        .exec(&tx)
+        .await?;
+    let grants = insert_grants(&tx, client_id, partner_id, numbers).await?;
+    record_audit(&tx, actor, "SET", Some(client_id), partner_id, numbers, None).await?;
+    tx.commit().await?;
+    Ok(grants)
+}
+
+/// Takes `numbers` away from `partner_id` for a partner change, once.
+/// Returns how many grants were removed, and whether this had happened before.
+pub async fn revoke(
+    db: &DatabaseConnection,
+    actor: &str,
+    partner_change_id: &str,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+) -> Result<(i32, bool), PermissionsError> {
+    let tx = begin_write(db).await?;
+    if let Some(previous) = find_application(&tx, partner_change_id, "REVOKE").await? {
+        return Ok((previous.affected_count, true));
+    }
+    // Fences first: a concurrent replace of these numbers either committed
+    // before (and its grants are deleted below) or sees the revocation and stops.
+    lock_fences(&tx, partner_id, numbers, Some(now())).await?;
+    let numbers_text: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+    let removed = grant::Entity::delete_many()
+        .filter(grant::Column::PartnerId.eq(partner_id))
+        .filter(grant::Column::PhoneNumber.is_in(numbers_text))
+        .exec(&tx)
+        .await?
+        .rows_affected;
+    let removed = i32::try_from(removed).unwrap_or(i32::MAX);
+    record_application(&tx, partner_change_id, "REVOKE", partner_id, removed).await?;
+    record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
+    tx.commit().await?;
+    Ok((removed, false))
+}
+
+/// Lets `partner_id` manage `numbers` of `client_id` for a partner change, once.
+pub async fn grant(
+    db: &DatabaseConnection,
+    actor: &str,
+    partner_change_id: &str,
+    client_id: &str,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+) -> Result<(Vec<Grant>, bool), PermissionsError> {
+    let tx = begin_write(db).await?;
+    if find_application(&tx, partner_change_id, "GRANT").await?.is_some() {
+        let filter = GrantFilter { client_id: Some(client_id.to_owned()), partner_id: Some(partner_id.to_owned()) };
+        let (grants, _) = list_grants(&tx, &filter, None, u64::MAX).await?;
+        return Ok((grants, true));
+    }
+    lock_fences(&tx, partner_id, numbers, None).await?;
+    let grants = insert_grants(&tx, client_id, partner_id, numbers).await?;
+    let count = i32::try_from(numbers.len()).unwrap_or(i32::MAX);
+    record_application(&tx, partner_change_id, "GRANT", partner_id, count).await?;
+    record_audit(&tx, actor, "GRANT", Some(client_id), partner_id, numbers, Some(partner_change_id)).await?;
+    tx.commit().await?;
+    Ok((grants, false))
+}
+
+/// Whether this partner change already applied `action` (`REVOKE` or `GRANT`).
+pub async fn find_application(
+    db: &impl ConnectionTrait,
+    partner_change_id: &str,
+    action: &str,
+) -> Result<Option<application::Model>, DbErr> {
+    application::Entity::find_by_id((partner_change_id.to_owned(), action.to_owned())).one(db).await
+}
+
+pub async fn is_allowed(db: &DatabaseConnection, partner_id: &str, number: &str) -> Result<bool, StoreError> {
+    Ok(grant::Entity::find_by_id((partner_id.to_owned(), number.to_owned())).one(db).await?.is_some())
+}
+
+/// One page of grants in (partner, number) order, after the key `after`.
+pub async fn list_grants(
+    db: &impl ConnectionTrait,
+    filter: &GrantFilter,
+    after: Option<(&str, &str)>,
+    page_size: u64,
+) -> Result<(Vec<Grant>, bool), DbErr> {
+    let mut query = grant::Entity::find();
+    if let Some(client_id) = &filter.client_id {
+        query = query.filter(grant::Column::ClientId.eq(client_id));
+    }
+    if let Some(partner_id) = &filter.partner_id {
+        query = query.filter(grant::Column::PartnerId.eq(partner_id));
+    }
+    if let Some((partner_id, number)) = after {
+        query = query.filter(
+            grant::Column::PartnerId
+                .gt(partner_id)
+                .or(grant::Column::PartnerId.eq(partner_id).and(grant::Column::PhoneNumber.gt(number))),
+        );
+    }
+    let limit = page_size.saturating_add(1);
+    let mut models = query
+        .order_by_asc(grant::Column::PartnerId)
+        .order_by_asc(grant::Column::PhoneNumber)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let more = models.len() as u64 > page_size;
+    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    Ok((models.into_iter().map(grant_from_model).collect(), more))
+}
+
+/// The first partner change, if any, that is approved or migrating one of `waba_ids`.
+/// Reads the shared request table owned by the partner-change service.
+pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String]) -> Result<Option<String>, DbErr> {
+    if waba_ids.is_empty() {
+        return Ok(None);
+    }
+    let query = Query::select()
+        .column(Alias::new("partner_change_id"))
+        .from(Alias::new("partner_changes"))
+        .and_where(Expr::col(Alias::new("state")).is_in(["APPROVED", "MIGRATING"]))
+        .and_where(Expr::col(Alias::new("waba_id")).is_in(waba_ids.iter().map(String::as_str)))
+        .limit(1)
+        .to_owned();
+    let row = db.query_one(&query).await?;
+    row.map(|row| row.try_get::<String>("", "partner_change_id")).transpose()
+}
+
+/// Upserts (and so locks, in a fixed order) the fence of each number; returns them.
+async fn lock_fences(
+    tx: &DatabaseTransaction,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+    revoke_time: Option<DateTime<Utc>>,
+) -> Result<Vec<fence::Model>, DbErr> {
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sorted: Vec<&PhoneNumber> = numbers.iter().collect();
+    sorted.sort();
+    let time = now();
+    let rows = sorted.iter().map(|number| fence::ActiveModel {
+        partner_id: Set(partner_id.to_owned()),
+        phone_number: Set(number.as_str().to_owned()),
+        revoke_time: Set(revoke_time),
+        touch_time: Set(time),
+    });
+    let mut on_conflict = OnConflict::columns([fence::Column::PartnerId, fence::Column::PhoneNumber]);
+    if revoke_time.is_some() {
+        on_conflict.update_columns([fence::Column::TouchTime, fence::Column::RevokeTime]);
+    } else {
+        on_conflict.update_column(fence::Column::TouchTime);
+    }
+    fence::Entity::insert_many(rows).on_conflict(on_conflict).exec(tx).await?;
+    fence::Entity::find()
+        .filter(fence::Column::PartnerId.eq(partner_id))
+        .filter(fence::Column::PhoneNumber.is_in(sorted.iter().map(|number| number.as_str())))
+        .all(tx)
+        .await
+}
+
+async fn insert_grants(
+    tx: &DatabaseTransaction,
+    client_id: &str,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+) -> Result<Vec<Grant>, DbErr> {
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let time = now();
+    let rows = numbers.iter().map(|number| grant::ActiveModel {
+        partner_id: Set(partner_id.to_owned()),
+        phone_number: Set(number.as_str().to_owned()),
+        client_id: Set(client_id.to_owned()),
+        grant_time: Set(time),
+    });
+    let on_conflict = OnConflict::columns([grant::Column::PartnerId, grant::Column::PhoneNumber])
+        .update_columns([grant::Column::ClientId, grant::Column::GrantTime])
+        .to_owned();
+    grant::Entity::insert_many(rows).on_conflict(on_conflict).exec(tx).await?;
+    let mut grants: Vec<Grant> = numbers
+        .iter()
+        .map(|number| Grant {
+            client_id: client_id.to_owned(),
+            partner_id: partner_id.to_owned(),
+            phone_number: number.as_str().to_owned(),
+            grant_time: time,
+        })
+        .collect();
+    grants.sort_by(|a, b| a.phone_number.cmp(&b.phone_number));
+    Ok(grants)
+}
+
+async fn record_application(
+    tx: &DatabaseTransaction,
+    partner_change_id: &str,
+    action: &str,
+    partner_id: &str,
+    affected_count: i32,
+) -> Result<(), DbErr> {
+    application::Entity::insert(application::ActiveModel {
+        partner_change_id: Set(partner_change_id.to_owned()),
+        action: Set(action.to_owned()),
+        partner_id: Set(partner_id.to_owned()),
+        affected_count: Set(affected_count),
+        apply_time: Set(now()),
+    })
+    .exec(tx)
+    .await?;
+    Ok(())
+}
+
+async fn record_audit(
+    tx: &DatabaseTransaction,
+    actor: &str,
+    action: &str,
+    client_id: Option<&str>,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+    partner_change_id: Option<&str>,
+) -> Result<(), DbErr> {
+    let numbers: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+    audit::Entity::insert(audit::ActiveModel {
+        audit_id: Set(new_id("audit")),
+        actor: Set(actor.to_owned()),
+        action: Set(action.to_owned()),
+        client_id: Set(client_id.map(str::to_owned)),
+        partner_id: Set(partner_id.to_owned()),
+        phone_numbers: Set(numbers.join(",")),
+        partner_change_id: Set(partner_change_id.map(str::to_owned)),
+        time: Set(now()),
+    })
+    .exec(tx)
+    .await?;
+    Ok(())
+}
+
+fn grant_from_model(model: grant::Model) -> Grant {
+    Grant {
+        client_id: model.client_id,
+        partner_id: model.partner_id,
+        phone_number: model.phone_number,
+        grant_time: model.grant_time,
+    }
+}
+
+/// Runs the permissions migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm_migration::MigratorTrait;
+    let tx = begin_write(db).await?;
+    partnerhub_runtime::db::lock_for_migration(&tx).await?;
+    migration::Migrator::up(&tx, None).await?;
+    tx.commit().await
+}
