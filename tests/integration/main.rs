@@ -10,3 +10,4 @@ mod fixtures;
 mod process;
 mod transfer;
 mod validation;
+mod workflow;

@@ -16,7 +16,12 @@ use std::{net::SocketAddr, time::Duration};
 
 use base64::Engine as _;
 use partnerhub::{Application, ServiceName};
-use partnerhub_proto::account::v1::account_service_client::AccountServiceClient;
+use partnerhub_partner_change::worker::MigrationWorker;
+use partnerhub_proto::{
+    account::v1::account_service_client::AccountServiceClient,
+    partnerchange::v1::partner_change_service_client::PartnerChangeServiceClient,
+    permissions::v1::permissions_service_client::PermissionsServiceClient,
+};
 use partnerhub_runtime::{
     auth::{BearerToken, Subject, TokenKeys},
     config::Settings,
@@ -41,8 +46,14 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Every service, on a fresh database of `backend`.
+    /// Every service, on a fresh database of `backend`, with a migration worker
+    /// that polls often (so that approved requests complete quickly).
     pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with `configure` applied to the settings last.
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
         init_test_tracing();
         let database = TestDatabase::create(backend).await;
         let secret = [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat();
@@ -52,6 +63,10 @@ impl TestApp {
         settings.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings.server.shutdown_grace = Duration::from_secs(5);
         settings.auth.signing_key = Some(SecretString::from(base64::engine::general_purpose::STANDARD.encode(&secret)));
+        settings.partner_change.worker.poll_interval = Duration::from_millis(50);
+        settings.partner_change.worker.backoff_initial = Duration::from_millis(10);
+        settings.partner_change.worker.backoff_max = Duration::from_millis(50);
+        configure(&mut settings);
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
         let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
         let channel = channel_to(app.local_addr());
@@ -86,6 +101,20 @@ impl TestApp {
         AccountServiceClient::new(self.channel_with_token(&self.token(subject)))
     }
 
+    pub fn partner_change(&self, subject: &str) -> PartnerChangeServiceClient<Authed> {
+        PartnerChangeServiceClient::new(self.channel_with_token(&self.token(subject)))
+    }
+
+    pub fn permissions(&self, subject: &str) -> PermissionsServiceClient<Authed> {
+        PermissionsServiceClient::new(self.channel_with_token(&self.token(subject)))
+    }
+
+    /// The app's migration worker, to drive step by step when the background
+    /// one is disabled (`partner_change.worker.enabled = false`).
+    pub fn migration_worker(&self) -> &MigrationWorker {
+        self.app.as_ref().and_then(Application::migration_worker).expect("the app runs the partner-change service")
+    }
+
     /// Stops the server gracefully and starts it again on the same database.
     pub async fn restart(&mut self) {
         self.app.take().expect("the app is running").stop().await.unwrap();
@@ -116,6 +145,22 @@ fn init_test_tracing() {
             let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
         }
     });
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The `ErrorInfo.reason` of a status, or "" when it has none.

@@ -178,6 +178,11 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             open_request_id: open.as_ref().map(|open| open.partner_change_id.as_str()),
         });
         let Some(destination) = world.destination.as_ref().filter(|_| found.is_empty()) else {
+            // The open request may be this very submission, committed by a
+            // concurrent repeat since the key was first looked up.
+            if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
+                return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
+            }
             return Err(PartnerChangeError::Blocked(found).into());
         };
 
@@ -212,7 +217,10 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         }
         let stored = match store::insert_submission(&self.db, &change, &events).await {
             Ok(stored) => stored,
-            Err(WriteError::Duplicate(_)) => return Err(self.lost_submit_race(&world.client_id, &submission).await),
+            Err(WriteError::Duplicate(_)) => {
+                let existing = self.lost_submit_race(&world.client_id, &submission).await?;
+                return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
+            }
             Err(err) => {
                 return Err(PartnerChangeError::from_write(err, &change.partner_change_id, change.state, "").into());
             }
@@ -377,22 +385,15 @@ impl PartnerChangeApi {
         }
     }
 
-    /// A concurrent submit took the idempotency key or the WABA's open slot first.
-    async fn lost_submit_race(&self, client_id: &str, submission: &Submission) -> Status {
-        match self.previous_submission(client_id, submission).await {
-            Ok(Some(_)) => PartnerChangeError::Conflict(submission.request_id.clone()).into(),
-            Ok(None) => {
-                let open = store::find_open_for_waba(&self.db, &submission.waba_id).await;
-                match open {
-                    Ok(open) => PartnerChangeError::Blocked(vec![already_pending(
-                        open.as_ref().map_or("", |open| open.partner_change_id.as_str()),
-                    )])
-                    .into(),
-                    Err(err) => PartnerChangeError::from(err).into(),
-                }
-            }
-            Err(status) => status,
+    /// A concurrent submit took the idempotency key or the WABA's open slot
+    /// first: the same submission gets the request the other one stored.
+    async fn lost_submit_race(&self, client_id: &str, submission: &Submission) -> Result<PartnerChange, Status> {
+        if let Some(existing) = self.previous_submission(client_id, submission).await? {
+            return Ok(existing);
         }
+        let open = store::find_open_for_waba(&self.db, &submission.waba_id).await.map_err(PartnerChangeError::from)?;
+        let open_id = open.as_ref().map_or("", |open| open.partner_change_id.as_str());
+        Err(PartnerChangeError::Blocked(vec![already_pending(open_id)]).into())
     }
 }
 
