@@ -8,6 +8,7 @@ mod authentication;
 mod authorization;
 mod fixtures;
 mod process;
+mod refusals;
 mod transfer;
 mod validation;
 mod workflow;
