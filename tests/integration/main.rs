@@ -8,6 +8,7 @@ mod authentication;
 mod authorization;
 mod fixtures;
 mod process;
+mod races;
 mod refusals;
 mod transfer;
 mod validation;
