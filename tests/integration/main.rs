@@ -10,6 +10,7 @@ mod fixtures;
 mod process;
 mod races;
 mod refusals;
+mod saga;
 mod transfer;
 mod validation;
 mod workflow;
