@@ -7,6 +7,7 @@ mod account;
 mod authentication;
 mod authorization;
 mod fixtures;
+mod partner_change_access;
 mod process;
 mod races;
 mod refusals;

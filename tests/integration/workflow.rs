@@ -67,7 +67,7 @@ async fn a_manual_partner_change_goes_from_submit_to_completed(backend: Backend)
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(incoming.partner_changes, [submitted.clone()]);
+    assert_eq!(incoming.partner_changes, std::slice::from_ref(&submitted));
     let approved = s.approve(&app, &submitted.partner_change_id).await;
     assert_eq!(approved.state(), St::Approved);
 
@@ -128,7 +128,7 @@ async fn an_auto_approving_destination_gets_the_named_numbers_at_once(backend: B
         .partner_change
         .unwrap();
     assert_eq!(submitted.state(), St::Approved, "straight to APPROVED");
-    assert_eq!(submitted.grant_phone_numbers, [granted.clone()]);
+    assert_eq!(submitted.grant_phone_numbers, std::slice::from_ref(&granted));
 
     wait_for_state(&app, &submitted.partner_change_id, St::Completed).await;
     assert!(allowed(&app, &s.destination.partner_id, &granted).await, "granted in the same completion");
