@@ -119,3 +119,30 @@ fn migrate_applies_the_schema_once_and_one_service_serves_alone_with_json_logs()
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[test]
+fn the_readme_walkthrough_runs_against_the_real_binary() {
+    let data_dir = std::env::temp_dir().join(format!("partnerhub-process-{}", uuid::Uuid::new_v4().simple()));
+    let server = ServerProcess::start(&data_dir);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/walkthrough.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .env("ADDR", server.addr.to_string())
+        .env("GRPCURL", grpcurl())
+        .env("PARTNERHUB", partnerhub_tests::binary::partnerhub_binary())
+        .env("PARTNERHUB__DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&output.stderr), server.log());
+    for step in [
+        "PARTNER_CHANGE_EVENT_TYPE_SUBMITTED",
+        "PARTNER_CHANGE_EVENT_TYPE_APPROVED",
+        "PARTNER_CHANGE_EVENT_TYPE_COMPLETED",
+    ] {
+        assert!(stdout.contains(step), "the history shows {step}:\n{stdout}");
+    }
+    assert!(stdout.contains("state: PARTNER_CHANGE_STATE_COMPLETED"), "{stdout}");
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The README's partner change walkthrough, end to end, against a running server:
+# support sets up two partners, a client and its WABA; the client previews and
+# submits a move to a partner that approves by hand; that partner lists its
+# incoming requests and approves; the migration completes; the history is shown.
+#
+#   deploy/walkthrough.sh            # against `cargo run -p partnerhub -- serve` on localhost:50051
+#
+# Environment: ADDR (host:port), GRPCURL (the grpcurl command), PARTNERHUB (the
+# partnerhub command, run with the server's configuration to mint tokens).
+set -euo pipefail
+
+ADDR=${ADDR:-localhost:50051}
+GRPCURL=${GRPCURL:-grpcurl}
+PARTNERHUB=${PARTNERHUB:-cargo run -q -p partnerhub --}
+
+token() { $PARTNERHUB token --subject "$1" --ttl 10m; }
+# call SUBJECT METHOD JSON: one RPC as SUBJECT, printing the JSON reply.
+call() {
+  "$GRPCURL" -plaintext -H "authorization: Bearer $(token "$1")" -d "$3" "$ADDR" "partnerhub.$2"
+}
+# field JSON PATH...: one value out of a JSON reply.
+field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1])
+for k in sys.argv[2:]: v=v[int(k)] if k.isdigit() else v.get(k, "")
+print(v)' "$@"; }
+say() { printf '\n== %s\n' "$*"; }
+
+say "Support creates two partners, a client with its company info and a card, and a WABA with two numbers"
+SETTINGS='"accepting_changes": true, "terms_version": "2026-01"'
+SOURCE=$(field "$(call support:walkthrough account.v1.AccountService/CreatePartner \
+  "{\"display_name\": \"Old BSP\", \"payment_processor\": \"PAYMENT_PROCESSOR_STRIPE\", \"settings\": {$SETTINGS}}")" partner partnerId)
+DESTINATION=$(field "$(call support:walkthrough account.v1.AccountService/CreatePartner \
+  "{\"display_name\": \"New BSP\", \"payment_processor\": \"PAYMENT_PROCESSOR_STRIPE\", \"settings\": {$SETTINGS, \"auto_approve\": false}}")" partner partnerId)
+CLIENT=$(field "$(call support:walkthrough account.v1.AccountService/CreateClient \
+  '{"display_name": "Bakery Ltd", "payment_processor": "PAYMENT_PROCESSOR_STRIPE"}')" client clientId)
+call "client:$CLIENT" account.v1.AccountService/UpdateCompanyInfo "{\"client_id\": \"$CLIENT\", \"company_info\": {
+  \"legal_name\": \"Bakery Ltd\", \"address_line\": \"1 Flour St\", \"city\": \"Leeds\",
+  \"postal_code\": \"LS1 1AA\", \"country_code\": \"GB\", \"tax_id\": \"GB123456789\"}}" > /dev/null
+call "client:$CLIENT" account.v1.AccountService/AddPaymentMethod \
+  "{\"client_id\": \"$CLIENT\", \"type\": \"PAYMENT_METHOD_TYPE_CARD\", \"last4\": \"4242\"}" > /dev/null
+WABA=$(field "$(call support:walkthrough account.v1.AccountService/CreateWaba \
+  "{\"client_id\": \"$CLIENT\", \"partner_id\": \"$SOURCE\", \"display_name\": \"Main line\"}")" waba wabaId)
+SUFFIX=$(printf '%08d' $((RANDOM * RANDOM % 100000000)))
+for number in "+4915$SUFFIX" "+4916$SUFFIX"; do
+  call support:walkthrough account.v1.AccountService/AddPhoneNumber "{\"waba_id\": \"$WABA\", \"phone_number\": \"$number\"}" > /dev/null
+done
+echo "source $SOURCE, destination $DESTINATION, client $CLIENT, WABA $WABA"
+
+say "The client previews the move: the numbers that move, the terms to accept, and no blockers"
+call "client:$CLIENT" partnerchange.v1.PartnerChangeService/PreviewPartnerChange \
+  "{\"waba_id\": \"$WABA\", \"destination_partner_id\": \"$DESTINATION\"}"
+
+say "The client submits it, accepting the destination's terms"
+SUBMITTED=$(call "client:$CLIENT" partnerchange.v1.PartnerChangeService/SubmitPartnerChange \
+  "{\"request_id\": \"walkthrough-$SUFFIX\", \"waba_id\": \"$WABA\", \"destination_partner_id\": \"$DESTINATION\", \"accepted_terms_version\": \"2026-01\"}")
+echo "$SUBMITTED"
+CHANGE=$(field "$SUBMITTED" partnerChange partnerChangeId)
+
+say "The destination partner lists its incoming pending requests, and approves"
+call "partner:$DESTINATION" partnerchange.v1.PartnerChangeService/ListPartnerChanges \
+  '{"direction": "DIRECTION_INCOMING", "states": ["PARTNER_CHANGE_STATE_PENDING_APPROVAL"]}'
+call "partner:$DESTINATION" partnerchange.v1.PartnerChangeService/ApprovePartnerChange \
+  "{\"partner_change_id\": \"$CHANGE\"}" > /dev/null
+
+say "The migration worker moves the WABA and every number"
+for _ in $(seq 1 100); do
+  STATE=$(field "$(call "client:$CLIENT" partnerchange.v1.PartnerChangeService/GetPartnerChange \
+    "{\"partner_change_id\": \"$CHANGE\"}")" partnerChange state)
+  [ "$STATE" = PARTNER_CHANGE_STATE_COMPLETED ] && break
+  [ "$STATE" = PARTNER_CHANGE_STATE_FAILED ] && { echo "the partner change failed" >&2; exit 1; }
+  sleep 0.1
+done
+echo "state: $STATE"
+[ "$STATE" = PARTNER_CHANGE_STATE_COMPLETED ] || { echo "the partner change did not complete" >&2; exit 1; }
+call "partner:$DESTINATION" account.v1.AccountService/GetWaba "{\"waba_id\": \"$WABA\"}"
+
+say "Its history: who did what, when"
+call "client:$CLIENT" partnerchange.v1.PartnerChangeService/GetPartnerChangeHistory "{\"partner_change_id\": \"$CHANGE\"}"
