@@ -183,7 +183,10 @@ impl Application {
                 shutdown.clone(),
             ));
             if settings.partner_change.worker.enabled {
-                tasks.spawn(worker.clone().run(shutdown.clone()));
+                for slot in 0..settings.partner_change.worker.concurrency {
+                    let owner = format!("{}-{slot}", new_id("worker"));
+                    tasks.spawn(worker.replica(&owner).run(shutdown.clone()));
+                }
             }
         }
         tracing::info!(%local_addr, ?services, "serving");

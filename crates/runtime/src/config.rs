@@ -108,6 +108,8 @@ pub struct PartnerChangeSettings {
 pub struct WorkerSettings {
     /// Off: this process never migrates (another replica must).
     pub enabled: bool,
+    /// How many requests this process migrates at once (each a claim loop of its own).
+    pub concurrency: u32,
     /// How often an idle worker looks for approved requests.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -182,6 +184,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            concurrency: 4,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(500),
@@ -246,6 +249,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 field: "partner_change.worker.backoff_max",
                 problem: "must not be shorter than backoff_initial".to_owned(),
+            });
+        }
+        if self.partner_change.worker.concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                field: "partner_change.worker.concurrency",
+                problem: "must be at least 1 (use worker.enabled = false to stop migrating)".to_owned(),
             });
         }
         if self.auth.issuer.is_empty() {
