@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::{
         Blocker, BlockerReason, Eligibility, Event, EventType, PartnerChange, SagaStep, State, Submission, blockers,
+        next_state,
     },
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
@@ -88,15 +89,14 @@ impl PartnerChangeApi {
         match store::apply_event(&self.db, &change, draft, effects).await {
             Ok(next) => Ok(next),
             Err(WriteError::Conflict) => {
-                // Someone else moved it first: report what it is now.
+                // Someone else wrote it first: if it can no longer take this
+                // event, say so; otherwise the caller may simply try again.
                 let current = self.visible(caller, partner_change_id).await?;
-                Err(PartnerChangeError::from_write(
-                    WriteError::InvalidState { state: current.state, event },
-                    partner_change_id,
-                    current.state,
-                    needed,
-                )
-                .into())
+                let err = match next_state(current.state, event) {
+                    Some(_) => WriteError::Conflict,
+                    None => WriteError::InvalidState { state: current.state, event },
+                };
+                Err(PartnerChangeError::from_write(err, partner_change_id, current.state, needed).into())
             }
             Err(WriteError::Duplicate(_)) => {
                 let open =

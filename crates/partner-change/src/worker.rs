@@ -172,22 +172,18 @@ impl MigrationWorker {
     }
 
     async fn claim(&self) -> Result<Option<PartnerChange>, WorkerError> {
-        let lease = Some((self.owner.clone(), now() + to_chrono(self.settings.lease)));
+        let lease_until = now() + to_chrono(self.settings.lease);
         for candidate in store::claimable(&self.db, 8).await? {
-            let claimed = match candidate.state {
-                State::Approved => {
-                    let draft = EventDraft {
-                        event_type: EventType::MigrationStarted,
-                        actor: WORKER_ACTOR.to_owned(),
-                        reason: String::new(),
-                    };
-                    let effects = Effects { lease: lease.clone(), ..Effects::default() };
-                    store::apply_event(&self.db, &candidate, draft, effects).await
-                }
-                _ => {
-                    let (owner, until) = lease.clone().unwrap_or_default();
-                    store::take_lease(&self.db, &candidate, &owner, until).await
-                }
+            let claimed = if candidate.state == State::Approved {
+                let draft = EventDraft {
+                    event_type: EventType::MigrationStarted,
+                    actor: WORKER_ACTOR.to_owned(),
+                    reason: String::new(),
+                };
+                let effects = Effects { lease: Some((self.owner.clone(), lease_until)), ..Effects::default() };
+                store::apply_event(&self.db, &candidate, draft, effects).await
+            } else {
+                store::take_lease(&self.db, &candidate, &self.owner, lease_until).await
             };
             match claimed {
                 Ok(change) => {
