@@ -94,9 +94,7 @@ pub async fn grant(
 ) -> Result<(Vec<Grant>, bool), PermissionsError> {
     let tx = begin_write(db).await?;
     if find_application(&tx, partner_change_id, "GRANT").await?.is_some() {
-        let filter = GrantFilter { client_id: Some(client_id.to_owned()), partner_id: Some(partner_id.to_owned()) };
-        let (grants, _) = list_grants(&tx, &filter, None, u64::MAX).await?;
-        return Ok((grants, true));
+        return Ok((grants_of(&tx, partner_id, numbers).await?, true));
     }
     lock_fences(&tx, partner_id, numbers, None).await?;
     let grants = insert_grants(&tx, client_id, partner_id, numbers).await?;
@@ -118,6 +116,17 @@ pub async fn find_application(
 
 pub async fn is_allowed(db: &DatabaseConnection, partner_id: &str, number: &str) -> Result<bool, StoreError> {
     Ok(grant::Entity::find_by_id((partner_id.to_owned(), number.to_owned())).one(db).await?.is_some())
+}
+
+/// The grants `partner_id` holds on `numbers`, in number order.
+async fn grants_of(db: &impl ConnectionTrait, partner_id: &str, numbers: &[PhoneNumber]) -> Result<Vec<Grant>, DbErr> {
+    let models = grant::Entity::find()
+        .filter(grant::Column::PartnerId.eq(partner_id))
+        .filter(grant::Column::PhoneNumber.is_in(numbers.iter().map(PhoneNumber::as_str)))
+        .order_by_asc(grant::Column::PhoneNumber)
+        .all(db)
+        .await?;
+    Ok(models.into_iter().map(grant_from_model).collect())
 }
 
 /// One page of grants in (partner, number) order, after the key `after`.

@@ -1,0 +1,224 @@
+//! The permissions service as it stands: replace semantics, its refusals
+//! (all or nothing), idempotent revoke and grant, and who may call what.
+
+use partnerhub_proto::permissions::v1 as perm;
+use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::fixtures::{self, allowed, scenario};
+
+on_both_databases!(
+    set_replaces_the_whole_set_and_refuses_all_or_nothing,
+    revoke_and_grant_apply_once_per_partner_change,
+    permissions_answer_each_subject_as_specified,
+);
+
+fn set(client_id: &str, partner_id: &str, numbers: &[String]) -> perm::SetPartnerPermissionsRequest {
+    perm::SetPartnerPermissionsRequest {
+        client_id: client_id.to_owned(),
+        partner_id: partner_id.to_owned(),
+        phone_numbers: numbers.to_vec(),
+    }
+}
+
+async fn granted_numbers(app: &TestApp, subject: &str, request: perm::ListPartnerPermissionsRequest) -> Vec<String> {
+    let grants = app.permissions(subject).list_partner_permissions(request).await.unwrap().into_inner().grants;
+    grants.into_iter().map(|grant| grant.phone_number).collect()
+}
+
+async fn set_replaces_the_whole_set_and_refuses_all_or_nothing(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let s = scenario(&app, false).await;
+    let (first, second) = (s.waba.phone_numbers[0].clone(), s.waba.phone_numbers[1].clone());
+    let mut as_client = app.permissions(&s.client_subject());
+    let source = s.source.partner_id.clone();
+
+    as_client
+        .set_partner_permissions(set(&s.client.client_id, &source, &[first.clone(), second.clone()]))
+        .await
+        .unwrap();
+    as_client.set_partner_permissions(set(&s.client.client_id, &source, std::slice::from_ref(&second))).await.unwrap();
+    assert!(!allowed(&app, &source, &first).await, "replaced, not added");
+    assert!(allowed(&app, &source, &second).await);
+    let mut sorted = vec![second.clone()];
+    sorted.sort();
+    assert_eq!(granted_numbers(&app, &s.client_subject(), Default::default()).await, sorted);
+    assert_eq!(granted_numbers(&app, &s.source_subject(), Default::default()).await, sorted, "the partner sees it too");
+
+    // A number that is not with the partner: refused, naming it, and nothing changes.
+    let foreign = fixtures::unique_number();
+    let refused = as_client
+        .set_partner_permissions(set(&s.client.client_id, &source, &[first.clone(), foreign.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), partnerhub_tests::reason(&refused).as_str()),
+        (Code::FailedPrecondition, "NUMBER_NOT_WITH_PARTNER")
+    );
+    assert_eq!(refused.get_details_error_info().unwrap().metadata.get("phoneNumbers"), Some(&foreign));
+    let to_destination = as_client
+        .set_partner_permissions(set(&s.client.client_id, &s.destination.partner_id, std::slice::from_ref(&first)))
+        .await;
+    assert_refused(to_destination, Code::FailedPrecondition, "NUMBER_NOT_WITH_PARTNER");
+    assert!(
+        !allowed(&app, &source, &first).await && allowed(&app, &source, &second).await,
+        "a refused call changed nothing"
+    );
+
+    // Mid-migration (approved, not yet moved): refused.
+    let submitted = s.submit(&app, "req").await;
+    s.approve(&app, &submitted.partner_change_id).await;
+    let mid = as_client
+        .set_partner_permissions(set(&s.client.client_id, &source, std::slice::from_ref(&first)))
+        .await
+        .unwrap_err();
+    assert_eq!(partnerhub_tests::reason(&mid), "MIGRATION_IN_PROGRESS");
+    assert_eq!(
+        mid.get_details_error_info().unwrap().metadata.get("partnerChangeId"),
+        Some(&submitted.partner_change_id)
+    );
+
+    // An empty set revokes everything the client granted the partner.
+    app.migration_worker().run_once().await.unwrap();
+    let mut as_client = app.permissions(&s.client_subject());
+    as_client
+        .set_partner_permissions(set(&s.client.client_id, &s.destination.partner_id, &[first.clone(), second.clone()]))
+        .await
+        .unwrap();
+    as_client.set_partner_permissions(set(&s.client.client_id, &s.destination.partner_id, &[])).await.unwrap();
+    assert!(
+        !allowed(&app, &s.destination.partner_id, &first).await
+            && !allowed(&app, &s.destination.partner_id, &second).await
+    );
+}
+
+async fn revoke_and_grant_apply_once_per_partner_change(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let s = scenario(&app, false).await;
+    let numbers = s.waba.phone_numbers.clone();
+    app.permissions(&s.client_subject())
+        .set_partner_permissions(set(&s.client.client_id, &s.source.partner_id, &numbers))
+        .await
+        .unwrap();
+    let mut service = app.permissions("service:partner-change");
+    let revoke = perm::RevokePartnerPermissionsRequest {
+        partner_change_id: "pc-revoke".into(),
+        partner_id: s.source.partner_id.clone(),
+        phone_numbers: numbers.clone(),
+    };
+    let first = service.revoke_partner_permissions(revoke.clone()).await.unwrap().into_inner();
+    assert_eq!((first.revoked_count, first.already_applied), (2, false));
+    // Granted again by the client, a repeat of the same revocation must not take it away.
+    app.permissions(&s.client_subject())
+        .set_partner_permissions(set(&s.client.client_id, &s.source.partner_id, &numbers[..1]))
+        .await
+        .unwrap();
+    let repeat = service.revoke_partner_permissions(revoke).await.unwrap().into_inner();
+    assert_eq!((repeat.revoked_count, repeat.already_applied), (2, true), "the repeat reports the first result");
+    assert!(allowed(&app, &s.source.partner_id, &numbers[0]).await, "a repeat has no further effect");
+
+    let grant = perm::GrantPartnerPermissionsRequest {
+        partner_change_id: "pc-grant".into(),
+        client_id: s.client.client_id.clone(),
+        partner_id: s.source.partner_id.clone(),
+        phone_numbers: vec![numbers[1].clone()],
+    };
+    let granted = service.grant_partner_permissions(grant.clone()).await.unwrap().into_inner();
+    assert!(!granted.already_applied);
+    assert!(allowed(&app, &s.source.partner_id, &numbers[1]).await);
+    assert!(service.grant_partner_permissions(grant).await.unwrap().into_inner().already_applied);
+    let not_with_partner = perm::GrantPartnerPermissionsRequest {
+        partner_change_id: "pc-grant-2".into(),
+        client_id: s.client.client_id.clone(),
+        partner_id: s.destination.partner_id.clone(),
+        phone_numbers: vec![numbers[0].clone()],
+    };
+    assert_refused(
+        service.grant_partner_permissions(not_with_partner).await,
+        Code::FailedPrecondition,
+        "NUMBER_NOT_WITH_PARTNER",
+    );
+}
+
+async fn permissions_answer_each_subject_as_specified(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let s = scenario(&app, false).await;
+    let other = fixtures::client(&app, "Other").await;
+    let numbers = s.waba.phone_numbers.clone();
+    let source = s.source.partner_id.clone();
+    let check = perm::CheckPermissionRequest { partner_id: source.clone(), phone_number: numbers[0].clone() };
+    let revoke = perm::RevokePartnerPermissionsRequest {
+        partner_change_id: "pc".into(),
+        partner_id: source.clone(),
+        phone_numbers: numbers.clone(),
+    };
+
+    // A partner cannot set its own permissions; another client's numbers look missing.
+    let by_partner =
+        app.permissions(&s.source_subject()).set_partner_permissions(set(&s.client.client_id, &source, &numbers)).await;
+    assert_refused(by_partner, Code::PermissionDenied, "SUBJECT_NOT_ALLOWED");
+    let by_other_client = app
+        .permissions(&format!("client:{}", other.client_id))
+        .set_partner_permissions(set(&s.client.client_id, &source, &numbers))
+        .await;
+    assert_refused(by_other_client, Code::NotFound, "CLIENT_NOT_FOUND");
+    let by_service =
+        app.permissions("service:x").set_partner_permissions(set(&s.client.client_id, &source, &numbers)).await;
+    assert_refused(by_service, Code::PermissionDenied, "SUBJECT_NOT_ALLOWED");
+    app.permissions("support:s").set_partner_permissions(set(&s.client.client_id, &source, &numbers)).await.unwrap();
+
+    // Only services check, revoke and grant.
+    for subject in [s.client_subject(), s.source_subject(), "support:s".to_owned()] {
+        let mut api = app.permissions(&subject);
+        assert_refused(api.check_permission(check.clone()).await, Code::PermissionDenied, "SUBJECT_NOT_ALLOWED");
+        assert_refused(
+            api.revoke_partner_permissions(revoke.clone()).await,
+            Code::PermissionDenied,
+            "SUBJECT_NOT_ALLOWED",
+        );
+    }
+    assert!(allowed(&app, &source, &numbers[0]).await, "nothing was revoked by the refused calls");
+
+    // Lists: each sees its own; another tenant's looks missing.
+    let other_partner =
+        perm::ListPartnerPermissionsRequest { partner_id: s.destination.partner_id.clone(), ..Default::default() };
+    assert!(granted_numbers(&app, &s.client_subject(), other_partner).await.is_empty());
+    let foreign_list = app
+        .permissions(&format!("client:{}", other.client_id))
+        .list_partner_permissions(perm::ListPartnerPermissionsRequest {
+            client_id: s.client.client_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_refused(foreign_list, Code::NotFound, "CLIENT_NOT_FOUND");
+    assert_eq!(
+        granted_numbers(&app, &format!("client:{}", other.client_id), Default::default()).await,
+        Vec::<String>::new()
+    );
+    let paged = app
+        .permissions("support:s")
+        .list_partner_permissions(perm::ListPartnerPermissionsRequest {
+            partner_id: source.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(paged.grants.len(), 1);
+    let rest = app
+        .permissions("support:s")
+        .list_partner_permissions(perm::ListPartnerPermissionsRequest {
+            partner_id: source.clone(),
+            page_size: 1,
+            page_token: paged.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.grants.len(), 1);
+    assert_ne!(rest.grants[0].phone_number, paged.grants[0].phone_number);
+    assert!(rest.next_page_token.is_empty());
+}
