@@ -13,6 +13,7 @@ mod process;
 mod races;
 mod refusals;
 mod saga;
+mod stream;
 mod transfer;
 mod validation;
 mod workflow;

@@ -41,8 +41,9 @@ pub struct TestApp {
     channel: Channel,
     keys: TokenKeys,
     signing_secret: Vec<u8>,
-    /// Dropped last: removes the database once the server is gone.
-    _database: TestDatabase,
+    /// Dropped last: removes the database once the server is gone. `None` on a
+    /// replica, which shares its primary's.
+    _database: Option<TestDatabase>,
 }
 
 impl TestApp {
@@ -70,7 +71,43 @@ impl TestApp {
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
         let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
         let channel = channel_to(app.local_addr());
-        TestApp { settings, app: Some(app), channel, keys, signing_secret: secret, _database: database }
+        TestApp { settings, app: Some(app), channel, keys, signing_secret: secret, _database: Some(database) }
+    }
+
+    /// A second server on the same database and key: another replica. Drop it
+    /// before its primary.
+    pub async fn spawn_replica(&self) -> TestApp {
+        let app = Application::start(&self.settings, ServiceName::ALL).await.unwrap();
+        let channel = channel_to(app.local_addr());
+        TestApp {
+            settings: self.settings.clone(),
+            app: Some(app),
+            channel,
+            keys: self.keys.clone(),
+            signing_secret: self.signing_secret.clone(),
+            _database: None,
+        }
+    }
+
+    /// A partner-change client on its own connection whose HTTP/2 flow-control
+    /// window is `window` bytes: a stream it does not read stalls at once.
+    pub async fn partner_change_with_window(&self, subject: &str, window: u32) -> PartnerChangeServiceClient<Authed> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr()))
+            .unwrap()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await
+            .unwrap();
+        PartnerChangeServiceClient::new(InterceptedService::new(
+            channel,
+            BearerToken::new(&self.token(subject)).unwrap(),
+        ))
+    }
+
+    /// The database URL the app uses (for tests that must act on it directly).
+    pub fn database_url(&self) -> String {
+        self.settings.database_url()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
     auth::{Subject, caller},
+    config::{PartnerChangeSettings, StreamSettings},
     error::{FieldViolation, invalid_argument, permission_denied},
     ids::new_id,
     pagination::{next_page_token, page_size, page_token},
@@ -15,6 +16,7 @@ use partnerhub_runtime::{
 };
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -24,7 +26,8 @@ use crate::{
     },
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
-    store::{self, Effects, EventDraft, ListFilter, ListScope, WriteError},
+    store::{self, Effects, EventDraft, EventScope, ListFilter, ListScope, WriteError},
+    stream::{EventHub, EventStream, Subscription, parse_cursor, watch},
 };
 
 /// The most numbers a submit may name for granting.
@@ -41,11 +44,31 @@ pub struct PartnerChangeApi {
     request_ttl: Duration,
     /// Wakes this process's migration worker when a request is approved.
     worker_wake: Arc<Notify>,
+    /// The event stream: the hub is rung after every commit that appends events.
+    events: EventHub,
+    stream_settings: StreamSettings,
+    /// Ends open streams when the process stops.
+    shutdown: CancellationToken,
 }
 
 impl PartnerChangeApi {
-    pub fn new(db: DatabaseConnection, accounts: Accounts, request_ttl: Duration, worker_wake: Arc<Notify>) -> Self {
-        Self { db, accounts, request_ttl, worker_wake }
+    pub fn new(
+        db: DatabaseConnection,
+        accounts: Accounts,
+        settings: &PartnerChangeSettings,
+        worker_wake: Arc<Notify>,
+        events: EventHub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            db,
+            accounts,
+            request_ttl: settings.request_ttl,
+            worker_wake,
+            events,
+            stream_settings: settings.stream.clone(),
+            shutdown,
+        }
     }
 
     /// The WABA's world, as the caller may see it: another client's WABA is
@@ -87,7 +110,10 @@ impl PartnerChangeApi {
         let draft = EventDraft { event_type: event, actor: caller.to_string(), reason };
         let effects = Effects { failure_reason: (event == EventType::Retried).then(String::new), ..Effects::default() };
         match store::apply_event(&self.db, &change, draft, effects).await {
-            Ok(next) => Ok(next),
+            Ok(next) => {
+                self.events.committed().notify_one();
+                Ok(next)
+            }
             Err(WriteError::Conflict) => {
                 // Someone else wrote it first: if it can no longer take this
                 // event, say so; otherwise the caller may simply try again.
@@ -225,6 +251,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 return Err(PartnerChangeError::from_write(err, &change.partner_change_id, change.state, "").into());
             }
         };
+        self.events.committed().notify_one();
         if auto_approve {
             self.worker_wake.notify_one();
         }
@@ -356,14 +383,51 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         Ok(Response::new(pb::RetryPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
     }
 
-    type WatchPartnerChangeEventsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchPartnerChangeEventsResponse, Status>>;
+    type WatchPartnerChangeEventsStream = EventStream;
 
     async fn watch_partner_change_events(
         &self,
-        _request: Request<pb::WatchPartnerChangeEventsRequest>,
+        request: Request<pb::WatchPartnerChangeEventsRequest>,
     ) -> RpcResult<Self::WatchPartnerChangeEventsStream> {
-        Err(Status::unimplemented("the event stream is not built yet"))
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let named = match &r.scope {
+            None => Ok(None),
+            Some(pb::watch_partner_change_events_request::Scope::PartnerId(partner_id)) => {
+                id("partner_id", partner_id).map(|id| Some(EventScope::Partner(id)))
+            }
+            Some(pb::watch_partner_change_events_request::Scope::ClientId(client_id)) => {
+                id("client_id", client_id).map(|id| Some(EventScope::Client(id)))
+            }
+        };
+        let scope = event_scope(caller, named.validate()?)?;
+        let after = parse_cursor(&r.after_cursor, &scope).validate()?;
+        let head = store::last_position(&self.db).await.map_err(PartnerChangeError::from)?;
+        if after > head {
+            return Err(invalid_argument(&[FieldViolation::new("after_cursor", "is ahead of this event log")]));
+        }
+        tracing::info!(subscriber = %caller, ?scope, after, "event stream opened");
+        let stream = watch(
+            self.db.clone(),
+            &self.events,
+            self.stream_settings.clone(),
+            Subscription { scope, after },
+            self.shutdown.clone(),
+        );
+        Ok(Response::new(stream))
+    }
+}
+
+/// Whose events a subscriber gets: a partner its own (to or from it), a client
+/// its own; services and support all, or the partner or client they name.
+fn event_scope(caller: &Subject, named: Option<EventScope>) -> Result<EventScope, Status> {
+    match (caller, named) {
+        (Subject::Support(_) | Subject::Service(_), named) => Ok(named.unwrap_or(EventScope::All)),
+        (Subject::Partner(own), None) => Ok(EventScope::Partner(own.clone())),
+        (Subject::Partner(own), Some(EventScope::Partner(named))) if *own == named => Ok(EventScope::Partner(named)),
+        (Subject::Client(own), None) => Ok(EventScope::Client(own.clone())),
+        (Subject::Client(own), Some(EventScope::Client(named))) if *own == named => Ok(EventScope::Client(named)),
+        (Subject::Partner(_) | Subject::Client(_), Some(_)) => Err(permission_denied()),
     }
 }
 

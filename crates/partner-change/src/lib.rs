@@ -6,6 +6,7 @@
 //! - [`facts`]: what the rules need, asked of the account service;
 //! - [`store`]: conditional writes with their events (transactional outbox);
 //! - [`worker`]: the migration saga and the expiry sweeper;
+//! - [`stream`]: the event stream: one tailer per process, replay then live per subscriber;
 //! - [`error`]: the one error type and its mapping to `Status`.
 
 pub mod domain;
@@ -13,26 +14,19 @@ pub mod error;
 pub mod facts;
 pub mod grpc;
 pub mod store;
+pub mod stream;
 pub mod worker;
-
-use std::{sync::Arc, time::Duration};
 
 use partnerhub_proto::partnerchange::v1::partner_change_service_server::PartnerChangeServiceServer;
 use partnerhub_runtime::auth::Authenticator;
-use sea_orm::DatabaseConnection;
-use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 
 /// The partner-change service as the host serves it: authenticated, size-limited.
 pub fn service(
-    db: DatabaseConnection,
-    accounts: facts::Accounts,
-    request_ttl: Duration,
-    worker_wake: Arc<Notify>,
+    api: grpc::PartnerChangeApi,
     authenticator: Authenticator,
     max_message_bytes: usize,
 ) -> InterceptedService<PartnerChangeServiceServer<grpc::PartnerChangeApi>, Authenticator> {
-    let api = grpc::PartnerChangeApi::new(db, accounts, request_ttl, worker_wake);
     let server = PartnerChangeServiceServer::new(api).max_decoding_message_size(max_message_bytes);
     InterceptedService::new(server, authenticator)
 }

@@ -108,6 +108,8 @@ pub struct MigrationWorker {
     owner: String,
     /// Rung by this process's API when a request is approved.
     wake: Arc<Notify>,
+    /// Rung after each commit that appends events (wakes the event tailer).
+    events_committed: Arc<Notify>,
     faults: Faults,
 }
 
@@ -127,9 +129,10 @@ impl MigrationWorker {
         settings: WorkerSettings,
         owner: String,
         wake: Arc<Notify>,
+        events_committed: Arc<Notify>,
     ) -> Self {
         let permissions = PermissionsServiceClient::new(permissions);
-        Self { db, accounts, permissions, settings, owner, wake, faults: Faults::default() }
+        Self { db, accounts, permissions, settings, owner, wake, events_committed, faults: Faults::default() }
     }
 
     /// The same worker under another name, with its own faults (tests run two
@@ -187,6 +190,9 @@ impl MigrationWorker {
             };
             match claimed {
                 Ok(change) => {
+                    if candidate.state == State::Approved {
+                        self.events_committed.notify_one();
+                    }
                     tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = change.saga_step.as_str(), "migration claimed");
                     return Ok(Some(change));
                 }
@@ -231,6 +237,7 @@ impl MigrationWorker {
             };
             change = match next {
                 Ok(next) if next.state == State::Completed => {
+                    self.events_committed.notify_one();
                     tracing::info!(partner_change_id = %next.partner_change_id, "partner change completed");
                     return Ok(());
                 }
@@ -336,7 +343,11 @@ impl MigrationWorker {
             EventDraft { event_type: EventType::Failed, actor: WORKER_ACTOR.to_owned(), reason: reason.clone() };
         let effects = Effects { failure_reason: Some(reason), release: true, ..Effects::default() };
         match store::apply_event(&self.db, change, draft, effects).await {
-            Ok(_) | Err(WriteError::Conflict | WriteError::InvalidState { .. }) => Ok(()),
+            Ok(_) => {
+                self.events_committed.notify_one();
+                Ok(())
+            }
+            Err(WriteError::Conflict | WriteError::InvalidState { .. }) => Ok(()),
             Err(WriteError::Duplicate(detail)) => Err(StoreError::UniqueViolation(detail).into()),
             Err(WriteError::Store(err)) => Err(err.into()),
         }
@@ -378,7 +389,8 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 }
 
 /// Expires every pending request past its expire time; returns how many.
-pub async fn expire_due(db: &DatabaseConnection) -> Result<usize, StoreError> {
+/// Rings `events_committed` after each.
+pub async fn expire_due(db: &DatabaseConnection, events_committed: &Notify) -> Result<usize, StoreError> {
     let mut expired = 0;
     for change in store::due_to_expire(db, 100).await? {
         let draft = EventDraft {
@@ -388,6 +400,7 @@ pub async fn expire_due(db: &DatabaseConnection) -> Result<usize, StoreError> {
         };
         match store::apply_event(db, &change, draft, Effects::default()).await {
             Ok(_) => {
+                events_committed.notify_one();
                 tracing::info!(partner_change_id = %change.partner_change_id, "partner change expired");
                 expired += 1;
             }
@@ -401,9 +414,14 @@ pub async fn expire_due(db: &DatabaseConnection) -> Result<usize, StoreError> {
 }
 
 /// Runs [`expire_due`] every `interval` until `shutdown`.
-pub async fn run_expiry_sweeper(db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
+pub async fn run_expiry_sweeper(
+    db: DatabaseConnection,
+    interval: Duration,
+    events_committed: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     loop {
-        if let Err(err) = expire_due(&db).await {
+        if let Err(err) = expire_due(&db, &events_committed).await {
             tracing::error!(error = %err, "expiry sweep failed");
         }
         tokio::select! {

@@ -4,7 +4,12 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use partnerhub_partner_change::{facts::Accounts, worker::MigrationWorker};
+use partnerhub_partner_change::{
+    facts::Accounts,
+    grpc::PartnerChangeApi,
+    stream::{EventHub, run_tailer},
+    worker::MigrationWorker,
+};
 use partnerhub_runtime::{
     auth::{Authenticator, KeyError, TokenKeys},
     config::Settings,
@@ -72,7 +77,7 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The gRPC server; it returns once shutdown is requested and calls have drained.
     server: JoinHandle<Result<(), ServeError>>,
-    /// The migration worker and the expiry sweeper; stopped by `shutdown`.
+    /// The migration worker loops, the expiry sweeper and the event tailer; stopped by `shutdown`.
     tasks: TaskTracker,
     /// This process's migration worker, when it serves the partner-change service.
     migration_worker: Option<MigrationWorker>,
@@ -125,6 +130,8 @@ impl Application {
         let authenticator = Authenticator::new(keys);
         let max_message_bytes = settings.server.max_message_bytes;
         let worker_wake = Arc::new(Notify::new());
+        let events = EventHub::new(4096);
+        let shutdown = CancellationToken::new();
         let mut migration_worker = None;
         let mut host = Host::new(max_message_bytes)?;
         for service in services {
@@ -134,14 +141,15 @@ impl Application {
                 }
                 ServiceName::PartnerChange => {
                     let accounts = Accounts::new(peers.account(*service)?);
-                    host.add_service(partnerhub_partner_change::service(
+                    let api = PartnerChangeApi::new(
                         db.clone(),
                         accounts.clone(),
-                        settings.partner_change.request_ttl,
+                        &settings.partner_change,
                         worker_wake.clone(),
-                        authenticator.clone(),
-                        max_message_bytes,
-                    ));
+                        events.clone(),
+                        shutdown.clone(),
+                    );
+                    host.add_service(partnerhub_partner_change::service(api, authenticator.clone(), max_message_bytes));
                     migration_worker = Some(MigrationWorker::new(
                         db.clone(),
                         accounts,
@@ -149,6 +157,7 @@ impl Application {
                         settings.partner_change.worker.clone(),
                         new_id("worker"),
                         worker_wake.clone(),
+                        events.committed(),
                     ));
                 }
                 ServiceName::Permissions => {
@@ -163,7 +172,6 @@ impl Application {
             }
         }
 
-        let shutdown = CancellationToken::new();
         let server = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
@@ -177,9 +185,18 @@ impl Application {
         });
         let tasks = TaskTracker::new();
         if let Some(worker) = &migration_worker {
+            let postgres_url = (!settings.uses_embedded_database()).then(|| settings.database_url());
+            tasks.spawn(run_tailer(
+                db.clone(),
+                events.clone(),
+                settings.partner_change.stream.clone(),
+                postgres_url,
+                shutdown.clone(),
+            ));
             tasks.spawn(partnerhub_partner_change::worker::run_expiry_sweeper(
                 db.clone(),
                 settings.partner_change.expiry_sweep_interval,
+                events.committed(),
                 shutdown.clone(),
             ));
             if settings.partner_change.worker.enabled {

@@ -99,6 +99,25 @@ pub struct PartnerChangeSettings {
     #[serde(with = "humantime_serde")]
     pub expiry_sweep_interval: Duration,
     pub worker: WorkerSettings,
+    pub stream: StreamSettings,
+}
+
+/// The event stream (`WatchPartnerChangeEvents`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// An idle stream gets a heartbeat this often.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How often the event log is read even without a wake-up (a missed
+    /// PostgreSQL notification is caught up within this).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Events buffered for one subscriber before it counts as not reading.
+    pub subscriber_buffer: usize,
+    /// A subscriber whose buffer stays full this long is ended, told where to resume.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 /// The migration worker. Any number of replicas may run it: a request is
@@ -176,6 +195,18 @@ impl Default for PartnerChangeSettings {
             request_ttl: Duration::from_secs(14 * 24 * 60 * 60),
             expiry_sweep_interval: Duration::from_secs(30),
             worker: WorkerSettings::default(),
+            stream: StreamSettings::default(),
+        }
+    }
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(1),
+            subscriber_buffer: 256,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -241,6 +272,9 @@ impl Settings {
             ("partner_change.worker.poll_interval", self.partner_change.worker.poll_interval),
             ("partner_change.worker.lease", self.partner_change.worker.lease),
             ("partner_change.worker.backoff_initial", self.partner_change.worker.backoff_initial),
+            ("partner_change.stream.heartbeat_interval", self.partner_change.stream.heartbeat_interval),
+            ("partner_change.stream.poll_interval", self.partner_change.stream.poll_interval),
+            ("partner_change.stream.stall_timeout", self.partner_change.stream.stall_timeout),
         ];
         if let Some((field, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
             return Err(ConfigError::Invalid { field, problem: "must be longer than zero".to_owned() });
@@ -249,6 +283,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 field: "partner_change.worker.backoff_max",
                 problem: "must not be shorter than backoff_initial".to_owned(),
+            });
+        }
+        if self.partner_change.stream.subscriber_buffer < 2 {
+            return Err(ConfigError::Invalid {
+                field: "partner_change.stream.subscriber_buffer",
+                problem: "must be at least 2".to_owned(),
             });
         }
         if self.partner_change.worker.concurrency == 0 {

@@ -30,6 +30,8 @@ pub enum ErrorReason {
     MigrationInProgress,
     ConcurrentMigration,
     InvalidState,
+    SubscriberTooSlow,
+    ServerShuttingDown,
     Internal,
     Unavailable,
 }
@@ -54,6 +56,8 @@ impl ErrorReason {
             ErrorReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
             ErrorReason::ConcurrentMigration => "CONCURRENT_MIGRATION",
             ErrorReason::InvalidState => "INVALID_STATE",
+            ErrorReason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            ErrorReason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             ErrorReason::Internal => "INTERNAL",
             ErrorReason::Unavailable => "UNAVAILABLE",
         }

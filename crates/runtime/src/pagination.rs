@@ -25,10 +25,26 @@ pub fn page_size(raw: i32) -> Parsed<u64> {
 /// The sort key to continue after, if `token` is not empty. `scope` describes
 /// every filter of the request; it must match the one the token was issued with.
 pub fn page_token(token: &str, scope: &str) -> Parsed<Option<String>> {
+    decode_token("page_token", token, scope)
+}
+
+/// The token that continues after `last_key` under the same `scope`.
+pub fn next_page_token(last_key: &str, scope: &str) -> String {
+    encode_token(last_key, scope)
+}
+
+/// An opaque token holding `key`, bound to `scope` (also used for stream cursors).
+pub fn encode_token(key: &str, scope: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}{:016x}{key}", fingerprint_of(scope)))
+}
+
+/// The key of a token from [`encode_token`], if it was issued for `scope`;
+/// a violation of `field` otherwise. An empty token is `None`.
+pub fn decode_token(field: &str, token: &str, scope: &str) -> Parsed<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || FieldViolation::new("page_token", "is not a token issued for this request's filters");
+    let invalid = || FieldViolation::new(field, "is not a token issued for this request's filters");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let rest = text.strip_prefix(TOKEN_VERSION).ok_or_else(invalid)?;
@@ -37,11 +53,6 @@ pub fn page_token(token: &str, scope: &str) -> Parsed<Option<String>> {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
-}
-
-/// The token that continues after `last_key` under the same `scope`.
-pub fn next_page_token(last_key: &str, scope: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}{:016x}{last_key}", fingerprint_of(scope)))
 }
 
 /// FNV-1a: stable across processes and releases, unlike `std`'s hasher.

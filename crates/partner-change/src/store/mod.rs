@@ -21,13 +21,66 @@ use partnerhub_runtime::{
     time::now,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Alias, Expr, ExprTrait, Query},
 };
 
 use self::entities::{event, partner_change};
 use crate::domain::{Event, EventType, PartnerChange, SagaStep, State, next_state};
+
+/// The PostgreSQL notification channel that wakes every replica's event tailer.
+pub const EVENTS_CHANNEL: &str = "partnerhub_partner_change_events";
+
+/// Whose events a reader wants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventScope {
+    All,
+    Client(String),
+    /// Requests to or from the partner.
+    Partner(String),
+}
+
+impl EventScope {
+    pub fn includes(&self, event: &Event) -> bool {
+        let change = &event.snapshot;
+        match self {
+            EventScope::All => true,
+            EventScope::Client(id) => change.client_id == *id,
+            EventScope::Partner(id) => change.source_partner_id == *id || change.destination_partner_id == *id,
+        }
+    }
+}
+
+/// Up to `limit` events after `after`, in position order, within `scope`.
+pub async fn events_after(
+    db: &DatabaseConnection,
+    after: i64,
+    scope: &EventScope,
+    limit: u64,
+) -> Result<Vec<Event>, StoreError> {
+    let mut query = event::Entity::find().filter(event::Column::Position.gt(after));
+    query = match scope {
+        EventScope::All => query,
+        EventScope::Client(id) => query.filter(event::Column::ClientId.eq(id)),
+        EventScope::Partner(id) => query.filter(
+            Condition::any().add(event::Column::SourcePartnerId.eq(id)).add(event::Column::DestinationPartnerId.eq(id)),
+        ),
+    };
+    let models = query.order_by_asc(event::Column::Position).limit(limit).all(db).await?;
+    models.into_iter().map(event_from_model).collect()
+}
+
+/// The position of the newest event (0 when there is none).
+pub async fn last_position(db: &DatabaseConnection) -> Result<i64, StoreError> {
+    let query = Query::select()
+        .column(Alias::new("last_position"))
+        .from(Alias::new("event_log_head"))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .to_owned();
+    let row = db.query_one(&query).await?;
+    Ok(row.map(|row| row.try_get::<i64>("", "last_position")).transpose()?.unwrap_or(0))
+}
 
 /// An event to append, before it has a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,6 +478,11 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
         .to_owned();
     let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom("event_log_head has no row".into()))?;
     let last: i64 = row.try_get("", "last_position")?;
+    if tx.get_database_backend() == DbBackend::Postgres {
+        // Delivered at commit (and never if the transaction rolls back): a
+        // wake-up for every replica's tailer. The log itself is the data.
+        tx.execute_unprepared(&format!("NOTIFY {EVENTS_CHANNEL}, '{last}'")).await?;
+    }
     for (offset, (draft, snapshot)) in (0..count).rev().zip(events) {
         let snapshot_json = serde_json::to_string(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
         event::ActiveModel {

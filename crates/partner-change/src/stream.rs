@@ -1,0 +1,335 @@
+//! The event stream: every stored event after a cursor, then live events as
+//! they commit, with no gap and no duplicate at the seam, on every replica.
+//!
+//! One **tailer** per process reads the event log after the last position it
+//! has read and publishes each event on a broadcast channel. Positions become
+//! visible in order (see `store`), so reading "after my last position" never
+//! skips an event. The tailer wakes when this process commits events, when
+//! PostgreSQL notifies a commit by any replica (`LISTEN`), and every
+//! `stream.poll_interval` in any case, so a missed notification only delays.
+//!
+//! Each **subscriber** first subscribes to the broadcast, then replays the log
+//! from its cursor, then takes live events, skipping any at or below the last
+//! position it has seen. Whatever commits after the replay's last read is
+//! published after the subscription began, so nothing falls between the two.
+//! A subscriber that lags on the broadcast replays from the log again; one
+//! whose client stops reading (its buffer stays full for `stall_timeout`) is
+//! ended with RESOURCE_EXHAUSTED and the cursor to resume from. A slow
+//! subscriber never blocks the tailer, the writers or other subscribers.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use partnerhub_proto::partnerchange::v1 as pb;
+use partnerhub_runtime::{
+    config::StreamSettings,
+    error::{ErrorReason, status},
+    pagination::{decode_token, encode_token},
+    time::{now, to_timestamp},
+    validate::Parsed,
+};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+use crate::{
+    domain::Event,
+    grpc::{event_type_to_proto, to_proto},
+    store::{self, EVENTS_CHANNEL, EventScope},
+};
+
+/// The stream a `WatchPartnerChangeEvents` call returns.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPartnerChangeEventsResponse, Status>> + Send>>;
+
+/// How many events one catch-up read takes from the log.
+const CATCH_UP_BATCH: u64 = 256;
+
+/// The process's fan-out point between the tailer and the subscribers.
+#[derive(Debug, Clone)]
+pub struct EventHub {
+    /// Every committed event, in position order, as the tailer reads it. Owned
+    /// by the hub; the tailer is the only sender.
+    published: broadcast::Sender<Arc<Event>>,
+    /// Rung by this process's writers after each commit that appends events.
+    committed: Arc<Notify>,
+}
+
+impl EventHub {
+    /// `capacity`: events a subscriber may fall behind the tailer before it
+    /// must catch up from the log.
+    pub fn new(capacity: usize) -> Self {
+        let (published, _) = broadcast::channel(capacity.max(16));
+        Self { published, committed: Arc::new(Notify::new()) }
+    }
+
+    /// For writers: ring after a commit that appended events.
+    pub fn committed(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+}
+
+/// Reads the log and publishes new events until `shutdown`. With a PostgreSQL
+/// `database_url`, also listens for other replicas' commits.
+pub async fn run_tailer(
+    db: DatabaseConnection,
+    hub: EventHub,
+    settings: StreamSettings,
+    database_url: Option<String>,
+    shutdown: CancellationToken,
+) {
+    if let Some(url) = database_url {
+        tokio::spawn(listen_for_commits(url, hub.committed.clone(), shutdown.clone()));
+    }
+    let mut last = loop {
+        match store::last_position(&db).await {
+            Ok(last) => break last,
+            Err(err) => {
+                tracing::error!(error = %err, "the event tailer cannot read the log head");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(settings.poll_interval) => {}
+                }
+            }
+        }
+    };
+    loop {
+        loop {
+            let batch = match store::events_after(&db, last, &EventScope::All, CATCH_UP_BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::error!(error = %err, "the event tailer cannot read the log");
+                    break;
+                }
+            };
+            let full = batch.len() as u64 == CATCH_UP_BATCH;
+            for event in batch {
+                last = event.position;
+                // No subscriber is no error: the log keeps everything.
+                let _ = hub.published.send(Arc::new(event));
+            }
+            if !full {
+                break;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hub.committed.notified() => {}
+            () = tokio::time::sleep(settings.poll_interval) => {}
+        }
+    }
+}
+
+/// Wakes the tailer on every PostgreSQL notification of a commit; reconnects
+/// after a lost connection (the tailer's polling covers the gap).
+async fn listen_for_commits(url: String, committed: Arc<Notify>, shutdown: CancellationToken) {
+    use sea_orm::sqlx::postgres::PgListener;
+    loop {
+        let listened = async {
+            let mut listener = PgListener::connect(&url).await?;
+            listener.listen(EVENTS_CHANNEL).await?;
+            tracing::debug!("listening for event log commits");
+            // A reconnect may have missed notifications: read the log once.
+            committed.notify_one();
+            loop {
+                listener.recv().await?;
+                committed.notify_one();
+            }
+            #[allow(unreachable_code)] // the loop only ends with an error
+            Ok::<(), sea_orm::sqlx::Error>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = listened => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "lost the event notification connection; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// What a subscriber watches, and where its cursors are valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub scope: EventScope,
+    /// The last position the subscriber has seen (0: from the beginning).
+    pub after: i64,
+}
+
+fn cursor_scope(scope: &EventScope) -> String {
+    format!("events:{scope:?}")
+}
+
+/// The cursor of `position` for subscribers of `scope`.
+pub fn cursor(position: i64, scope: &EventScope) -> String {
+    encode_token(&position.to_string(), &cursor_scope(scope))
+}
+
+/// The position a cursor stands for, if it was issued for `scope`.
+pub fn parse_cursor(cursor: &str, scope: &EventScope) -> Parsed<i64> {
+    let key = decode_token("after_cursor", cursor, &cursor_scope(scope))?;
+    match key {
+        None => Ok(0),
+        Some(key) => key
+            .parse()
+            .map_err(|_| partnerhub_runtime::error::FieldViolation::new("after_cursor", "is not a valid cursor")),
+    }
+}
+
+/// Starts a subscriber and returns its stream. The subscriber lives until its
+/// client goes away, it is too slow, or `shutdown`.
+pub fn watch(
+    db: DatabaseConnection,
+    hub: &EventHub,
+    settings: StreamSettings,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+) -> EventStream {
+    let (events, events_out) = mpsc::channel(settings.subscriber_buffer);
+    // Always room for the one status that ends the stream, however full the buffer is.
+    let (end, end_out) = mpsc::channel(1);
+    // Subscribe before the replay reads the log: see the module documentation.
+    let live = hub.published.subscribe();
+    tokio::spawn(async move {
+        let mut subscriber = Subscriber { db, settings, subscription, events, last_delivered: None };
+        if let Some(status) = subscriber.run(live, shutdown).await {
+            let _ = end.send(Err(status)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(events_out).chain(ReceiverStream::new(end_out)))
+}
+
+struct Subscriber {
+    db: DatabaseConnection,
+    settings: StreamSettings,
+    subscription: Subscription,
+    events: mpsc::Sender<Result<pb::WatchPartnerChangeEventsResponse, Status>>,
+    /// The position of the last event handed to the client's buffer.
+    last_delivered: Option<i64>,
+}
+
+/// Why delivery stopped.
+enum Stop {
+    /// The client went away: nothing more to say.
+    Gone,
+    /// End the stream with this status.
+    End(Status),
+}
+
+impl Subscriber {
+    /// Replays, then follows the live events; returns the status that ends the
+    /// stream, or `None` when the client went away.
+    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Event>>, shutdown: CancellationToken) -> Option<Status> {
+        let mut last = self.subscription.after;
+        'catch_up: loop {
+            match self.replay(&mut last).await {
+                Ok(()) => {}
+                Err(Stop::Gone) => return None,
+                Err(Stop::End(status)) => return Some(status),
+            }
+            let mut heartbeat = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.settings.heartbeat_interval,
+                self.settings.heartbeat_interval,
+            );
+            loop {
+                let outcome = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the server is shutting down")),
+                    received = live.recv() => match received {
+                        Ok(event) if event.position <= last => Ok(()),
+                        Ok(event) => {
+                            last = event.position;
+                            if self.subscription.scope.includes(&event) {
+                                heartbeat.reset();
+                                self.deliver(&event).await
+                            } else {
+                                Ok(())
+                            }
+                        }
+                        // Fell behind the broadcast: the log still has everything.
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the event tailer stopped"));
+                        }
+                    },
+                    _ = heartbeat.tick() => self.send(pb::watch_partner_change_events_response::Kind::Heartbeat(pb::Heartbeat {
+                        time: Some(to_timestamp(now())),
+                    })).await,
+                };
+                match outcome {
+                    Ok(()) => {}
+                    Err(Stop::Gone) => return None,
+                    Err(Stop::End(status)) => return Some(status),
+                }
+            }
+        }
+    }
+
+    /// Delivers every stored event in scope after `last`, advancing it.
+    async fn replay(&mut self, last: &mut i64) -> Result<(), Stop> {
+        loop {
+            let batch = store::events_after(&self.db, *last, &self.subscription.scope, CATCH_UP_BATCH).await.map_err(
+                |err| {
+                    tracing::warn!(error = %err, "cannot replay the event log");
+                    Stop::End(self.ending(
+                        Code::Unavailable,
+                        ErrorReason::Unavailable,
+                        "the event log cannot be read right now",
+                    ))
+                },
+            )?;
+            let full = batch.len() as u64 == CATCH_UP_BATCH;
+            for event in batch {
+                *last = event.position;
+                self.deliver(&event).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn deliver(&mut self, event: &Event) -> Result<(), Stop> {
+        let scope = &self.subscription.scope;
+        let message = pb::PartnerChangeEvent {
+            cursor: cursor(event.position, scope),
+            r#type: event_type_to_proto(event.event_type).into(),
+            partner_change: Some(to_proto(event.snapshot.clone())),
+            actor: event.actor.clone(),
+            time: Some(to_timestamp(event.time)),
+            reason: event.reason.clone(),
+        };
+        self.send(pb::watch_partner_change_events_response::Kind::Event(message)).await?;
+        self.last_delivered = Some(event.position);
+        Ok(())
+    }
+
+    async fn send(&self, kind: pb::watch_partner_change_events_response::Kind) -> Result<(), Stop> {
+        let message = pb::WatchPartnerChangeEventsResponse { kind: Some(kind) };
+        match self.events.send_timeout(Ok(message), self.settings.stall_timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::End(self.ending(
+                Code::ResourceExhausted,
+                ErrorReason::SubscriberTooSlow,
+                "this subscriber fell too far behind",
+            ))),
+        }
+    }
+
+    /// A status that ends the stream and says where to resume.
+    fn ending(&self, code: Code, reason: ErrorReason, what: &str) -> Status {
+        let resume = cursor(self.last_delivered.unwrap_or(self.subscription.after), &self.subscription.scope);
+        status(
+            code,
+            reason,
+            format!("{what}; resume with after_cursor {resume}"),
+            [("resumeAfterCursor", resume.as_str())],
+        )
+    }
+}
