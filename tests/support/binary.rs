@@ -14,15 +14,18 @@ use std::{
 pub fn partnerhub_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "partnerhub", "--bin", "partnerhub"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the partnerhub binary failed");
-        // This test binary lives in target/<profile>/deps/.
+        // This test (or bench) binary lives in target/<profile>/deps/; build the
+        // server in the same profile.
         let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-        deps.parent().unwrap().join("partnerhub")
+        let profile_dir = deps.parent().unwrap().to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "partnerhub", "--bin", "partnerhub"]);
+        if profile_dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("cargo runs").success(), "building the partnerhub binary failed");
+        profile_dir.join("partnerhub")
     })
 }
 
@@ -88,6 +91,11 @@ impl ServerProcess {
     /// Runs `partnerhub <args>` against the same configuration and returns its stdout.
     pub fn run_cli(&self, args: &[&str]) -> String {
         run_cli(&self.data_dir, args)
+    }
+
+    /// The server's process ID (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the server logged so far.
