@@ -199,6 +199,28 @@ impl Scenario {
             .unwrap()
     }
 
+    /// Every request of the scenario's client, newest first.
+    pub async fn client_changes(&self, app: &TestApp) -> Vec<pc::PartnerChange> {
+        app.partner_change(&self.client_subject())
+            .list_partner_changes(pc::ListPartnerChangesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .partner_changes
+    }
+
+    /// Grants `partner_id` exactly `numbers`, as the client.
+    pub async fn grant(&self, app: &TestApp, partner_id: &str, numbers: &[String]) {
+        app.permissions(&self.client_subject())
+            .set_partner_permissions(partnerhub_proto::permissions::v1::SetPartnerPermissionsRequest {
+                client_id: self.client.client_id.clone(),
+                partner_id: partner_id.to_owned(),
+                phone_numbers: numbers.to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+
     pub async fn waba_now(&self, app: &TestApp) -> pb::Waba {
         app.account("support:fixtures")
             .get_waba(pb::GetWabaRequest { waba_id: self.waba.waba_id.clone() })

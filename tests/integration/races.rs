@@ -129,13 +129,7 @@ async fn of_concurrent_submits_for_one_waba_exactly_one_wins(backend: Backend) {
             "{loser:?}"
         );
     }
-    let listed = app
-        .partner_change(&s.client_subject())
-        .list_partner_changes(pc::ListPartnerChangesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .partner_changes;
+    let listed = s.client_changes(&app).await;
     assert_eq!(listed.len(), 1, "one request stored");
     assert_eq!(history_types(&app, &listed[0].partner_change_id).await, [Ev::Submitted]);
 }

@@ -183,13 +183,7 @@ async fn assert_submit_refused(
     assert_eq!((refused.code(), reason(&refused).as_str()), (code, expected), "{refused:?}");
     let violations = refused.get_details_precondition_failure().map(|failure| failure.violations).unwrap_or_default();
     assert!(violations.iter().any(|violation| violation.r#type == expected), "{violations:?}");
-    let listed = app
-        .partner_change(&s.client_subject())
-        .list_partner_changes(pc::ListPartnerChangesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .partner_changes;
+    let listed = s.client_changes(app).await;
     assert!(
         listed.iter().all(|change| change.waba_id != s.waba.waba_id || change.state() != St::PendingApproval),
         "a refused submit stored nothing: {listed:?}"

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use partnerhub_partner_change::{domain::SagaStep, worker::Step};
-use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as perm};
+use partnerhub_proto::partnerchange::v1 as pc;
 use partnerhub_tests::{Backend, TestApp, eventually, on_both_databases};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use tonic::Code;
@@ -18,17 +18,6 @@ on_both_databases!(
     transient_permission_failures_are_retried_and_permanent_ones_fail,
 );
 
-async fn grant_source_everything(app: &TestApp, s: &Scenario) {
-    app.permissions(&s.client_subject())
-        .set_partner_permissions(perm::SetPartnerPermissionsRequest {
-            client_id: s.client.client_id.clone(),
-            partner_id: s.source.partner_id.clone(),
-            phone_numbers: s.waba.phone_numbers.clone(),
-        })
-        .await
-        .unwrap();
-}
-
 async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
         settings.partner_change.worker.enabled = false;
@@ -36,7 +25,7 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
     })
     .await;
     let s = scenario(&app, false).await;
-    grant_source_everything(&app, &s).await;
+    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
     let submitted = s.submit(&app, "req").await;
     s.approve(&app, &submitted.partner_change_id).await;
 
@@ -74,7 +63,7 @@ async fn transient_permission_failures_are_retried_and_permanent_ones_fail(backe
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
     let worker = app.migration_worker().replica("replica");
     let s = scenario(&app, false).await;
-    grant_source_everything(&app, &s).await;
+    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
 
     // Two transient failures: each gives the request back with a retry time.
     let first = s.submit(&app, "req-transient").await;

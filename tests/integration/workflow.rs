@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as perm};
+use partnerhub_proto::partnerchange::v1 as pc;
 use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use tonic::Code;
@@ -21,14 +21,7 @@ async fn a_manual_partner_change_goes_from_submit_to_completed(backend: Backend)
     let app = TestApp::spawn(backend).await;
     let s = scenario(&app, false).await;
     // The old partner could manage both numbers before the move.
-    app.permissions(&s.client_subject())
-        .set_partner_permissions(perm::SetPartnerPermissionsRequest {
-            client_id: s.client.client_id.clone(),
-            partner_id: s.source.partner_id.clone(),
-            phone_numbers: s.waba.phone_numbers.clone(),
-        })
-        .await
-        .unwrap();
+    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
     assert!(allowed(&app, &s.source.partner_id, &s.waba.phone_numbers[0]).await);
 
     let mut as_client = app.partner_change(&s.client_subject());
@@ -80,14 +73,7 @@ async fn a_manual_partner_change_goes_from_submit_to_completed(backend: Backend)
         assert!(!allowed(&app, &s.source.partner_id, number).await, "old partner keeps {number}");
         assert!(!allowed(&app, &s.destination.partner_id, number).await, "new partner has {number} ungranted");
     }
-    app.permissions(&s.client_subject())
-        .set_partner_permissions(perm::SetPartnerPermissionsRequest {
-            client_id: s.client.client_id.clone(),
-            partner_id: s.destination.partner_id.clone(),
-            phone_numbers: vec![s.waba.phone_numbers[0].clone()],
-        })
-        .await
-        .unwrap();
+    s.grant(&app, &s.destination.partner_id, &s.waba.phone_numbers[..1]).await;
     assert!(allowed(&app, &s.destination.partner_id, &s.waba.phone_numbers[0]).await);
     assert!(!allowed(&app, &s.destination.partner_id, &s.waba.phone_numbers[1]).await);
 
@@ -238,13 +224,7 @@ async fn submit_is_idempotent_per_request_id(backend: Backend) {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every repeat got the one request: {ids:?}");
-    let listed = app
-        .partner_change(&s.client_subject())
-        .list_partner_changes(pc::ListPartnerChangesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .partner_changes;
+    let listed = s.client_changes(&app).await;
     let for_second: Vec<_> = listed.iter().filter(|change| change.waba_id == second_waba.waba_id).collect();
     assert_eq!(for_second.len(), 1);
     assert_eq!(for_second[0].partner_change_id, ids[0]);

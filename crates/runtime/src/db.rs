@@ -58,6 +58,15 @@ pub async fn lock_for_migration(tx: &DatabaseTransaction) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Applies a service's pending migrations in one write transaction,
+/// serialized against other processes migrating at the same time.
+pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let tx = begin_write(db).await?;
+    lock_for_migration(&tx).await?;
+    M::up(&tx, None).await?;
+    tx.commit().await
+}
+
 /// A database error, classified the same way on SQLite and PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

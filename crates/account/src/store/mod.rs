@@ -118,30 +118,29 @@ pub async fn update_company_info(
     client_id: &str,
     info: CompanyInfo,
 ) -> Result<Client, AccountError> {
-    let tx = begin_write(db).await?;
-    let updated = client::Entity::update_many()
+    let update = client::Entity::update_many()
         .col_expr(client::Column::LegalName, Expr::value(info.legal_name))
         .col_expr(client::Column::AddressLine, Expr::value(info.address_line))
         .col_expr(client::Column::City, Expr::value(info.city))
         .col_expr(client::Column::PostalCode, Expr::value(info.postal_code))
         .col_expr(client::Column::CountryCode, Expr::value(info.country_code))
-        .col_expr(client::Column::TaxId, Expr::value(info.tax_id))
-        .col_expr(client::Column::UpdateTime, Expr::value(now()))
-        .filter(client::Column::ClientId.eq(client_id))
-        .exec(&tx)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(AccountError::ClientNotFound(client_id.to_owned()));
-    }
-    let client = get_client(&tx, client_id).await?;
-    tx.commit().await?;
-    Ok(client)
+        .col_expr(client::Column::TaxId, Expr::value(info.tax_id));
+    update_client(db, client_id, update).await
 }
 
 pub async fn set_client_legacy(db: &DatabaseConnection, client_id: &str, legacy: bool) -> Result<Client, AccountError> {
+    update_client(db, client_id, client::Entity::update_many().col_expr(client::Column::Legacy, Expr::value(legacy)))
+        .await
+}
+
+/// Applies `update` (and a new update time) to one client; returns it as it is now.
+async fn update_client(
+    db: &DatabaseConnection,
+    client_id: &str,
+    update: sea_orm::UpdateMany<client::Entity>,
+) -> Result<Client, AccountError> {
     let tx = begin_write(db).await?;
-    let updated = client::Entity::update_many()
-        .col_expr(client::Column::Legacy, Expr::value(legacy))
+    let updated = update
         .col_expr(client::Column::UpdateTime, Expr::value(now()))
         .filter(client::Column::ClientId.eq(client_id))
         .exec(&tx)
@@ -435,11 +434,7 @@ fn waba_from_model(model: waba::Model, phone_numbers: Vec<String>) -> Waba {
     }
 }
 
-/// Runs the account migrations; see [`partnerhub_runtime::db`] for why they are serialized.
+/// Runs this service's migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    use sea_orm_migration::MigratorTrait;
-    let tx = begin_write(db).await?;
-    partnerhub_runtime::db::lock_for_migration(&tx).await?;
-    migration::Migrator::up(&tx, None).await?;
-    tx.commit().await
+    partnerhub_runtime::db::migrate::<migration::Migrator>(db).await
 }

@@ -547,11 +547,7 @@ fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
     })
 }
 
-/// Runs the partner-change migrations.
+/// Runs this service's migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    use sea_orm_migration::MigratorTrait;
-    let tx = begin_write(db).await?;
-    partnerhub_runtime::db::lock_for_migration(&tx).await?;
-    migration::Migrator::up(&tx, None).await?;
-    tx.commit().await
+    partnerhub_runtime::db::migrate::<migration::Migrator>(db).await
 }

@@ -298,11 +298,7 @@ fn grant_from_model(model: grant::Model) -> Grant {
     }
 }
 
-/// Runs the permissions migrations.
+/// Runs this service's migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    use sea_orm_migration::MigratorTrait;
-    let tx = begin_write(db).await?;
-    partnerhub_runtime::db::lock_for_migration(&tx).await?;
-    migration::Migrator::up(&tx, None).await?;
-    tx.commit().await
+    partnerhub_runtime::db::migrate::<migration::Migrator>(db).await
 }
