@@ -17,7 +17,7 @@
 //! ended with RESOURCE_EXHAUSTED and the cursor to resume from. A slow
 //! subscriber never blocks the tailer, the writers or other subscribers.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
 use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
@@ -79,7 +79,12 @@ pub async fn run_tailer(
     shutdown: CancellationToken,
 ) {
     if let Some(url) = database_url {
-        tokio::spawn(listen_for_commits(url, hub.committed.clone(), shutdown.clone()));
+        tokio::spawn(partnerhub_runtime::db::listen_for_notifications(
+            url,
+            EVENTS_CHANNEL,
+            hub.committed.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut last = loop {
         match store::last_position(&db).await {
@@ -116,39 +121,6 @@ pub async fn run_tailer(
             () = shutdown.cancelled() => return,
             () = hub.committed.notified() => {}
             () = tokio::time::sleep(settings.poll_interval) => {}
-        }
-    }
-}
-
-/// Wakes the tailer on every PostgreSQL notification of a commit; reconnects
-/// after a lost connection (the tailer's polling covers the gap).
-async fn listen_for_commits(url: String, committed: Arc<Notify>, shutdown: CancellationToken) {
-    use sea_orm::sqlx::postgres::PgListener;
-    loop {
-        let listened = async {
-            let mut listener = PgListener::connect(&url).await?;
-            listener.listen(EVENTS_CHANNEL).await?;
-            tracing::debug!("listening for event log commits");
-            // A reconnect may have missed notifications: read the log once.
-            committed.notify_one();
-            loop {
-                listener.recv().await?;
-                committed.notify_one();
-            }
-            #[allow(unreachable_code)] // the loop only ends with an error
-            Ok::<(), sea_orm::sqlx::Error>(())
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = listened => {
-                if let Err(err) = result {
-                    tracing::warn!(error = %err, "lost the event notification connection; reconnecting");
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

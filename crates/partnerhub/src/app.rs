@@ -10,6 +10,7 @@ use partnerhub_partner_change::{
     stream::{EventHub, run_tailer},
     worker::MigrationWorker,
 };
+use partnerhub_permissions::cache::{CacheSettings, PermissionCache};
 use partnerhub_runtime::{
     auth::{Authenticator, KeyError, TokenKeys},
     config::Settings,
@@ -77,7 +78,8 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The gRPC server; it returns once shutdown is requested and calls have drained.
     server: JoinHandle<Result<(), ServeError>>,
-    /// The migration worker loops, the expiry sweeper and the event tailer; stopped by `shutdown`.
+    /// The migration worker loops, the expiry sweeper, the event tailer and the
+    /// permission cache's follower; stopped by `shutdown`.
     tasks: TaskTracker,
     /// This process's migration worker, when it serves the partner-change service.
     migration_worker: Option<MigrationWorker>,
@@ -133,6 +135,7 @@ impl Application {
         let events = EventHub::new(4096);
         let shutdown = CancellationToken::new();
         let mut migration_worker = None;
+        let mut permission_cache = None;
         let mut host = Host::new(max_message_bytes)?;
         for service in services {
             match service {
@@ -162,9 +165,22 @@ impl Application {
                 }
                 ServiceName::Permissions => {
                     let account = peers.account(*service)?;
+                    let cache = PermissionCache::new(
+                        db.clone(),
+                        CacheSettings {
+                            poll_interval: settings.permissions.cache_poll_interval,
+                            trust_window: settings.permissions.cache_trust_window,
+                        },
+                    );
+                    // Load the grants before serving, so the first checks come from memory.
+                    if let Err(err) = cache.sync().await {
+                        tracing::warn!(error = %err, "cannot load the permission cache yet; checks go to the database");
+                    }
+                    permission_cache = Some(cache.clone());
                     host.add_service(partnerhub_permissions::service(
                         db.clone(),
                         account,
+                        cache,
                         authenticator.clone(),
                         max_message_bytes,
                     ));
@@ -205,6 +221,10 @@ impl Application {
                     tasks.spawn(worker.replica(&owner).run(shutdown.clone()));
                 }
             }
+        }
+        if let Some(cache) = permission_cache {
+            let postgres_url = (!settings.uses_embedded_database()).then(|| settings.database_url());
+            tasks.spawn(cache.follow(postgres_url, shutdown.clone()));
         }
         tracing::info!(%local_addr, ?services, "serving");
         Ok(Self {

@@ -16,7 +16,10 @@ use partnerhub_runtime::{
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::{
+    cache::{PermissionCache, Untrusted},
     domain::{Grant, GrantFilter, page_key, parse_page_key},
     error::PermissionsError,
     store,
@@ -31,11 +34,13 @@ pub struct PermissionsApi {
     db: DatabaseConnection,
     /// Where the numbers' WABAs and their partners are looked up.
     account: AccountServiceClient<PeerChannel>,
+    /// Answers `CheckPermission`; told about every change this replica makes.
+    cache: Arc<PermissionCache>,
 }
 
 impl PermissionsApi {
-    pub fn new(db: DatabaseConnection, account: PeerChannel) -> Self {
-        Self { db, account: AccountServiceClient::new(account) }
+    pub fn new(db: DatabaseConnection, account: PeerChannel, cache: Arc<PermissionCache>) -> Self {
+        Self { db, account: AccountServiceClient::new(account), cache }
     }
 
     /// Checks that every number is on a WABA of `client_id` that is with
@@ -119,6 +124,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         }
         let grants =
             store::replace_grants(&self.db, &caller.to_string(), &client_id, &partner_id, &numbers, checked_at).await?;
+        self.cache.after_local_change().await;
         Ok(Response::new(pb::SetPartnerPermissionsResponse {
             grants: grants.into_iter().map(grant_to_proto).collect(),
         }))
@@ -158,7 +164,11 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let (partner_id, number) =
             (id("partner_id", &r.partner_id), PhoneNumber::parse("phone_number", &r.phone_number)).validate()?;
         allow(caller.is_service())?;
-        let allowed = store::is_allowed(&self.db, &partner_id, number.as_str()).await?;
+        let allowed = match self.cache.check(&partner_id, number.as_str()) {
+            Ok(allowed) => allowed,
+            // The cache may be stale: ask the database, and fail closed if it does not answer.
+            Err(Untrusted) => store::is_allowed(&self.db, &partner_id, number.as_str()).await?,
+        };
         Ok(Response::new(pb::CheckPermissionResponse { allowed }))
     }
 
@@ -177,6 +187,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         allow(caller.is_service())?;
         let (revoked_count, already_applied) =
             store::revoke(&self.db, &caller.to_string(), &partner_change_id, &partner_id, &numbers).await?;
+        self.cache.after_local_change().await;
         tracing::info!(%partner_change_id, %partner_id, revoked_count, already_applied, "permissions revoked");
         Ok(Response::new(pb::RevokePartnerPermissionsResponse { revoked_count, already_applied }))
     }
@@ -205,6 +216,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         }
         let (grants, already_applied) =
             store::grant(&self.db, &caller.to_string(), &partner_change_id, &client_id, &partner_id, &numbers).await?;
+        self.cache.after_local_change().await;
         tracing::info!(%partner_change_id, %partner_id, granted = grants.len(), already_applied, "permissions granted");
         Ok(Response::new(pb::GrantPartnerPermissionsResponse {
             grants: grants.into_iter().map(grant_to_proto).collect(),

@@ -2,10 +2,12 @@
 //!
 //! - [`grpc`]: the boundary; it asks the account service which WABA (and so
 //!   which partner) each number is on;
+//! - [`cache`]: every grant in memory, following the permission log, for `CheckPermission`;
 //! - [`domain`]: the types, no I/O;
 //! - [`store`]: grants, fences, idempotency records and the audit log;
 //! - [`error`]: the one error type and its mapping to `Status`.
 
+pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -20,10 +22,11 @@ use tonic::service::interceptor::InterceptedService;
 pub fn service(
     db: DatabaseConnection,
     account: PeerChannel,
+    cache: std::sync::Arc<cache::PermissionCache>,
     authenticator: Authenticator,
     max_message_bytes: usize,
 ) -> InterceptedService<PermissionsServiceServer<grpc::PermissionsApi>, Authenticator> {
-    let server = PermissionsServiceServer::new(grpc::PermissionsApi::new(db, account))
+    let server = PermissionsServiceServer::new(grpc::PermissionsApi::new(db, account, cache))
         .max_decoding_message_size(max_message_bytes);
     InterceptedService::new(server, authenticator)
 }

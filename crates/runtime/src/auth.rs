@@ -6,10 +6,11 @@
 //! What each subject may do is decided by each service, RPC by RPC.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -193,16 +194,23 @@ impl TokenKeys {
 
     /// The subject of a valid token, or the reason it is not one.
     pub fn verify(&self, token: &str) -> Result<Subject, Status> {
+        self.verify_until(token).map(|(subject, _)| subject)
+    }
+
+    /// The subject of a valid token and when it expires (seconds since the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Subject, u64), Status> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| match err
             .kind()
         {
             ErrorKind::ExpiredSignature => unauthenticated(ErrorReason::TokenExpired, "the token has expired"),
             _ => unauthenticated(ErrorReason::InvalidToken, "the token is not valid"),
         })?;
-        data.claims
+        let subject = data
+            .claims
             .sub
             .parse()
-            .map_err(|_| unauthenticated(ErrorReason::InvalidToken, "the token's subject is not valid"))
+            .map_err(|_| unauthenticated(ErrorReason::InvalidToken, "the token's subject is not valid"))?;
+        Ok((subject, data.claims.exp))
     }
 }
 
@@ -236,21 +244,44 @@ fn unauthenticated(reason: ErrorReason, message: &str) -> Status {
 
 /// The interceptor in front of every Partner Hub service: no valid bearer
 /// token, no call.
+///
+/// Services call with the same token many times (`CheckPermission` on every
+/// message sent), so verified tokens are remembered until they expire: a
+/// repeat costs a hash lookup instead of a signature check.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     keys: Arc<TokenKeys>,
+    /// Token → its subject and expiry. A std lock, never held across `.await`;
+    /// cleared when full, so it stays bounded.
+    verified: Arc<RwLock<HashMap<String, (Subject, u64)>>>,
 }
+
+/// How many verified tokens an authenticator remembers.
+const VERIFIED_TOKENS: usize = 10_000;
 
 impl Authenticator {
     pub fn new(keys: Arc<TokenKeys>) -> Self {
-        Self { keys }
+        Self { keys, verified: Arc::default() }
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, Status> {
         let missing = || unauthenticated(ErrorReason::MissingCredentials, "send `authorization: Bearer <token>`");
         let header = metadata.get("authorization").ok_or_else(missing)?;
-        let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(missing)?;
-        self.keys.verify(token.trim())
+        let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(missing)?.trim();
+        let now = jsonwebtoken::get_current_timestamp();
+        let remembered = self.verified.read().unwrap_or_else(PoisonError::into_inner).get(token).cloned();
+        if let Some((subject, expires)) = remembered
+            && expires > now
+        {
+            return Ok(subject);
+        }
+        let (subject, expires) = self.keys.verify_until(token)?;
+        let mut verified = self.verified.write().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (subject.clone(), expires));
+        Ok(subject)
     }
 }
 
@@ -325,6 +356,27 @@ mod tests {
         assert_eq!(other.verify(&token).unwrap_err().code(), tonic::Code::Unauthenticated);
         let wrong_issuer = TokenKeys::from_secret(&[7u8; 32], "someone-else");
         assert_eq!(wrong_issuer.verify(&token).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn the_authenticator_remembers_a_token_only_until_it_expires() {
+        let keys = Arc::new(keys());
+        let authenticator = Authenticator::new(keys.clone());
+        let token = keys.mint(&Subject::Service("messaging".into()), Duration::from_secs(60)).unwrap();
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
+        assert_eq!(authenticator.verified.read().unwrap().len(), 1, "remembered");
+        assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
+
+        // A remembered token past its expiry is checked again, and refused.
+        authenticator.verified.write().unwrap().insert(token.clone(), (Subject::Service("messaging".into()), 1));
+        let claims = Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: 1, exp: 2 };
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        authenticator.verified.write().unwrap().insert(expired.clone(), (Subject::Service("messaging".into()), 2));
+        let mut expired_metadata = MetadataMap::new();
+        expired_metadata.insert("authorization", format!("Bearer {expired}").parse().unwrap());
+        assert_eq!(authenticator.authenticate(&expired_metadata).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

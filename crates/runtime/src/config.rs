@@ -24,6 +24,22 @@ pub struct Settings {
     pub log: LogSettings,
     pub peers: PeerSettings,
     pub partner_change: PartnerChangeSettings,
+    pub permissions: PermissionsSettings,
+}
+
+/// The permissions service's in-memory cache for `CheckPermission`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermissionsSettings {
+    /// The permission log is read at least this often (a missed PostgreSQL
+    /// notification costs at most this).
+    #[serde(with = "humantime_serde")]
+    pub cache_poll_interval: Duration,
+    /// The cache answers only if it read the log less than this ago; otherwise
+    /// checks go to the database (and fail closed if it is unreachable). This
+    /// bounds how long any replica can answer from data older than a change.
+    #[serde(with = "humantime_serde")]
+    pub cache_trust_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +168,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             peers: PeerSettings::default(),
             partner_change: PartnerChangeSettings::default(),
+            permissions: PermissionsSettings::default(),
         }
     }
 }
@@ -197,6 +214,12 @@ impl Default for PartnerChangeSettings {
             worker: WorkerSettings::default(),
             stream: StreamSettings::default(),
         }
+    }
+}
+
+impl Default for PermissionsSettings {
+    fn default() -> Self {
+        Self { cache_poll_interval: Duration::from_millis(250), cache_trust_window: Duration::from_secs(1) }
     }
 }
 
@@ -275,6 +298,8 @@ impl Settings {
             ("partner_change.stream.heartbeat_interval", self.partner_change.stream.heartbeat_interval),
             ("partner_change.stream.poll_interval", self.partner_change.stream.poll_interval),
             ("partner_change.stream.stall_timeout", self.partner_change.stream.stall_timeout),
+            ("permissions.cache_poll_interval", self.permissions.cache_poll_interval),
+            ("permissions.cache_trust_window", self.permissions.cache_trust_window),
         ];
         if let Some((field, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
             return Err(ConfigError::Invalid { field, problem: "must be longer than zero".to_owned() });
@@ -283,6 +308,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 field: "partner_change.worker.backoff_max",
                 problem: "must not be shorter than backoff_initial".to_owned(),
+            });
+        }
+        if self.permissions.cache_poll_interval >= self.permissions.cache_trust_window {
+            return Err(ConfigError::Invalid {
+                field: "permissions.cache_poll_interval",
+                problem: "must be shorter than cache_trust_window, or the cache would never be trusted".to_owned(),
             });
         }
         if self.partner_change.stream.subscriber_buffer < 2 {

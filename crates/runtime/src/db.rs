@@ -67,6 +67,44 @@ pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &DatabaseConnectio
     tx.commit().await
 }
 
+/// Rings `wake` for every PostgreSQL notification on `channel` (and once after
+/// each (re)connect, since notifications may have been missed meanwhile), until
+/// `shutdown`. A lost connection is re-opened; followers of a log must also
+/// poll, so a notification is only ever a wake-up.
+pub async fn listen_for_notifications(
+    url: String,
+    channel: &'static str,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use sea_orm::sqlx::postgres::PgListener;
+    loop {
+        let listened = async {
+            let mut listener = PgListener::connect(&url).await?;
+            listener.listen(channel).await?;
+            wake.notify_one();
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+            #[allow(unreachable_code)] // the loop only ends with an error
+            Ok::<(), sea_orm::sqlx::Error>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = listened => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, channel, "lost a notification connection; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 /// A database error, classified the same way on SQLite and PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -90,3 +90,26 @@ pub mod audit {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod log_entry {
+    use sea_orm::entity::prelude::*;
+
+    /// One change of one (partner, number): allowed from now on, or not.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "permission_log")]
+    pub struct Model {
+        /// Taken from `permission_log_head` under its row lock, so positions
+        /// become visible in order.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub position: i64,
+        pub partner_id: String,
+        pub phone_number: String,
+        pub allowed: bool,
+        pub time: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

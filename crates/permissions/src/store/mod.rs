@@ -15,12 +15,12 @@ use partnerhub_runtime::{
     validate::PhoneNumber,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
 };
 
-use self::entities::{application, audit, fence, grant};
+use self::entities::{application, audit, fence, grant, log_entry};
 use crate::{
     domain::{Grant, GrantFilter},
     error::PermissionsError,
@@ -42,6 +42,11 @@ pub async fn replace_grants(
     if fences.iter().any(|fence| fence.revoke_time.is_some_and(|revoked| revoked >= checked_at)) {
         return Err(PermissionsError::MovedWhileSaving);
     }
+    let before = grant::Entity::find()
+        .filter(grant::Column::ClientId.eq(client_id))
+        .filter(grant::Column::PartnerId.eq(partner_id))
+        .all(&tx)
+        .await?;
     grant::Entity::delete_many()
         .filter(grant::Column::ClientId.eq(client_id))
         .filter(grant::Column::PartnerId.eq(partner_id))
@@ -49,6 +54,13 @@ pub async fn replace_grants(
         .await?;
     let grants = insert_grants(&tx, client_id, partner_id, numbers).await?;
     record_audit(&tx, actor, "SET", Some(client_id), partner_id, numbers, None).await?;
+    let removed = before
+        .iter()
+        .map(|old| old.phone_number.as_str())
+        .filter(|old| !numbers.iter().any(|new| new.as_str() == *old));
+    let mut changes: Vec<(&str, bool)> = removed.map(|number| (number, false)).collect();
+    changes.extend(numbers.iter().map(|number| (number.as_str(), true)));
+    append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok(grants)
 }
@@ -79,6 +91,8 @@ pub async fn revoke(
     let removed = i32::try_from(removed).unwrap_or(i32::MAX);
     record_application(&tx, partner_change_id, "REVOKE", partner_id, removed).await?;
     record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
+    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
+    append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok((removed, false))
 }
@@ -101,6 +115,8 @@ pub async fn grant(
     let count = i32::try_from(numbers.len()).unwrap_or(i32::MAX);
     record_application(&tx, partner_change_id, "GRANT", partner_id, count).await?;
     record_audit(&tx, actor, "GRANT", Some(client_id), partner_id, numbers, Some(partner_change_id)).await?;
+    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), true)).collect();
+    append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok((grants, false))
 }
@@ -177,6 +193,81 @@ pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String])
         .to_owned();
     let row = db.query_one(&query).await?;
     row.map(|row| row.try_get::<String>("", "partner_change_id")).transpose()
+}
+
+/// The PostgreSQL notification channel that wakes every replica's permission cache.
+pub const LOG_CHANNEL: &str = "partnerhub_permission_log";
+
+/// Appends `changes` to the permission log, last thing before commit: positions
+/// come from the one row of `permission_log_head`, whose lock is held until the
+/// transaction ends, so they become visible in order (as in the event log).
+async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let count = i64::try_from(changes.len()).map_err(|_| DbErr::Custom("too many changes".into()))?;
+    let take = Query::update()
+        .table(Alias::new("permission_log_head"))
+        .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .returning_col(Alias::new("last_position"))
+        .to_owned();
+    let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom("permission_log_head has no row".into()))?;
+    let last: i64 = row.try_get("", "last_position")?;
+    let time = now();
+    let rows = changes.iter().zip((0..count).rev()).map(|((number, allowed), offset)| log_entry::ActiveModel {
+        position: Set(last - offset),
+        partner_id: Set(partner_id.to_owned()),
+        phone_number: Set((*number).to_owned()),
+        allowed: Set(*allowed),
+        time: Set(time),
+    });
+    log_entry::Entity::insert_many(rows).exec(tx).await?;
+    if tx.get_database_backend() == DbBackend::Postgres {
+        tx.execute_unprepared(&format!("NOTIFY {LOG_CHANNEL}, '{last}'")).await?;
+    }
+    Ok(())
+}
+
+/// Every grant, and the log position they are current at, read in one snapshot.
+pub async fn snapshot(db: &DatabaseConnection) -> Result<(Vec<(String, String)>, i64), DbErr> {
+    let tx = match db.get_database_backend() {
+        // One snapshot for both reads; on SQLite a read transaction already is one.
+        DbBackend::Postgres => {
+            db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
+        }
+        _ => db.begin().await?,
+    };
+    let position = log_position(&tx).await?;
+    let grants = grant::Entity::find()
+        .select_only()
+        .column(grant::Column::PartnerId)
+        .column(grant::Column::PhoneNumber)
+        .into_tuple::<(String, String)>()
+        .all(&tx)
+        .await?;
+    tx.commit().await?;
+    Ok((grants, position))
+}
+
+/// Log entries after `after`, oldest first, at most `limit`.
+pub async fn log_after(db: &DatabaseConnection, after: i64, limit: u64) -> Result<Vec<log_entry::Model>, DbErr> {
+    log_entry::Entity::find()
+        .filter(log_entry::Column::Position.gt(after))
+        .order_by_asc(log_entry::Column::Position)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+async fn log_position(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let query = Query::select()
+        .column(Alias::new("last_position"))
+        .from(Alias::new("permission_log_head"))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .to_owned();
+    let row = db.query_one(&query).await?;
+    Ok(row.map(|row| row.try_get::<i64>("", "last_position")).transpose()?.unwrap_or(0))
 }
 
 /// Upserts (and so locks, in a fixed order) the fence of each number; returns them.

@@ -1,0 +1,160 @@
+//! `CheckPermission` from memory.
+//!
+//! Each replica holds every grant in memory: a snapshot read at start, then
+//! kept current by following the permission log (positions become visible in
+//! order, so "after my last position" misses nothing). It follows the log when
+//! this replica changes permissions (before that call returns, so this replica
+//! answers the new truth at once), when PostgreSQL notifies a change by any
+//! replica, and every `poll_interval` regardless.
+//!
+//! The cache answers only while it is trusted: its last successful read of the
+//! log started less than `trust_window` ago. Past that (the database is
+//! unreachable, say) a check goes to the database instead, and fails closed if
+//! that fails too. So no replica ever answers from data older than the window.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::store;
+
+/// How the cache keeps itself current.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// The log is read at least this often.
+    pub poll_interval: Duration,
+    /// The cache answers only if its last sync started less than this ago.
+    pub trust_window: Duration,
+}
+
+/// Every grant of the deployment, as of `position` in the permission log.
+#[derive(Debug, Default)]
+struct Grants {
+    /// Partner ID → the numbers it may manage.
+    by_partner: HashMap<String, HashSet<String>>,
+    position: i64,
+    /// Whether the snapshot has been read (after that, the log is followed).
+    loaded: bool,
+    /// When the last successful sync started; `None` while the cache must not
+    /// answer (before the first sync, and from a local change until the next).
+    synced_at: Option<Instant>,
+}
+
+/// Shared by the gRPC handlers (reads) and the follower task (writes).
+#[derive(Debug)]
+pub struct PermissionCache {
+    db: DatabaseConnection,
+    settings: CacheSettings,
+    /// A std lock: held only for a lookup or for applying a batch, never across `.await`.
+    grants: RwLock<Grants>,
+    /// One sync at a time, so batches are applied in order.
+    syncing: tokio::sync::Mutex<()>,
+    /// Rung on a PostgreSQL notification of a change.
+    changed: Arc<Notify>,
+}
+
+/// A cache miss that is no answer: the cache cannot be trusted right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untrusted;
+
+const SYNC_BATCH: u64 = 10_000;
+
+impl PermissionCache {
+    pub fn new(db: DatabaseConnection, settings: CacheSettings) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            settings,
+            grants: RwLock::new(Grants::default()),
+            syncing: tokio::sync::Mutex::new(()),
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Whether `partner_id` may manage `number`, if the cache is trusted.
+    pub fn check(&self, partner_id: &str, number: &str) -> Result<bool, Untrusted> {
+        let grants = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match grants.synced_at {
+            Some(synced_at) if synced_at.elapsed() < self.settings.trust_window => {}
+            _ => return Err(Untrusted),
+        }
+        Ok(grants.by_partner.get(partner_id).is_some_and(|numbers| numbers.contains(number)))
+    }
+
+    /// Brings the cache up to the log's current end: the first time from a
+    /// snapshot, then from the log.
+    pub async fn sync(&self) -> Result<(), DbErr> {
+        let _one_at_a_time = self.syncing.lock().await;
+        let started = Instant::now();
+        let loaded = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).loaded;
+        if !loaded {
+            let (rows, position) = store::snapshot(&self.db).await?;
+            let mut by_partner: HashMap<String, HashSet<String>> = HashMap::new();
+            for (partner_id, number) in rows {
+                by_partner.entry(partner_id).or_default().insert(number);
+            }
+            *self.write() = Grants { by_partner, position, loaded: true, synced_at: Some(started) };
+            return Ok(());
+        }
+        loop {
+            let after = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).position;
+            let entries = store::log_after(&self.db, after, SYNC_BATCH).await?;
+            let full = entries.len() as u64 == SYNC_BATCH;
+            let mut grants = self.write();
+            for entry in entries {
+                let numbers = grants.by_partner.entry(entry.partner_id).or_default();
+                if entry.allowed {
+                    numbers.insert(entry.phone_number);
+                } else {
+                    numbers.remove(&entry.phone_number);
+                }
+                grants.position = entry.position;
+            }
+            if !full {
+                grants.synced_at = Some(started);
+                return Ok(());
+            }
+        }
+    }
+
+    /// After this replica changed permissions (committed): stop answering from
+    /// memory until the change is read back, so the caller's next check sees it.
+    pub async fn after_local_change(&self) {
+        self.write().synced_at = None;
+        if let Err(err) = self.sync().await {
+            tracing::warn!(error = %err, "cannot read back a permission change; checks go to the database");
+        }
+    }
+
+    /// Follows the log until `shutdown`; with a PostgreSQL URL, also listens
+    /// for changes by other replicas.
+    pub async fn follow(self: Arc<Self>, postgres_url: Option<String>, shutdown: CancellationToken) {
+        if let Some(url) = postgres_url {
+            tokio::spawn(partnerhub_runtime::db::listen_for_notifications(
+                url,
+                store::LOG_CHANNEL,
+                self.changed.clone(),
+                shutdown.clone(),
+            ));
+        }
+        loop {
+            if let Err(err) = self.sync().await {
+                tracing::warn!(error = %err, "cannot read the permission log; checks go to the database until it can");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Grants> {
+        self.grants.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
