@@ -222,3 +222,57 @@ async fn permissions_answer_each_subject_as_specified(backend: Backend) {
     assert_ne!(rest.grants[0].phone_number, paged.grants[0].phone_number);
     assert!(rest.next_page_token.is_empty());
 }
+
+/// Two servers on one PostgreSQL database: a revoke through A turns
+/// CheckPermission on B false promptly, by notification, and still does with
+/// B's notification connection dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_through_one_replica_reaches_the_others_cache() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    let s = scenario(&a, false).await;
+    let numbers = s.waba.phone_numbers.clone();
+    let source = s.source.partner_id.clone();
+    s.grant(&a, &source, &numbers).await;
+    // B hardly ever polls: only notifications (or its trust window) can bring it news.
+    let b = a
+        .spawn_replica_with(|settings| {
+            settings.permissions.cache_poll_interval = std::time::Duration::from_secs(3600);
+            settings.permissions.cache_trust_window = std::time::Duration::from_secs(1);
+        })
+        .await;
+    assert!(allowed(&b, &source, &numbers[0]).await, "B loaded the grants");
+
+    let revoke = |id: &str| perm::RevokePartnerPermissionsRequest {
+        partner_change_id: id.to_owned(),
+        partner_id: source.clone(),
+        phone_numbers: numbers.clone(),
+    };
+    a.permissions("service:partner-change").revoke_partner_permissions(revoke("pc-1")).await.unwrap();
+    assert!(!allowed(&a, &source, &numbers[0]).await, "A answers the new truth at once");
+    partnerhub_tests::eventually("B to see the revoke", std::time::Duration::from_secs(10), || async {
+        (!allowed(&b, &source, &numbers[0]).await).then_some(())
+    })
+    .await;
+
+    // Drop every LISTEN connection, then change permissions again through A.
+    s.grant(&a, &source, &numbers).await;
+    partnerhub_tests::eventually("B to see the grant", std::time::Duration::from_secs(10), || async {
+        allowed(&b, &source, &numbers[0]).await.then_some(())
+    })
+    .await;
+    let db = sea_orm::Database::connect(a.database_url()).await.unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .await
+    .unwrap();
+    a.permissions("service:partner-change").revoke_partner_permissions(revoke("pc-2")).await.unwrap();
+    partnerhub_tests::eventually(
+        "B to see the revoke without its notification connection",
+        std::time::Duration::from_secs(10),
+        || async { (!allowed(&b, &source, &numbers[0]).await).then_some(()) },
+    )
+    .await;
+    drop(b);
+}

@@ -77,10 +77,17 @@ impl TestApp {
     /// A second server on the same database and key: another replica. Drop it
     /// before its primary.
     pub async fn spawn_replica(&self) -> TestApp {
-        let app = Application::start(&self.settings, ServiceName::ALL).await.unwrap();
+        self.spawn_replica_with(|_| {}).await
+    }
+
+    /// Like [`TestApp::spawn_replica`], with `configure` applied to a copy of the settings.
+    pub async fn spawn_replica_with(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
+        configure(&mut settings);
+        let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
         let channel = channel_to(app.local_addr());
         TestApp {
-            settings: self.settings.clone(),
+            settings,
             app: Some(app),
             channel,
             keys: self.keys.clone(),

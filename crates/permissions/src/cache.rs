@@ -158,3 +158,78 @@ impl PermissionCache {
         self.grants.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database};
+
+    use super::*;
+
+    /// One in-memory SQLite database (one connection, so every query sees it), migrated.
+    async fn database() -> DatabaseConnection {
+        let mut options = ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1).sqlx_logging(false);
+        let db = Database::connect(options).await.unwrap();
+        crate::store::migrate(&db).await.unwrap();
+        db
+    }
+
+    async fn grant(db: &DatabaseConnection, position: i64, number: &str, allowed: bool) {
+        if allowed {
+            db.execute_unprepared(&format!(
+                "INSERT INTO permission_grants (partner_id, phone_number, client_id, grant_time) VALUES ('p', '{number}', 'c', '2026-01-01T00:00:00Z')"
+            ))
+            .await
+            .unwrap();
+        }
+        db.execute_unprepared(&format!(
+            "INSERT INTO permission_log (position, partner_id, phone_number, allowed, time) VALUES ({position}, 'p', '{number}', {allowed}, '2026-01-01T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+        db.execute_unprepared(&format!("UPDATE permission_log_head SET last_position = {position} WHERE id = 1"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_cache_answers_only_while_it_has_read_the_log_recently() {
+        let db = database().await;
+        let cache = PermissionCache::new(
+            db.clone(),
+            CacheSettings { poll_interval: Duration::from_millis(250), trust_window: Duration::from_secs(1) },
+        );
+        assert_eq!(cache.check("p", "+4915100000001"), Err(Untrusted), "nothing loaded yet");
+
+        grant(&db, 1, "+4915100000001", true).await;
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(true), "from the snapshot");
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(false));
+        assert_eq!(cache.check("other", "+4915100000001"), Ok(false));
+
+        // Changes arrive through the log.
+        grant(&db, 2, "+4915100000002", true).await;
+        grant(&db, 3, "+4915100000001", false).await;
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(true), "not read yet");
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(false));
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true));
+
+        // Without a successful read for longer than the window, it stops
+        // answering. (Time is paused only here: the database calls need real time.)
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(cache.check("p", "+4915100000002"), Err(Untrusted), "older than the trust window");
+        tokio::time::resume();
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "trusted again after a read");
+
+        // A local change stops answers from memory until it has been read back.
+        cache.write().synced_at = None;
+        assert_eq!(cache.check("p", "+4915100000002"), Err(Untrusted));
+        cache.after_local_change().await;
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true));
+    }
+}
