@@ -139,6 +139,40 @@ async fn revoke_and_grant_apply_once_per_partner_change(backend: Backend) {
         Code::FailedPrecondition,
         "NUMBER_NOT_WITH_PARTNER",
     );
+
+    // The audit log: who, what, which numbers, once per change (repeats add nothing).
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        &db,
+        sea_orm::Statement::from_string(
+            sea_orm::ConnectionTrait::get_database_backend(&db),
+            "SELECT actor, action, phone_numbers, partner_change_id FROM permission_audit ORDER BY time, audit_id",
+        ),
+    )
+    .await
+    .unwrap();
+    let audit: Vec<(String, String, String, Option<String>)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.try_get("", "actor").unwrap(),
+                row.try_get("", "action").unwrap(),
+                row.try_get("", "phone_numbers").unwrap(),
+                row.try_get("", "partner_change_id").unwrap(),
+            )
+        })
+        .collect();
+    let client = s.client_subject();
+    let service = "service:partner-change".to_owned();
+    assert_eq!(
+        audit,
+        [
+            (client.clone(), "SET".to_owned(), numbers.join(","), None),
+            (service.clone(), "REVOKE".to_owned(), numbers.join(","), Some("pc-revoke".to_owned())),
+            (client, "SET".to_owned(), numbers[0].clone(), None),
+            (service, "GRANT".to_owned(), numbers[1].clone(), Some("pc-grant".to_owned())),
+        ]
+    );
 }
 
 async fn permissions_answer_each_subject_as_specified(backend: Backend) {
