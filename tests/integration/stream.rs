@@ -277,6 +277,7 @@ async fn each_subscriber_gets_only_its_own_events_and_bad_cursors_are_refused(ba
 }
 
 async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_blocking_others(backend: Backend) {
+    const EVENTS: usize = 100;
     let app = TestApp::spawn_with(backend, |settings| {
         fast_heartbeats(settings);
         settings.partner_change.stream.subscriber_buffer = 2;
@@ -288,13 +289,20 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     eventually("two heartbeats", Duration::from_secs(10), || async { (idle.heartbeats() >= 2).then_some(()) }).await;
     assert!(idle.events().is_empty());
 
-    // A subscriber that never reads, on a connection with a tiny window, and a fast one.
+    // A subscriber that never reads, on a connection with a tiny window, and a
+    // fast one. Each event carries a snapshot of 300 numbers (about 6 KB); 100
+    // events (600 KB) outgrow every buffer on the way — HTTP/2 buffers about
+    // 400 KB per stream on the sending side whatever the peer's window — so the
+    // stalled subscriber's own buffer fills.
     let mut stalled_client = app.partner_change_with_window("support:stalled", 64).await;
     let stalled = stalled_client.watch_partner_change_events(watch_request("")).await.unwrap().into_inner();
     let fast = watch(&app, "support:fast", "").await;
-    let s = scenario(&app, false).await;
+    let mut s = scenario(&app, false).await;
+    let numbers: Vec<String> = (0..300).map(|_| fixtures::unique_number()).collect();
+    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    s.waba = fixtures::waba(&app, &s.client.client_id, &s.source.partner_id, &numbers).await;
     let mut as_client = app.partner_change(&s.client_subject());
-    for round in 0..10 {
+    for round in 0..EVENTS / 2 {
         let submitted = s.submit(&app, &format!("r{round}")).await;
         as_client
             .cancel_partner_change(pc::CancelPartnerChangeRequest {
@@ -304,8 +312,8 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
             .await
             .unwrap();
     }
-    let all = fast.wait_for_events(20).await;
-    assert_eq!(all.len(), 20, "the fast subscriber got everything while the other stalled");
+    let all = fast.wait_for_events(EVENTS).await;
+    assert_eq!(all.len(), EVENTS, "the fast subscriber got everything while the other stalled");
 
     // The stalled one, once it reads: what was buffered, then a clear status to resume from.
     let stalled = collect(stalled);
@@ -317,10 +325,10 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
         "{status:?}"
     );
     let got = stalled.events();
-    assert!(got.len() < 20, "it was ended before the end of the log: {}", got.len());
+    assert!(got.len() < EVENTS, "it was ended before the end of the log: {}", got.len());
     let resume = status.get_details_error_info().unwrap().metadata.get("resumeAfterCursor").cloned().unwrap();
     assert_eq!(Some(&resume), got.last().map(|event| &event.cursor), "resume after the last event it was given");
-    let rest = watch(&app, "support:stalled", &resume).await.wait_for_events(20 - got.len()).await;
+    let rest = watch(&app, "support:stalled", &resume).await.wait_for_events(EVENTS - got.len()).await;
     let mut rejoined = got.clone();
     rejoined.extend(rest);
     assert_eq!(steps(&rejoined), steps(&all), "resuming loses nothing");

@@ -96,8 +96,10 @@ impl TestApp {
         }
     }
 
-    /// A partner-change client on its own connection whose HTTP/2 flow-control
-    /// window is `window` bytes: a stream it does not read stalls at once.
+    /// A partner-change client on its own connection whose HTTP/2 stream window
+    /// is `window` bytes: a stream it does not read takes no more than that,
+    /// so the server's buffers for it fill (the server's HTTP/2 layer itself
+    /// buffers about 400 KB per stream first).
     pub async fn partner_change_with_window(&self, subject: &str, window: u32) -> PartnerChangeServiceClient<Authed> {
         let channel = Channel::from_shared(format!("http://{}", self.addr()))
             .unwrap()
