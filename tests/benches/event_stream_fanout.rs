@@ -22,14 +22,14 @@ use std::{
 
 use base64::Engine as _;
 use partnerhub_proto::{
-    account::v1::{self as acc, account_service_client::AccountServiceClient},
+    account::v1::account_service_client::AccountServiceClient,
     partnerchange::v1::{
         self as pc, partner_change_service_client::PartnerChangeServiceClient,
         watch_partner_change_events_response::Kind,
     },
 };
 use partnerhub_runtime::auth::{BearerToken, Subject, TokenKeys};
-use partnerhub_tests::{Backend, TestDatabase, binary::ServerProcess};
+use partnerhub_tests::{Backend, TestDatabase, bench::auto_approve_world, binary::ServerProcess};
 use tokio::{sync::Mutex, time::Instant};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
@@ -73,68 +73,11 @@ async fn main() {
     let authed =
         |channel: Channel, subject: &str| InterceptedService::new(channel, BearerToken::new(&token(subject)).unwrap());
 
-    // Set-up: a source partner, an auto-approving destination, a client with one WABA per change.
+    // Set-up (not measured).
     let setup = channel(0).await;
-    let mut support = AccountServiceClient::new(authed(setup.clone(), "support:bench"));
-    let partner = |name: &str, auto_approve| acc::CreatePartnerRequest {
-        display_name: name.into(),
-        payment_processor: acc::PaymentProcessor::Stripe.into(),
-        settings: Some(acc::PartnerSettings {
-            auto_approve,
-            accepting_changes: true,
-            terms_version: "v1".into(),
-            requires_payment_method: false,
-        }),
-    };
-    let source = support.create_partner(partner("Source", false)).await.unwrap().into_inner().partner.unwrap();
-    let destination = support.create_partner(partner("Destination", true)).await.unwrap().into_inner().partner.unwrap();
-    let client = support
-        .create_client(acc::CreateClientRequest {
-            display_name: "Client".into(),
-            payment_processor: acc::PaymentProcessor::Stripe.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap();
-    let info = acc::CompanyInfo {
-        legal_name: "Client Ltd".into(),
-        address_line: "1 Road".into(),
-        city: "Town".into(),
-        postal_code: "1000".into(),
-        country_code: "DE".into(),
-        tax_id: "DE1".into(),
-    };
-    support
-        .update_company_info(acc::UpdateCompanyInfoRequest {
-            client_id: client.client_id.clone(),
-            company_info: Some(info),
-        })
-        .await
-        .unwrap();
-    let mut wabas = Vec::new();
-    for index in 0..changes {
-        let waba = support
-            .create_waba(acc::CreateWabaRequest {
-                client_id: client.client_id.clone(),
-                partner_id: source.partner_id.clone(),
-                display_name: format!("W{index}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .waba
-            .unwrap();
-        support
-            .add_phone_number(acc::AddPhoneNumberRequest {
-                waba_id: waba.waba_id.clone(),
-                phone_number: format!("+49{index:010}"),
-            })
-            .await
-            .unwrap();
-        wabas.push(waba.waba_id);
-    }
+    let world =
+        auto_approve_world(&mut AccountServiceClient::new(authed(setup.clone(), "support:bench")), changes, 1).await;
+    let (destination, client, wabas) = (world.destination, world.client, world.waba_ids);
     let idle_rss = rss_kib(server.pid(), "VmRSS:");
 
     // Subscribers, spread over a few connections, all watching everything.

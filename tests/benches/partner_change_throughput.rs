@@ -13,8 +13,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use partnerhub_proto::{account::v1 as acc, partnerchange::v1 as pc};
-use partnerhub_tests::{Backend, TestApp};
+use partnerhub_proto::partnerchange::v1 as pc;
+use partnerhub_tests::{Backend, TestApp, bench::auto_approve_world};
 use tokio::{sync::Semaphore, time::Instant};
 
 fn env_number(name: &str, default: u32) -> u32 {
@@ -37,70 +37,9 @@ async fn main() {
     })
     .await;
 
-    // Set-up (not measured): a source partner, an auto-approving destination, one
-    // eligible client with a WABA of two numbers per change.
-    let mut support = app.account("support:bench");
-    let settings = |auto_approve| acc::PartnerSettings {
-        auto_approve,
-        accepting_changes: true,
-        terms_version: "v1".into(),
-        requires_payment_method: false,
-    };
-    let partner = |name: &str, auto_approve| acc::CreatePartnerRequest {
-        display_name: name.into(),
-        payment_processor: acc::PaymentProcessor::Stripe.into(),
-        settings: Some(settings(auto_approve)),
-    };
-    let source = support.create_partner(partner("Source", false)).await.unwrap().into_inner().partner.unwrap();
-    let destination = support.create_partner(partner("Destination", true)).await.unwrap().into_inner().partner.unwrap();
-    let client = support
-        .create_client(acc::CreateClientRequest {
-            display_name: "Client".into(),
-            payment_processor: acc::PaymentProcessor::Stripe.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap();
-    support
-        .update_company_info(acc::UpdateCompanyInfoRequest {
-            client_id: client.client_id.clone(),
-            company_info: Some(acc::CompanyInfo {
-                legal_name: "Client Ltd".into(),
-                address_line: "1 Road".into(),
-                city: "Town".into(),
-                postal_code: "1000".into(),
-                country_code: "DE".into(),
-                tax_id: "DE1".into(),
-            }),
-        })
-        .await
-        .unwrap();
-    let mut wabas = Vec::new();
-    for index in 0..changes {
-        let waba = support
-            .create_waba(acc::CreateWabaRequest {
-                client_id: client.client_id.clone(),
-                partner_id: source.partner_id.clone(),
-                display_name: format!("WABA {index}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .waba
-            .unwrap();
-        for line in 0..2 {
-            support
-                .add_phone_number(acc::AddPhoneNumberRequest {
-                    waba_id: waba.waba_id.clone(),
-                    phone_number: format!("+49{line}{index:09}"),
-                })
-                .await
-                .unwrap();
-        }
-        wabas.push(waba.waba_id);
-    }
+    // Set-up (not measured).
+    let world = auto_approve_world(&mut app.account("support:bench"), changes as usize, 2).await;
+    let (destination, client, wabas) = (world.destination, world.client, world.waba_ids);
 
     // Measured: every submit, until the last change completes.
     let started = Instant::now();

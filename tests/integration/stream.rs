@@ -150,12 +150,16 @@ async fn replay_then_live_delivers_every_event_once_in_order_under_concurrent_wr
             if writer >= 2 {
                 let submitted = as_client.submit_partner_change(s.submit_request("auto")).await.unwrap().into_inner();
                 let id = submitted.partner_change.unwrap().partner_change_id;
-                let get = || pc::GetPartnerChangeRequest { partner_change_id: id.clone() };
-                while as_client.get_partner_change(get()).await.unwrap().into_inner().partner_change.unwrap().state()
-                    != pc::PartnerChangeState::Completed
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                eventually("the auto-approved change to complete", Duration::from_secs(20), || {
+                    let (mut client, id) = (as_client.clone(), id.clone());
+                    async move {
+                        let change =
+                            client.get_partner_change(pc::GetPartnerChangeRequest { partner_change_id: id }).await;
+                        let state = change.unwrap().into_inner().partner_change.unwrap().state();
+                        (state == pc::PartnerChangeState::Completed).then_some(())
+                    }
+                })
+                .await;
                 return;
             }
             for round in 0..3 {

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed set-up should fail loudly
 
+pub mod bench;
 pub mod binary;
 pub mod database;
 

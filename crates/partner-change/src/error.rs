@@ -76,7 +76,7 @@ impl From<PartnerChangeError> for Status {
                 [("partnerChangeId", id.as_str()), ("state", state.as_str())],
             ),
             PartnerChangeError::Conflict(id) => {
-                status(Code::Aborted, ErrorReason::ConcurrentMigration, message, [("partnerChangeId", id.as_str())])
+                status(Code::Aborted, ErrorReason::ConcurrentUpdate, message, [("partnerChangeId", id.as_str())])
             }
             PartnerChangeError::Peer(peer) if is_transient(&peer) => {
                 tracing::warn!(status = ?peer, "a peer service is unavailable");

@@ -93,7 +93,8 @@ impl PartnerChangeApi {
         }
     }
 
-    /// Applies `event` to a request the caller may see and act on.
+    /// Applies `event` (with `effects`) to a request the caller may see and act on.
+    #[allow(clippy::too_many_arguments)] // each is one plain fact of the decision
     async fn decide(
         &self,
         caller: &Subject,
@@ -101,6 +102,7 @@ impl PartnerChangeApi {
         may_act: impl Fn(&Subject, &PartnerChange) -> bool,
         event: EventType,
         reason: String,
+        effects: Effects,
         needed: &'static str,
     ) -> Result<PartnerChange, Status> {
         let change = self.visible(caller, partner_change_id).await?;
@@ -108,10 +110,9 @@ impl PartnerChangeApi {
             return Err(permission_denied());
         }
         let draft = EventDraft { event_type: event, actor: caller.to_string(), reason };
-        let effects = Effects { failure_reason: (event == EventType::Retried).then(String::new), ..Effects::default() };
         match store::apply_event(&self.db, &change, draft, effects).await {
             Ok(next) => {
-                self.events.committed().notify_one();
+                self.events.notify_committed();
                 Ok(next)
             }
             Err(WriteError::Conflict) => {
@@ -251,7 +252,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 return Err(PartnerChangeError::from_write(err, &change.partner_change_id, change.state, "").into());
             }
         };
-        self.events.committed().notify_one();
+        self.events.notify_committed();
         if auto_approve {
             self.worker_wake.notify_one();
         }
@@ -328,7 +329,15 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         let caller = caller(&request)?;
         let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
         let change = self
-            .decide(caller, &partner_change_id, is_destination, EventType::Approved, String::new(), "PENDING_APPROVAL")
+            .decide(
+                caller,
+                &partner_change_id,
+                is_destination,
+                EventType::Approved,
+                String::new(),
+                Effects::default(),
+                "PENDING_APPROVAL",
+            )
             .await?;
         self.worker_wake.notify_one();
         tracing::info!(%partner_change_id, actor = %caller, "partner change approved");
@@ -345,7 +354,15 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             (id("partner_change_id", &r.partner_change_id), required_text("reason", &r.reason, MAX_REASON_LEN))
                 .validate()?;
         let change = self
-            .decide(caller, &partner_change_id, is_destination, EventType::Rejected, reason, "PENDING_APPROVAL")
+            .decide(
+                caller,
+                &partner_change_id,
+                is_destination,
+                EventType::Rejected,
+                reason,
+                Effects::default(),
+                "PENDING_APPROVAL",
+            )
             .await?;
         tracing::info!(%partner_change_id, actor = %caller, "partner change rejected");
         Ok(Response::new(pb::RejectPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
@@ -363,7 +380,15 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         let owner_or_support =
             |caller: &Subject, change: &PartnerChange| caller.is_support() || caller.is_client(&change.client_id);
         let change = self
-            .decide(caller, &partner_change_id, owner_or_support, EventType::Cancelled, reason, "PENDING_APPROVAL")
+            .decide(
+                caller,
+                &partner_change_id,
+                owner_or_support,
+                EventType::Cancelled,
+                reason,
+                Effects::default(),
+                "PENDING_APPROVAL",
+            )
             .await?;
         tracing::info!(%partner_change_id, actor = %caller, "partner change cancelled");
         Ok(Response::new(pb::CancelPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
@@ -376,8 +401,18 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         let caller = caller(&request)?;
         let partner_change_id = id("partner_change_id", &request.get_ref().partner_change_id).validate()?;
         let support_only = |caller: &Subject, _: &PartnerChange| caller.is_support();
-        let change =
-            self.decide(caller, &partner_change_id, support_only, EventType::Retried, String::new(), "FAILED").await?;
+        let change = self
+            .decide(
+                caller,
+                &partner_change_id,
+                support_only,
+                EventType::Retried,
+                String::new(),
+                // The cause is fixed: the request no longer carries it.
+                Effects { failure_reason: Some(String::new()), ..Effects::default() },
+                "FAILED",
+            )
+            .await?;
         self.worker_wake.notify_one();
         tracing::info!(%partner_change_id, actor = %caller, "partner change retried");
         Ok(Response::new(pb::RetryPartnerChangeResponse { partner_change: Some(to_proto(change)) }))

@@ -63,9 +63,14 @@ impl EventHub {
         Self { published, committed: Arc::new(Notify::new()) }
     }
 
-    /// For writers: ring after a commit that appended events.
+    /// For writers that hold on to it: ring after a commit that appended events.
     pub fn committed(&self) -> Arc<Notify> {
         self.committed.clone()
+    }
+
+    /// Wakes the tailer: events were just committed.
+    pub fn notify_committed(&self) {
+        self.committed.notify_one();
     }
 }
 

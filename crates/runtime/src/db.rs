@@ -6,6 +6,7 @@ use std::time::Duration;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
     SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    sea_query::{Alias, Expr, ExprTrait, Query},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use tonic::Status;
@@ -103,6 +104,34 @@ pub async fn listen_for_notifications(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Takes `count` consecutive positions from a log's one-row head table
+/// (`id = 1`, `last_position`) and returns the last of them. Call it as the
+/// last statement before commit: the row lock it takes is held until the
+/// transaction ends, so no other transaction can take later positions until
+/// this one has committed or rolled back — positions become visible in order,
+/// and a follower reading "after my last position" never skips one.
+pub async fn take_positions(tx: &DatabaseTransaction, head_table: &str, count: i64) -> Result<i64, DbErr> {
+    let take = Query::update()
+        .table(Alias::new(head_table))
+        .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .returning_col(Alias::new("last_position"))
+        .to_owned();
+    let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom(format!("{head_table} has no row")))?;
+    row.try_get("", "last_position")
+}
+
+/// The last position taken from a log's head table (0 before the first).
+pub async fn head_position(db: &impl ConnectionTrait, head_table: &str) -> Result<i64, DbErr> {
+    let query = Query::select()
+        .column(Alias::new("last_position"))
+        .from(Alias::new(head_table))
+        .and_where(Expr::col(Alias::new("id")).eq(1))
+        .to_owned();
+    let row = db.query_one(&query).await?;
+    Ok(row.map(|row| row.try_get::<i64>("", "last_position")).transpose()?.unwrap_or(0))
 }
 
 /// A database error, classified the same way on SQLite and PostgreSQL.

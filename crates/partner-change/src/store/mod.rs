@@ -17,13 +17,13 @@ pub mod migration;
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write},
+    db::{StoreError, begin_write, head_position, take_positions},
     time::now,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    sea_query::{Alias, Expr, ExprTrait, Query},
+    sea_query::{Expr, ExprTrait},
 };
 
 use self::entities::{event, partner_change};
@@ -73,13 +73,7 @@ pub async fn events_after(
 
 /// The position of the newest event (0 when there is none).
 pub async fn last_position(db: &DatabaseConnection) -> Result<i64, StoreError> {
-    let query = Query::select()
-        .column(Alias::new("last_position"))
-        .from(Alias::new("event_log_head"))
-        .and_where(Expr::col(Alias::new("id")).eq(1))
-        .to_owned();
-    let row = db.query_one(&query).await?;
-    Ok(row.map(|row| row.try_get::<i64>("", "last_position")).transpose()?.unwrap_or(0))
+    Ok(head_position(db, "event_log_head").await?)
 }
 
 /// An event to append, before it has a position.
@@ -470,14 +464,7 @@ pub async fn list(
 /// Appends events with positions taken from the log head; see the module documentation.
 async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, PartnerChange)]) -> Result<(), DbErr> {
     let count = i64::try_from(events.len()).map_err(|_| DbErr::Custom("too many events".into()))?;
-    let take = Query::update()
-        .table(Alias::new("event_log_head"))
-        .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
-        .and_where(Expr::col(Alias::new("id")).eq(1))
-        .returning_col(Alias::new("last_position"))
-        .to_owned();
-    let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom("event_log_head has no row".into()))?;
-    let last: i64 = row.try_get("", "last_position")?;
+    let last = take_positions(tx, "event_log_head", count).await?;
     if tx.get_database_backend() == DbBackend::Postgres {
         // Delivered at commit (and never if the transaction rolls back): a
         // wake-up for every replica's tailer. The log itself is the data.

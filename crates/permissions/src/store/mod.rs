@@ -9,7 +9,7 @@ pub mod migration;
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write},
+    db::{StoreError, begin_write, head_position, take_positions},
     ids::new_id,
     time::now,
     validate::PhoneNumber,
@@ -198,22 +198,14 @@ pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String])
 /// The PostgreSQL notification channel that wakes every replica's permission cache.
 pub const LOG_CHANNEL: &str = "partnerhub_permission_log";
 
-/// Appends `changes` to the permission log, last thing before commit: positions
-/// come from the one row of `permission_log_head`, whose lock is held until the
-/// transaction ends, so they become visible in order (as in the event log).
+/// Appends `changes` to the permission log, last thing before commit (see
+/// [`take_positions`]: positions become visible in order, as in the event log).
 async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
     if changes.is_empty() {
         return Ok(());
     }
     let count = i64::try_from(changes.len()).map_err(|_| DbErr::Custom("too many changes".into()))?;
-    let take = Query::update()
-        .table(Alias::new("permission_log_head"))
-        .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
-        .and_where(Expr::col(Alias::new("id")).eq(1))
-        .returning_col(Alias::new("last_position"))
-        .to_owned();
-    let row = tx.query_one(&take).await?.ok_or_else(|| DbErr::Custom("permission_log_head has no row".into()))?;
-    let last: i64 = row.try_get("", "last_position")?;
+    let last = take_positions(tx, "permission_log_head", count).await?;
     let time = now();
     let rows = changes.iter().zip((0..count).rev()).map(|((number, allowed), offset)| log_entry::ActiveModel {
         position: Set(last - offset),
@@ -238,7 +230,7 @@ pub async fn snapshot(db: &DatabaseConnection) -> Result<(Vec<(String, String)>,
         }
         _ => db.begin().await?,
     };
-    let position = log_position(&tx).await?;
+    let position = head_position(&tx, "permission_log_head").await?;
     let grants = grant::Entity::find()
         .select_only()
         .column(grant::Column::PartnerId)
@@ -258,16 +250,6 @@ pub async fn log_after(db: &DatabaseConnection, after: i64, limit: u64) -> Resul
         .limit(limit)
         .all(db)
         .await
-}
-
-async fn log_position(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
-    let query = Query::select()
-        .column(Alias::new("last_position"))
-        .from(Alias::new("permission_log_head"))
-        .and_where(Expr::col(Alias::new("id")).eq(1))
-        .to_owned();
-    let row = db.query_one(&query).await?;
-    Ok(row.map(|row| row.try_get::<i64>("", "last_position")).transpose()?.unwrap_or(0))
 }
 
 /// Upserts (and so locks, in a fixed order) the fence of each number; returns them.
