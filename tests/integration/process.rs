@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use partnerhub_tests::binary::{ServerProcess, grpcurl, run_cli};
+use partnerhub_tests::binary::{ServerProcess, grpcurl, pip_tools, run_cli};
 
 fn run_grpcurl(args: &[&str]) -> (bool, String) {
     let output = Command::new(grpcurl()).args(args).output().expect("grpcurl runs");
@@ -145,4 +145,46 @@ fn the_readme_walkthrough_runs_against_the_real_binary() {
     assert!(stdout.contains("state: PARTNER_CHANGE_STATE_COMPLETED"), "{stdout}");
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[test]
+fn the_deploy_files_pass_real_validators() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let tools = pip_tools();
+
+    let hadolint = Command::new(tools.join("bin/hadolint")).arg(deploy.join("Dockerfile")).output().unwrap();
+    assert!(hadolint.status.success(), "hadolint: {}", String::from_utf8_lossy(&hadolint.stdout));
+
+    let validate = |files: &[std::path::PathBuf]| {
+        Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.33"])
+            .args(files)
+            .env("PYTHONPATH", tools)
+            .output()
+            .unwrap()
+    };
+    let mut manifests: Vec<_> =
+        std::fs::read_dir(deploy.join("k8s")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    manifests.sort();
+    assert!(manifests.len() >= 6, "{manifests:?}");
+    let checked = validate(&manifests);
+    let output = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "kubernetes-validate:\n{output}");
+    for kind in [
+        "deployment/partnerhub-account",
+        "deployment/partnerhub-partner-change",
+        "deployment/partnerhub-permissions",
+        "job/partnerhub-migrate",
+    ] {
+        assert!(output.contains(&format!("passed for resource {kind}")), "{kind} was not validated:\n{output}");
+    }
+
+    // The validator does reject a broken manifest (so the pass above means something).
+    let broken = std::env::temp_dir().join(format!("partnerhub-broken-{}.yaml", uuid::Uuid::new_v4().simple()));
+    let text = std::fs::read_to_string(deploy.join("k8s/account.yaml"))
+        .unwrap()
+        .replace("containerPort: 50051", "containerPort: fifty");
+    std::fs::write(&broken, text).unwrap();
+    assert!(!validate(std::slice::from_ref(&broken)).status.success(), "a string port must be refused");
+    let _ = std::fs::remove_file(&broken);
 }

