@@ -195,7 +195,6 @@ pub async fn apply_event(
     let tx = begin_write(db).await?;
     let mut update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::State, Expr::value(state.as_str()))
-        .col_expr(partner_change::Column::Version, Expr::value(next.version))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
         .col_expr(partner_change::Column::FailureReason, Expr::value(next.failure_reason.clone()))
         .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step.as_str()))
@@ -211,15 +210,8 @@ pub async fn apply_event(
             .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(None::<DateTime<Utc>>))
             .col_expr(partner_change::Column::Attempts, Expr::value(0));
     }
-    let updated = update
-        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
-        .filter(partner_change::Column::State.eq(expected.state.as_str()))
-        .filter(partner_change::Column::Version.eq(expected.version))
-        .exec(&tx)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(WriteError::Conflict);
-    }
+    let still_in_state = Condition::all().add(partner_change::Column::State.eq(expected.state.as_str()));
+    update_if_unchanged(&tx, expected, update, still_in_state).await?;
     append_events(&tx, &[(&draft, next.clone())]).await?;
     tx.commit().await?;
     Ok(next)
@@ -233,27 +225,12 @@ pub async fn take_lease(
     owner: &str,
     until: DateTime<Utc>,
 ) -> Result<PartnerChange, WriteError> {
-    let mut next = expected.clone();
-    next.version += 1;
-    let time = now();
-    let updated = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::Version, Expr::value(next.version))
+    let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.to_owned())))
-        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(until)))
-        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
-        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
-        .filter(partner_change::Column::Version.eq(expected.version))
-        .filter(
-            Condition::any()
-                .add(partner_change::Column::LeaseExpireTime.is_null())
-                .add(partner_change::Column::LeaseExpireTime.lt(time)),
-        )
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(WriteError::Conflict);
-    }
-    Ok(next)
+        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(until)));
+    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed());
+    update_if_unchanged(db, expected, update, lapsed).await?;
+    Ok(PartnerChange { version: expected.version + 1, ..expected.clone() })
 }
 
 /// Records that the saga finished a step, if `owner` still holds the lease.
@@ -263,23 +240,12 @@ pub async fn record_progress(
     owner: &str,
     step: SagaStep,
 ) -> Result<PartnerChange, WriteError> {
-    let mut next = expected.clone();
-    next.version += 1;
-    next.saga_step = step;
-    next.update_time = now();
-    let updated = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::Version, Expr::value(next.version))
+    let update_time = now();
+    let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::SagaStep, Expr::value(step.as_str()))
-        .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
-        .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
-        .filter(partner_change::Column::Version.eq(expected.version))
-        .filter(partner_change::Column::LeaseOwner.eq(owner))
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(WriteError::Conflict);
-    }
-    Ok(next)
+        .col_expr(partner_change::Column::UpdateTime, Expr::value(update_time));
+    update_if_unchanged(db, expected, update, held_by(owner)).await?;
+    Ok(PartnerChange { version: expected.version + 1, saga_step: step, update_time, ..expected.clone() })
 }
 
 /// Gives a migrating request back after a transient error: any worker may
@@ -290,20 +256,45 @@ pub async fn release_for_retry(
     owner: &str,
     retry_at: DateTime<Utc>,
 ) -> Result<(), WriteError> {
-    let updated = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::Version, Expr::value(expected.version + 1))
+    let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(None::<String>))
         .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(retry_at)))
-        .col_expr(partner_change::Column::Attempts, Expr::col(partner_change::Column::Attempts).add(1))
+        .col_expr(partner_change::Column::Attempts, Expr::col(partner_change::Column::Attempts).add(1));
+    update_if_unchanged(db, expected, update, held_by(owner)).await
+}
+
+/// Applies `update` to the request only if it still has the version it was
+/// read at (and meets `condition`), bumping the version. The rows-affected
+/// count decides the race: none means someone else wrote first.
+async fn update_if_unchanged(
+    db: &impl ConnectionTrait,
+    expected: &PartnerChange,
+    update: sea_orm::UpdateMany<partner_change::Entity>,
+    condition: Condition,
+) -> Result<(), WriteError> {
+    let updated = update
+        .col_expr(partner_change::Column::Version, Expr::value(expected.version + 1))
         .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
         .filter(partner_change::Column::Version.eq(expected.version))
-        .filter(partner_change::Column::LeaseOwner.eq(owner))
+        .filter(condition)
         .exec(db)
         .await?;
     if updated.rows_affected == 0 {
         return Err(WriteError::Conflict);
     }
     Ok(())
+}
+
+/// The request's lease has run out (or it has none): any worker may take it.
+fn lease_lapsed() -> Condition {
+    Condition::any()
+        .add(partner_change::Column::LeaseExpireTime.is_null())
+        .add(partner_change::Column::LeaseExpireTime.lt(now()))
+}
+
+/// The request is held by `owner`.
+fn held_by(owner: &str) -> Condition {
+    Condition::all().add(partner_change::Column::LeaseOwner.eq(owner))
 }
 
 /// How many times the migration of a request has been retried since it was claimed.
@@ -314,11 +305,7 @@ pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Resul
 
 /// Requests a worker may take now: approved ones, and migrating ones whose lease lapsed.
 pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
-    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(
-        Condition::any()
-            .add(partner_change::Column::LeaseExpireTime.is_null())
-            .add(partner_change::Column::LeaseExpireTime.lt(now())),
-    );
+    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed());
     let models = partner_change::Entity::find()
         .filter(Condition::any().add(partner_change::Column::State.eq(State::Approved.as_str())).add(lapsed))
         .order_by_asc(partner_change::Column::UpdateTime)
