@@ -8,6 +8,7 @@ mod authentication;
 mod authorization;
 mod fixtures;
 mod partner_change_access;
+mod peers;
 mod permissions;
 mod process;
 mod races;

@@ -1,11 +1,11 @@
 //! The facts the partner change rules need, asked of the account service.
 
 use partnerhub_proto::account::v1::{
-    GetClientRequest, GetPartnerRequest, GetWabaRequest, TransferWabaRequest, TransferWabaResponse,
+    GetClientRequest, GetPartnerRequest, GetWabaRequest, GetWabaResponse, TransferWabaRequest, TransferWabaResponse,
     account_service_client::AccountServiceClient,
 };
-use partnerhub_runtime::peers::PeerChannel;
-use tonic::{Code, Status};
+use partnerhub_runtime::peers::Peer;
+use tonic::{Code, Response, Status};
 
 use crate::domain::{ClientFacts, PartnerFacts};
 
@@ -32,34 +32,52 @@ pub enum FactsError {
 /// The account service, as the partner-change service calls it.
 #[derive(Debug, Clone)]
 pub struct Accounts {
-    client: AccountServiceClient<PeerChannel>,
+    peer: Peer,
 }
 
 impl Accounts {
-    pub fn new(channel: PeerChannel) -> Self {
-        Self { client: AccountServiceClient::new(channel) }
+    pub fn new(peer: Peer) -> Self {
+        Self { peer }
+    }
+
+    async fn get_waba(&self, waba_id: &str) -> Result<GetWabaResponse, Status> {
+        let request = GetWabaRequest { waba_id: waba_id.to_owned() };
+        self.peer
+            .call(request, |channel, request| async move { AccountServiceClient::new(channel).get_waba(request).await })
+            .await
+            .map(Response::into_inner)
     }
 
     /// The WABA, its client, and the destination partner (if it exists).
     pub async fn world(&self, waba_id: &str, destination_partner_id: &str) -> Result<World, FactsError> {
-        let mut account = self.client.clone();
-        let waba = match account.get_waba(GetWabaRequest { waba_id: waba_id.to_owned() }).await {
-            Ok(response) => response.into_inner().waba.ok_or_else(|| Status::internal("GetWaba returned no WABA"))?,
+        let waba = match self.get_waba(waba_id).await {
+            Ok(response) => response.waba.ok_or_else(|| Status::internal("GetWaba returned no WABA"))?,
             Err(status) if status.code() == Code::NotFound => return Err(FactsError::WabaNotFound(waba_id.to_owned())),
             Err(status) => return Err(status.into()),
         };
-        let client = account
-            .get_client(GetClientRequest { client_id: waba.client_id.clone() })
-            .await?
-            .into_inner()
-            .client
-            .ok_or_else(|| Status::internal("GetClient returned no client"))?;
-        let destination =
-            match account.get_partner(GetPartnerRequest { partner_id: destination_partner_id.to_owned() }).await {
-                Ok(response) => response.into_inner().partner,
-                Err(status) if status.code() == Code::NotFound => None,
-                Err(status) => return Err(status.into()),
-            };
+        let request = GetClientRequest { client_id: waba.client_id.clone() };
+        let client =
+            self.peer
+                .call(request, |channel, request| async move {
+                    AccountServiceClient::new(channel).get_client(request).await
+                })
+                .await?
+                .into_inner()
+                .client
+                .ok_or_else(|| Status::internal("GetClient returned no client"))?;
+        let request = GetPartnerRequest { partner_id: destination_partner_id.to_owned() };
+        let destination = match self
+            .peer
+            .call(
+                request,
+                |channel, request| async move { AccountServiceClient::new(channel).get_partner(request).await },
+            )
+            .await
+        {
+            Ok(response) => response.into_inner().partner,
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => return Err(status.into()),
+        };
         Ok(World {
             waba_id: waba.waba_id,
             client_id: waba.client_id,
@@ -87,11 +105,15 @@ impl Accounts {
 
     /// The WABA's numbers now.
     pub async fn phone_numbers(&self, waba_id: &str) -> Result<Vec<String>, Status> {
-        let waba = self.client.clone().get_waba(GetWabaRequest { waba_id: waba_id.to_owned() }).await?.into_inner();
+        let waba = self.get_waba(waba_id).await?;
         Ok(waba.waba.map(|waba| waba.phone_numbers).unwrap_or_default())
     }
 
     pub async fn transfer(&self, request: TransferWabaRequest) -> Result<TransferWabaResponse, Status> {
-        Ok(self.client.clone().transfer_waba(request).await?.into_inner())
+        // Idempotent per partner change, so safe to send to another replica.
+        let transferred = self.peer.call(request, |channel, request| async move {
+            AccountServiceClient::new(channel).transfer_waba(request).await
+        });
+        Ok(transferred.await?.into_inner())
     }
 }

@@ -25,7 +25,7 @@ use partnerhub_proto::{
         permissions_service_client::PermissionsServiceClient,
     },
 };
-use partnerhub_runtime::{config::WorkerSettings, db::StoreError, peers::PeerChannel, peers::is_transient, time::now};
+use partnerhub_runtime::{config::WorkerSettings, db::StoreError, peers::Peer, peers::is_transient, time::now};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +102,7 @@ impl Faults {
 pub struct MigrationWorker {
     db: DatabaseConnection,
     accounts: Accounts,
-    permissions: PermissionsServiceClient<PeerChannel>,
+    permissions: Peer,
     settings: WorkerSettings,
     /// Names this worker in leases, so that only it records progress on what it holds.
     owner: String,
@@ -125,13 +125,12 @@ impl MigrationWorker {
     pub fn new(
         db: DatabaseConnection,
         accounts: Accounts,
-        permissions: PeerChannel,
+        permissions: Peer,
         settings: WorkerSettings,
         owner: String,
         wake: Arc<Notify>,
         events_committed: Arc<Notify>,
     ) -> Self {
-        let permissions = PermissionsServiceClient::new(permissions);
         Self { db, accounts, permissions, settings, owner, wake, events_committed, faults: Faults::default() }
     }
 
@@ -304,7 +303,6 @@ impl MigrationWorker {
             Ok(current) => numbers.extend(current.into_iter().filter(|number| !change.phone_numbers.contains(number))),
             Err(status) => return Err(classify("reading the WABA's numbers", &status)),
         }
-        let mut permissions = self.permissions.clone();
         if let Some(fault) = self.faults.take_permission_failure() {
             return Err(classify("revoking permissions", &fault));
         }
@@ -313,8 +311,11 @@ impl MigrationWorker {
             partner_id: change.source_partner_id.clone(),
             phone_numbers: numbers,
         };
-        let revoked = permissions
-            .revoke_partner_permissions(revoke)
+        let revoked = self
+            .permissions
+            .call(revoke, |channel, request| async move {
+                PermissionsServiceClient::new(channel).revoke_partner_permissions(request).await
+            })
             .await
             .map_err(|status| classify("revoking permissions", &status))?;
         tracing::info!(partner_change_id = %change.partner_change_id, revoked = revoked.get_ref().revoked_count, "old partner's permissions revoked");
@@ -330,8 +331,10 @@ impl MigrationWorker {
             partner_id: change.destination_partner_id.clone(),
             phone_numbers: change.grant_phone_numbers.clone(),
         };
-        permissions
-            .grant_partner_permissions(grant)
+        self.permissions
+            .call(grant, |channel, request| async move {
+                PermissionsServiceClient::new(channel).grant_partner_permissions(request).await
+            })
             .await
             .map_err(|status| classify("granting permissions", &status))?;
         Ok(())

@@ -16,7 +16,7 @@ use partnerhub_runtime::{
     config::Settings,
     db,
     ids::new_id,
-    peers::{self, InvalidPeerUrl, PeerChannel},
+    peers::{InvalidPeerUrl, Peer, PeerOptions},
     server::{Host, ServeError, bind},
 };
 use sea_orm::{DatabaseConnection, DbErr};
@@ -104,17 +104,25 @@ struct Peers {
 }
 
 impl Peers {
-    fn channel(&self, configured: &Option<String>, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
-        let url = configured.as_deref().unwrap_or(&self.own_url);
-        peers::connect(url, self.keys.clone(), caller.subject_name(), self.settings.peers.call_timeout)
+    fn peer(&self, configured: &[String], caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
+        let options = PeerOptions {
+            keys: self.keys.clone(),
+            caller: caller.subject_name().to_owned(),
+            call_timeout: self.settings.peers.call_timeout,
+        };
+        if configured.is_empty() {
+            Peer::new(std::slice::from_ref(&self.own_url), &options)
+        } else {
+            Peer::new(configured, &options)
+        }
     }
 
-    fn account(&self, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
-        self.channel(&self.settings.peers.account_url, caller)
+    fn account(&self, caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
+        self.peer(&self.settings.peers.account_urls, caller)
     }
 
-    fn permissions(&self, caller: ServiceName) -> Result<PeerChannel, InvalidPeerUrl> {
-        self.channel(&self.settings.peers.permissions_url, caller)
+    fn permissions(&self, caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
+        self.peer(&self.settings.peers.permissions_urls, caller)
     }
 }
 
@@ -136,6 +144,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let mut migration_worker = None;
         let mut permission_cache = None;
+        let mut watched_peers = Vec::new();
         let mut host = Host::new(max_message_bytes)?;
         for service in services {
             match service {
@@ -143,7 +152,10 @@ impl Application {
                     host.add_service(partnerhub_account::service(db.clone(), authenticator.clone(), max_message_bytes));
                 }
                 ServiceName::PartnerChange => {
-                    let accounts = Accounts::new(peers.account(*service)?);
+                    let account = peers.account(*service)?;
+                    let permissions = peers.permissions(*service)?;
+                    watched_peers.extend([account.clone(), permissions.clone()]);
+                    let accounts = Accounts::new(account);
                     let api = PartnerChangeApi::new(
                         db.clone(),
                         accounts.clone(),
@@ -156,7 +168,7 @@ impl Application {
                     migration_worker = Some(MigrationWorker::new(
                         db.clone(),
                         accounts,
-                        peers.permissions(*service)?,
+                        permissions,
                         settings.partner_change.worker.clone(),
                         new_id("worker"),
                         worker_wake.clone(),
@@ -165,6 +177,7 @@ impl Application {
                 }
                 ServiceName::Permissions => {
                     let account = peers.account(*service)?;
+                    watched_peers.push(account.clone());
                     let cache = PermissionCache::new(
                         db.clone(),
                         CacheSettings {
@@ -200,6 +213,9 @@ impl Application {
             }
         });
         let tasks = TaskTracker::new();
+        for peer in watched_peers {
+            tasks.spawn(peer.watch_health(settings.peers.health_check_interval, shutdown.clone()));
+        }
         if let Some(worker) = &migration_worker {
             let postgres_url = (!settings.uses_embedded_database()).then(|| settings.database_url());
             tasks.spawn(run_tailer(

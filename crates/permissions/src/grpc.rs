@@ -9,7 +9,7 @@ use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{ErrorReason, FieldViolation, invalid_argument, not_found, permission_denied},
     pagination::{next_page_token, page_size, page_token},
-    peers::PeerChannel,
+    peers::Peer,
     time::{now, to_timestamp},
     validate::{PhoneNumber, Validate, id, optional_id},
 };
@@ -33,14 +33,14 @@ pub const MAX_NUMBERS_PER_CALL: usize = 1000;
 pub struct PermissionsApi {
     db: DatabaseConnection,
     /// Where the numbers' WABAs and their partners are looked up.
-    account: AccountServiceClient<PeerChannel>,
+    account: Peer,
     /// Answers `CheckPermission`; told about every change this replica makes.
     cache: Arc<PermissionCache>,
 }
 
 impl PermissionsApi {
-    pub fn new(db: DatabaseConnection, account: PeerChannel, cache: Arc<PermissionCache>) -> Self {
-        Self { db, account: AccountServiceClient::new(account), cache }
+    pub fn new(db: DatabaseConnection, account: Peer, cache: Arc<PermissionCache>) -> Self {
+        Self { db, account, cache }
     }
 
     /// Checks that every number is on a WABA of `client_id` that is with
@@ -51,15 +51,18 @@ impl PermissionsApi {
         partner_id: &str,
         numbers: &[PhoneNumber],
     ) -> Result<Vec<String>, PermissionsError> {
-        let mut account = self.account.clone();
         let mut owner_of = std::collections::HashMap::new();
         let mut page_token = String::new();
         loop {
-            let page = account
-                .list_wabas(ListWabasRequest {
-                    owner: Some(Owner::ClientId(client_id.to_owned())),
-                    page_size: 500,
-                    page_token,
+            let request = ListWabasRequest {
+                owner: Some(Owner::ClientId(client_id.to_owned())),
+                page_size: 500,
+                page_token: std::mem::take(&mut page_token),
+            };
+            let page = self
+                .account
+                .call(request, |channel, request| async move {
+                    AccountServiceClient::new(channel).list_wabas(request).await
                 })
                 .await
                 .map_err(PermissionsError::Account)?

@@ -14,14 +14,14 @@ pub mod grpc;
 pub mod store;
 
 use partnerhub_proto::permissions::v1::permissions_service_server::PermissionsServiceServer;
-use partnerhub_runtime::{auth::Authenticator, peers::PeerChannel};
+use partnerhub_runtime::{auth::Authenticator, peers::Peer};
 use sea_orm::DatabaseConnection;
 use tonic::service::interceptor::InterceptedService;
 
 /// The permissions service as the host serves it: authenticated, size-limited.
 pub fn service(
     db: DatabaseConnection,
-    account: PeerChannel,
+    account: Peer,
     cache: std::sync::Arc<cache::PermissionCache>,
     authenticator: Authenticator,
     max_message_bytes: usize,

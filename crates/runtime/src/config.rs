@@ -91,17 +91,39 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where each service's peers are. Unset: this process's own listen address,
-/// which is right when all services run in one process.
+/// Where each service's peers are: every replica's address, as a TOML list or
+/// a comma-separated string (`http://10.0.0.5:50051,http://10.0.0.6:50051`).
+/// Empty: this process's own listen address, which is right when all services
+/// run in one process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerSettings {
-    pub account_url: Option<String>,
-    pub partner_change_url: Option<String>,
-    pub permissions_url: Option<String>,
+    #[serde(deserialize_with = "addresses")]
+    pub account_urls: Vec<String>,
+    #[serde(deserialize_with = "addresses")]
+    pub permissions_urls: Vec<String>,
     /// The deadline of every call to a peer.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// How often each replica of a peer with several is health-checked; one
+    /// that fails is tried last until it passes again.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+}
+
+/// A list, or one string of comma-separated items (what an environment variable can hold).
+fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Addresses {
+        List(Vec<String>),
+        CommaSeparated(String),
+    }
+    let items = match Addresses::deserialize(deserializer)? {
+        Addresses::List(items) => items,
+        Addresses::CommaSeparated(joined) => joined.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
 }
 
 /// The partner change workflow: request expiry and the migration worker.
@@ -198,10 +220,10 @@ impl Default for AuthSettings {
 impl Default for PeerSettings {
     fn default() -> Self {
         Self {
-            account_url: None,
-            partner_change_url: None,
-            permissions_url: None,
+            account_urls: Vec::new(),
+            permissions_urls: Vec::new(),
             call_timeout: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -290,6 +312,7 @@ impl Settings {
         }
         let durations = [
             ("peers.call_timeout", self.peers.call_timeout),
+            ("peers.health_check_interval", self.peers.health_check_interval),
             ("partner_change.request_ttl", self.partner_change.request_ttl),
             ("partner_change.expiry_sweep_interval", self.partner_change.expiry_sweep_interval),
             ("partner_change.worker.poll_interval", self.partner_change.worker.poll_interval),
@@ -378,5 +401,21 @@ mod tests {
         let err = Settings::load(Some(&bad)).expect_err("tiny message limit must be refused");
         assert!(err.to_string().contains("server.max_message_bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peer_addresses_are_a_list_or_a_comma_separated_string() {
+        let parse = |toml: &str| -> Settings {
+            config::Config::builder()
+                .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+                .build()
+                .and_then(config::Config::try_deserialize)
+                .unwrap()
+        };
+        let listed = parse("[peers]\naccount_urls = [\"http://a:1\", \"http://b:2\"]\n");
+        assert_eq!(listed.peers.account_urls, ["http://a:1", "http://b:2"]);
+        let joined = parse("[peers]\naccount_urls = \" http://a:1, http://b:2,\"\n");
+        assert_eq!(joined.peers.account_urls, ["http://a:1", "http://b:2"]);
+        assert!(joined.peers.permissions_urls.is_empty());
     }
 }

@@ -1,14 +1,25 @@
-//! Calling another Partner Hub service: a lazily connected channel per peer,
-//! and an interceptor that signs every outgoing call as this service and gives
-//! it a deadline. Services reach each other only this way, even in one process.
+//! Calling another Partner Hub service. A [`Peer`] is every replica of one
+//! service: calls go round-robin over the replicas that answer their health
+//! check, and a call that finds its replica gone (`UNAVAILABLE`) is sent again
+//! to the next one. Every call is signed as this service and has a deadline.
+//! Services reach each other only this way, even in one process.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::auth::{Subject, TokenKeys};
 
-/// A channel to a peer service with this service's credentials and deadline.
+/// A channel to one replica of a peer, with this service's credentials and deadline.
 pub type PeerChannel = InterceptedService<Channel, PeerCredentials>;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,22 +55,135 @@ impl tonic::service::Interceptor for PeerCredentials {
     }
 }
 
-/// A channel to `url` (e.g. `http://127.0.0.1:50051`), connected on first use,
-/// whose calls carry `service:<service_name>` credentials and `call_timeout`.
-pub fn connect(
-    url: &str,
-    keys: Arc<TokenKeys>,
-    service_name: &str,
-    call_timeout: Duration,
-) -> Result<PeerChannel, InvalidPeerUrl> {
-    let invalid = |reason: String| InvalidPeerUrl { url: url.to_owned(), reason };
-    let channel = Channel::from_shared(url.to_owned())
-        .map_err(|err| invalid(err.to_string()))?
-        .connect_timeout(call_timeout)
-        .timeout(call_timeout)
-        .connect_lazy();
-    let credentials = PeerCredentials { keys, subject: Subject::Service(service_name.to_owned()), call_timeout };
-    Ok(InterceptedService::new(channel, credentials))
+/// How a service reaches its peers.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    pub keys: Arc<TokenKeys>,
+    /// The name this service's calls are signed with (`service:<name>`).
+    pub caller: String,
+    pub call_timeout: Duration,
+}
+
+/// Every replica of one peer service.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    replicas: Arc<[Replica]>,
+    next: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    url: String,
+    channel: PeerChannel,
+    /// Its last health check (or call) found it answering. Replicas that are
+    /// down are tried last, not never: a check can be wrong, and a peer with
+    /// every replica down should still be asked.
+    up: AtomicBool,
+}
+
+impl Peer {
+    /// Replicas at `urls` (e.g. `http://10.0.0.5:50051`), connected on first use.
+    pub fn new(urls: &[String], options: &PeerOptions) -> Result<Self, InvalidPeerUrl> {
+        let credentials = PeerCredentials {
+            keys: options.keys.clone(),
+            subject: Subject::Service(options.caller.clone()),
+            call_timeout: options.call_timeout,
+        };
+        let replicas = urls
+            .iter()
+            .map(|url| {
+                let invalid = |reason: String| InvalidPeerUrl { url: url.clone(), reason };
+                if url.is_empty() {
+                    return Err(invalid("empty".to_owned()));
+                }
+                let channel = Channel::from_shared(url.clone())
+                    .map_err(|err| invalid(err.to_string()))?
+                    .connect_timeout(options.call_timeout)
+                    .timeout(options.call_timeout)
+                    .connect_lazy();
+                let channel = InterceptedService::new(channel, credentials.clone());
+                Ok(Replica { url: url.clone(), channel, up: AtomicBool::new(true) })
+            })
+            .collect::<Result<Arc<[_]>, _>>()?;
+        if replicas.is_empty() {
+            return Err(InvalidPeerUrl { url: String::new(), reason: "no address given".to_owned() });
+        }
+        Ok(Self { replicas, next: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Makes `call` with `request` on one replica. When that replica is unreachable
+    /// (`UNAVAILABLE`), it is marked down and the call is made again on the
+    /// next one, until every replica has been tried once.
+    ///
+    /// So a call may reach more than one replica: only idempotent calls may go
+    /// through here, and every call between Partner Hub services is.
+    pub async fn call<R, T, F, Fut>(&self, request: R, mut call: F) -> Result<T, Status>
+    where
+        R: Clone,
+        F: FnMut(PeerChannel, R) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut last_error = None;
+        for replica in self.in_call_order() {
+            match call(replica.channel.clone(), request.clone()).await {
+                Err(status) if status.code() == Code::Unavailable => {
+                    if replica.up.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(peer = %replica.url, error = %status.message(), "peer replica unreachable; trying the next");
+                    }
+                    last_error = Some(status);
+                }
+                outcome => {
+                    replica.up.store(true, Ordering::Relaxed);
+                    return outcome;
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Status::unavailable("no peer replica")))
+    }
+
+    /// Round-robin from the next replica, those that are up first.
+    fn in_call_order(&self) -> impl Iterator<Item = &Replica> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.replicas.len();
+        let rotated = (0..count).map(move |offset| &self.replicas[(start + offset) % count]);
+        let (up, down): (Vec<_>, Vec<_>) = rotated.partition(|replica| replica.up.load(Ordering::Relaxed));
+        up.into_iter().chain(down)
+    }
+
+    /// Checks every replica's health each `interval` until `shutdown`: one that
+    /// fails (or reports NOT_SERVING while it drains) is tried last until it
+    /// answers again. A single replica needs no checks.
+    pub async fn watch_health(self, interval: Duration, shutdown: CancellationToken) {
+        if self.replicas.len() < 2 {
+            return;
+        }
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            for replica in self.replicas.iter() {
+                let serving = is_serving(replica.channel.clone(), interval).await;
+                let was_up = replica.up.swap(serving, Ordering::Relaxed);
+                match (was_up, serving) {
+                    (true, false) => tracing::warn!(peer = %replica.url, "peer replica failed its health check"),
+                    (false, true) => tracing::info!(peer = %replica.url, "peer replica is back"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn is_serving(channel: PeerChannel, timeout: Duration) -> bool {
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest { service: String::new() });
+    matches!(
+        tokio::time::timeout(timeout, check).await,
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
+    )
 }
 
 /// Whether a failed call to a peer may succeed if tried again later.
