@@ -3,21 +3,42 @@
 # support sets up two partners, a client and its WABA; the client previews and
 # submits a move to a partner that approves by hand; that partner lists its
 # incoming requests and approves; the migration completes; the history is shown.
+# Every call carries one W3C traceparent, so with tracing on the whole
+# walkthrough is one trace (its ID is printed at the end).
 #
 #   deploy/walkthrough.sh            # against `cargo run -p partnerhub -- serve` on localhost:50051
+#   CLUSTER=target/cluster/cluster.json deploy/walkthrough.sh   # against deploy/cluster.sh
 #
-# Environment: ADDR (host:port), GRPCURL (the grpcurl command), PARTNERHUB (the
-# partnerhub command, run with the server's configuration to mint tokens).
+# Environment: ADDR (host:port of every service), or ACCOUNT_ADDR and
+# PARTNER_CHANGE_ADDR; CLUSTER (a cluster.json: the addresses and config come
+# from it); GRPCURL (the grpcurl command); PARTNERHUB (the partnerhub command,
+# run with the server's configuration to mint tokens).
 set -euo pipefail
 
 ADDR=${ADDR:-localhost:50051}
 GRPCURL=${GRPCURL:-grpcurl}
 PARTNERHUB=${PARTNERHUB:-cargo run -q -p partnerhub --}
+if [ -n "${CLUSTER:-}" ]; then
+  # The first replica of each service, and the cluster's config for tokens.
+  member() { python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))
+print(next(x["url"] for x in m["members"] if x["service"] == sys.argv[2]).removeprefix("http://"))' "$CLUSTER" "$1"; }
+  ACCOUNT_ADDR=$(member account)
+  PARTNER_CHANGE_ADDR=$(member partner-change)
+  CONFIG=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["config"])' "$CLUSTER")
+  PARTNERHUB="$PARTNERHUB --config $CONFIG"
+fi
+ACCOUNT_ADDR=${ACCOUNT_ADDR:-$ADDR}
+PARTNER_CHANGE_ADDR=${PARTNER_CHANGE_ADDR:-$ADDR}
+TRACE_ID=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+TRACEPARENT="00-$TRACE_ID-$(python3 -c 'import secrets; print(secrets.token_hex(8))')-01"
 
 token() { $PARTNERHUB token --subject "$1" --ttl 10m; }
 # call SUBJECT METHOD JSON: one RPC as SUBJECT, printing the JSON reply.
 call() {
-  "$GRPCURL" -plaintext -H "authorization: Bearer $(token "$1")" -d "$3" "$ADDR" "partnerhub.$2"
+  local addr=$PARTNER_CHANGE_ADDR
+  case "$2" in account.*) addr=$ACCOUNT_ADDR ;; esac
+  "$GRPCURL" -plaintext -H "authorization: Bearer $(token "$1")" -H "traceparent: $TRACEPARENT" \
+    -d "$3" "$addr" "partnerhub.$2"
 }
 # field JSON PATH...: one value out of a JSON reply.
 field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1])
@@ -76,3 +97,5 @@ call "partner:$DESTINATION" account.v1.AccountService/GetWaba "{\"waba_id\": \"$
 
 say "Its history: who did what, when"
 call "client:$CLIENT" partnerchange.v1.PartnerChangeService/GetPartnerChangeHistory "{\"partner_change_id\": \"$CHANGE\"}"
+
+say "Done. With tracing on, the whole walkthrough is trace $TRACE_ID"

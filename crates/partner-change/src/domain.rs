@@ -157,6 +157,10 @@ pub struct PartnerChange {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub expire_time: DateTime<Utc>,
+    /// The W3C trace context of the submit or approval that set the migration
+    /// going, so that the migration's spans continue that trace. Not part of events.
+    #[serde(skip)]
+    pub trace_parent: Option<String>,
 }
 
 impl PartnerChange {

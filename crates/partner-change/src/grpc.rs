@@ -11,6 +11,7 @@ use partnerhub_runtime::{
     error::{FieldViolation, invalid_argument, permission_denied},
     ids::new_id,
     pagination::{next_page_token, page_size, page_token},
+    rpc::{current_traceparent, record_partner_change_id},
     time::{from_timestamp, now, to_timestamp},
     validate::{Parsed, PhoneNumber, Validate, id, optional_id, optional_text, required_text},
 };
@@ -86,6 +87,7 @@ impl PartnerChangeApi {
 
     /// A request the caller may see; any other answers NOT_FOUND.
     async fn visible(&self, caller: &Subject, partner_change_id: &str) -> Result<PartnerChange, Status> {
+        record_partner_change_id(partner_change_id);
         let change = store::get(&self.db, partner_change_id).await.map_err(PartnerChangeError::from)?;
         match change {
             Some(change) if can_see(caller, &change) => Ok(change),
@@ -232,7 +234,9 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             create_time: time,
             update_time: time,
             expire_time: time + chrono::Duration::from_std(self.request_ttl).unwrap_or(chrono::Duration::MAX),
+            trace_parent: current_traceparent(),
         };
+        record_partner_change_id(&change.partner_change_id);
         let mut events =
             vec![EventDraft { event_type: EventType::Submitted, actor: caller.to_string(), reason: String::new() }];
         if auto_approve {
@@ -335,7 +339,8 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 is_destination,
                 EventType::Approved,
                 String::new(),
-                Effects::default(),
+                // The migration this sets going continues the approval's trace.
+                Effects { trace_parent: current_traceparent(), ..Effects::default() },
                 "PENDING_APPROVAL",
             )
             .await?;
@@ -409,7 +414,11 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 EventType::Retried,
                 String::new(),
                 // The cause is fixed: the request no longer carries it.
-                Effects { failure_reason: Some(String::new()), ..Effects::default() },
+                Effects {
+                    failure_reason: Some(String::new()),
+                    trace_parent: current_traceparent(),
+                    ..Effects::default()
+                },
                 "FAILED",
             )
             .await?;

@@ -23,6 +23,7 @@ use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
     config::StreamSettings,
     error::{ErrorReason, status},
+    metrics::metrics,
     pagination::{decode_token, encode_token},
     time::{now, to_timestamp},
     validate::Parsed,
@@ -174,7 +175,10 @@ pub fn watch(
     let live = hub.published.subscribe();
     tokio::spawn(async move {
         let mut subscriber = Subscriber { db, settings, subscription, events, last_delivered: None };
-        if let Some(status) = subscriber.run(live, shutdown).await {
+        metrics().stream_subscribers.inc();
+        let ended = subscriber.run(live, shutdown).await;
+        metrics().stream_subscribers.dec();
+        if let Some(status) = ended {
             let _ = end.send(Err(status)).await;
         }
     });
@@ -223,7 +227,10 @@ impl Subscriber {
                             last = event.position;
                             if self.subscription.scope.includes(&event) {
                                 heartbeat.reset();
-                                self.deliver(&event).await
+                                let delivered = self.deliver(&event).await;
+                                let lag = (now() - event.time).to_std().unwrap_or_default();
+                                metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
+                                delivered
                             } else {
                                 Ok(())
                             }
@@ -291,11 +298,14 @@ impl Subscriber {
         match self.events.send_timeout(Ok(message), self.settings.stall_timeout).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::End(self.ending(
-                Code::ResourceExhausted,
-                ErrorReason::SubscriberTooSlow,
-                "this subscriber fell too far behind",
-            ))),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                metrics().stream_subscribers_ended_too_slow.inc();
+                Err(Stop::End(self.ending(
+                    Code::ResourceExhausted,
+                    ErrorReason::SubscriberTooSlow,
+                    "this subscriber fell too far behind",
+                )))
+            }
         }
     }
 

@@ -15,7 +15,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use partnerhub_proto::{
@@ -25,12 +25,20 @@ use partnerhub_proto::{
         permissions_service_client::PermissionsServiceClient,
     },
 };
-use partnerhub_runtime::{config::WorkerSettings, db::StoreError, peers::Peer, peers::is_transient, time::now};
+use partnerhub_runtime::{
+    config::WorkerSettings,
+    db::StoreError,
+    metrics::{StateLabels, StepLabels, StepNameLabels, metrics},
+    peers::{Peer, is_transient},
+    rpc::continue_trace,
+    time::now,
+};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic_types::StatusExt;
+use tracing::Instrument as _;
 
 use crate::{
     domain::{Blocker, Eligibility, EventType, PartnerChange, SagaStep, State, blockers},
@@ -113,6 +121,30 @@ pub struct MigrationWorker {
     faults: Faults,
 }
 
+fn step_span(step: SagaStep) -> tracing::Span {
+    let name = step_name(step);
+    tracing::info_span!("saga_step", otel.name = name, step = name)
+}
+
+fn step_name(step: SagaStep) -> &'static str {
+    match step {
+        SagaStep::Transfer => "transfer",
+        SagaStep::Permissions => "permissions",
+    }
+}
+
+fn record_step(step: SagaStep, done: &Result<(), StepError>, started: Instant) {
+    let metrics = metrics();
+    let step = step_name(step);
+    let outcome = match done {
+        Ok(()) => "ok",
+        Err(StepError::Transient(_)) => "retry",
+        Err(StepError::Permanent(_)) => "failed",
+    };
+    metrics.saga_steps.get_or_create(&StepLabels { step, outcome }).inc();
+    metrics.saga_step_seconds.get_or_create(&StepNameLabels { step }).observe(started.elapsed().as_secs_f64());
+}
+
 /// How one saga step ended, when it did not succeed.
 enum StepError {
     /// The change may no longer go ahead: FAILED with this reason.
@@ -147,7 +179,15 @@ impl MigrationWorker {
     /// Claims one request, if any waits, and drives its saga as far as it goes.
     pub async fn run_once(&self) -> Result<Step, WorkerError> {
         let Some(change) = self.claim().await? else { return Ok(Step::Idle) };
-        self.drive(change).await?;
+        // The migration continues the trace of the approval (or retry) that set it going.
+        let span = tracing::info_span!(
+            "migration",
+            otel.name = "migration",
+            partner_change_id = %change.partner_change_id,
+            owner = %self.owner,
+        );
+        continue_trace(&span, change.trace_parent.as_deref());
+        self.drive(change).instrument(span).await?;
         Ok(Step::Worked)
     }
 
@@ -207,10 +247,12 @@ impl MigrationWorker {
     async fn drive(&self, mut change: PartnerChange) -> Result<(), WorkerError> {
         loop {
             let step = change.saga_step;
+            let started = Instant::now();
             let done = match step {
-                SagaStep::Transfer => self.transfer(&change).await,
-                SagaStep::Permissions => self.move_permissions(&change).await,
+                SagaStep::Transfer => self.transfer(&change).instrument(step_span(step)).await,
+                SagaStep::Permissions => self.move_permissions(&change).instrument(step_span(step)).await,
             };
+            record_step(step, &done, started);
             match done {
                 Ok(()) => {}
                 Err(StepError::Permanent(reason)) => return self.fail(&change, reason).await,
@@ -426,6 +468,29 @@ pub async fn run_expiry_sweeper(
     loop {
         if let Err(err) = expire_due(&db, &events_committed).await {
             tracing::error!(error = %err, "expiry sweep failed");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Keeps the `partner_change_requests` gauge (requests by state) current:
+/// counts the request table every `interval` until `shutdown`.
+pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match store::count_by_state(&db).await {
+            Ok(counts) => {
+                for state in State::ALL {
+                    let count = counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, count)| *count);
+                    metrics()
+                        .partner_changes
+                        .get_or_create(&StateLabels { state: state.as_str().to_owned() })
+                        .set(count);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot count partner change requests by state"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

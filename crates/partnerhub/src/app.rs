@@ -16,12 +16,16 @@ use partnerhub_runtime::{
     config::Settings,
     db,
     ids::new_id,
+    metrics::serve_metrics,
     peers::{InvalidPeerUrl, Peer, PeerOptions},
     server::{Host, ServeError, bind},
 };
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How often the requests-by-state gauge counts the request table.
+const STATE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A service this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -34,8 +38,17 @@ pub enum ServiceName {
 impl ServiceName {
     pub const ALL: &[ServiceName] = &[ServiceName::Account, ServiceName::PartnerChange, ServiceName::Permissions];
 
+    /// How a process running `services` is named in traces: `partnerhub-<service>`
+    /// for one service, `partnerhub` for several.
+    pub fn process_name(services: &[ServiceName]) -> String {
+        match services {
+            [one] => format!("partnerhub-{}", one.subject_name()),
+            _ => "partnerhub".to_owned(),
+        }
+    }
+
     /// The subject this service's calls to its peers carry.
-    fn subject_name(self) -> &'static str {
+    pub(crate) fn subject_name(self) -> &'static str {
         match self {
             ServiceName::Account => "account",
             ServiceName::PartnerChange => "partner-change",
@@ -133,6 +146,15 @@ impl Application {
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
         let local_addr = listener.local_addr().map_err(StartupError::LocalAddr)?;
+        let metrics_listener = match settings.telemetry.metrics_listen_addr {
+            Some(addr) => {
+                let listener = bind(addr).await?;
+                let addr = listener.local_addr().map_err(StartupError::LocalAddr)?;
+                tracing::info!(%addr, "serving metrics at /metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let loopback = SocketAddr::from(([127, 0, 0, 1], local_addr.port()));
         let own_addr = if local_addr.ip().is_unspecified() { loopback } else { local_addr };
         let peers = Peers { keys: keys.clone(), own_url: format!("http://{own_addr}"), settings: settings.clone() };
@@ -213,6 +235,14 @@ impl Application {
             }
         });
         let tasks = TaskTracker::new();
+        if let Some(listener) = metrics_listener {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = serve_metrics(listener, shutdown).await {
+                    tracing::error!(error = %err, "the metrics endpoint stopped");
+                }
+            });
+        }
         for peer in watched_peers {
             tasks.spawn(peer.watch_health(settings.peers.health_check_interval, shutdown.clone()));
         }
@@ -223,6 +253,11 @@ impl Application {
                 events.clone(),
                 settings.partner_change.stream.clone(),
                 postgres_url,
+                shutdown.clone(),
+            ));
+            tasks.spawn(partnerhub_partner_change::worker::run_state_gauge(
+                db.clone(),
+                STATE_GAUGE_INTERVAL,
                 shutdown.clone(),
             ));
             tasks.spawn(partnerhub_partner_change::worker::run_expiry_sweeper(

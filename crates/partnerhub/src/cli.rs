@@ -29,6 +29,9 @@ pub enum Command {
         #[arg(long = "service", value_enum)]
         services: Vec<ServiceName>,
     },
+    /// Run a local cluster: every service as its own processes (two replicas
+    /// each by default) on a local PostgreSQL database, until Ctrl-C.
+    Cluster(crate::cluster::ClusterOptions),
     /// Apply every service's database migrations, then exit.
     Migrate,
     /// Print a bearer token signed with the configured key.
@@ -53,6 +56,8 @@ pub enum CliError {
     #[error(transparent)]
     Stop(#[from] crate::app::StopError),
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
     Key(#[from] partnerhub_runtime::auth::KeyError),
     #[error(transparent)]
     Token(#[from] partnerhub_runtime::auth::TokenError),
@@ -62,13 +67,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve { services } => {
-            init_tracing(&settings.log)?;
             let services = if services.is_empty() { ServiceName::ALL.to_vec() } else { services };
-            Application::start(&settings, &services).await?.run_until_stopped().await?;
+            let telemetry = init_tracing(&settings.log, &settings.telemetry, &ServiceName::process_name(&services))?;
+            let stopped = match Application::start(&settings, &services).await {
+                Ok(app) => app.run_until_stopped().await.map_err(CliError::from),
+                Err(err) => Err(err.into()),
+            };
+            telemetry.shutdown();
+            stopped?;
         }
+        Command::Cluster(options) => crate::cluster::run(options).await?,
         Command::Migrate => {
-            init_tracing(&settings.log)?;
-            open_database(&settings).await?;
+            let telemetry = init_tracing(&settings.log, &settings.telemetry, "partnerhub-migrate")?;
+            let migrated = open_database(&settings).await;
+            telemetry.shutdown();
+            migrated?;
             tracing::info!("migrations applied");
         }
         Command::Token { subject, ttl } => {

@@ -4,5 +4,6 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 
 pub use app::{Application, ServiceName};

@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use partnerhub_runtime::metrics::metrics;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,11 @@ impl PermissionCache {
             let entries = store::log_after(&self.db, after, SYNC_BATCH).await?;
             let full = entries.len() as u64 == SYNC_BATCH;
             let mut grants = self.write();
+            let applied_at = chrono::Utc::now();
             for entry in entries {
+                // How long after its commit this change reached this replica's answers.
+                let delay = (applied_at - entry.time).to_std().unwrap_or_default();
+                metrics().permission_cache_invalidation_seconds.observe(delay.as_secs_f64());
                 let numbers = grants.by_partner.entry(entry.partner_id).or_default();
                 if entry.allowed {
                     numbers.insert(entry.phone_number);

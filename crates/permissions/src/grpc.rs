@@ -8,8 +8,10 @@ use partnerhub_proto::{
 use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{ErrorReason, FieldViolation, invalid_argument, not_found, permission_denied},
+    metrics::{AnswerLabels, metrics},
     pagination::{next_page_token, page_size, page_token},
     peers::Peer,
+    rpc::record_partner_change_id,
     time::{now, to_timestamp},
     validate::{PhoneNumber, Validate, id, optional_id},
 };
@@ -167,7 +169,10 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         let (partner_id, number) =
             (id("partner_id", &r.partner_id), PhoneNumber::parse("phone_number", &r.phone_number)).validate()?;
         allow(caller.is_service())?;
-        let allowed = match self.cache.check(&partner_id, number.as_str()) {
+        let answer = self.cache.check(&partner_id, number.as_str());
+        let answered_from = if answer.is_ok() { "cache" } else { "database" };
+        metrics().permission_checks.get_or_create(&AnswerLabels { answered_from }).inc();
+        let allowed = match answer {
             Ok(allowed) => allowed,
             // The cache may be stale: ask the database, and fail closed if it does not answer.
             Err(Untrusted) => store::is_allowed(&self.db, &partner_id, number.as_str()).await?,
@@ -187,6 +192,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             PhoneNumber::parse_list("phone_numbers", &r.phone_numbers, MAX_NUMBERS_PER_CALL),
         )
             .validate()?;
+        record_partner_change_id(&partner_change_id);
         allow(caller.is_service())?;
         let (revoked_count, already_applied) =
             store::revoke(&self.db, &caller.to_string(), &partner_change_id, &partner_id, &numbers).await?;
@@ -208,6 +214,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             PhoneNumber::parse_list("phone_numbers", &r.phone_numbers, MAX_NUMBERS_PER_CALL),
         )
             .validate()?;
+        record_partner_change_id(&partner_change_id);
         allow(caller.is_service())?;
         // A repeat answers from the record, even if the world has moved on since.
         if store::find_application(&self.db, &partner_change_id, "GRANT")

@@ -22,6 +22,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub peers: PeerSettings,
     pub partner_change: PartnerChangeSettings,
     pub permissions: PermissionsSettings,
@@ -89,6 +90,17 @@ pub struct LogSettings {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+/// Traces and metrics. Both are off unless configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An OTLP/gRPC collector, e.g. `http://localhost:4317`: every span is
+    /// exported there and W3C trace context travels between the services.
+    pub otlp_endpoint: Option<String>,
+    /// Where Prometheus scrapes `GET /metrics`, e.g. `0.0.0.0:9464`.
+    pub metrics_listen_addr: Option<SocketAddr>,
 }
 
 /// Where each service's peers are: every replica's address, as a TOML list or
@@ -188,6 +200,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
             peers: PeerSettings::default(),
             partner_change: PartnerChangeSettings::default(),
             permissions: PermissionsSettings::default(),

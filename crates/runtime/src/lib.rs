@@ -1,11 +1,13 @@
 //! What every Partner Hub service shares, written once:
 //!
 //! - [`config`]: the one settings tree (defaults → file → `PARTNERHUB__…` environment);
-//! - [`telemetry`]: the `tracing` subscriber (human or JSON);
+//! - [`telemetry`]: the `tracing` subscriber (human or JSON logs, OTLP traces);
+//! - [`rpc`]: a span, trace context and metrics for every gRPC call, served or made;
+//! - [`metrics`]: the Prometheus registry and its `/metrics` endpoint;
 //! - [`auth`]: bearer tokens naming one [`auth::Subject`], and the interceptor that checks them;
 //! - [`error`] and [`validate`]: every `Status` a service returns, and parsing at the boundary;
 //! - [`pagination`]: AIP-158 page sizes and filter-bound page tokens;
-//! - [`peers`]: channels to other services, signed and with deadlines;
+//! - [`peers`]: every replica of another service, health-checked, signed and with deadlines;
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
 //! - [`limits`]: oversized requests refused as `INVALID_ARGUMENT`;
@@ -17,8 +19,10 @@ pub mod db;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod pagination;
 pub mod peers;
+pub mod rpc;
 pub mod server;
 pub mod telemetry;
 pub mod time;

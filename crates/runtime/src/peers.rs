@@ -17,10 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::auth::{Subject, TokenKeys};
+use tower_layer::Layer as _;
+
+use crate::{
+    auth::{Subject, TokenKeys},
+    rpc::{ClientRpcLayer, Observed},
+};
 
 /// A channel to one replica of a peer, with this service's credentials and deadline.
-pub type PeerChannel = InterceptedService<Channel, PeerCredentials>;
+pub type PeerChannel = InterceptedService<Observed<Channel>, PeerCredentials>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid peer address {url:?}: {reason}")]
@@ -101,7 +106,7 @@ impl Peer {
                     .connect_timeout(options.call_timeout)
                     .timeout(options.call_timeout)
                     .connect_lazy();
-                let channel = InterceptedService::new(channel, credentials.clone());
+                let channel = InterceptedService::new(ClientRpcLayer.layer(channel), credentials.clone());
                 Ok(Replica { url: url.clone(), channel, up: AtomicBool::new(true) })
             })
             .collect::<Result<Arc<[_]>, _>>()?;

@@ -33,6 +33,8 @@ pub mod partner_change {
         pub create_time: DateTimeUtc,
         pub update_time: DateTimeUtc,
         pub expire_time: DateTimeUtc,
+        /// The W3C `traceparent` of the submit or approval that set the migration going.
+        pub trace_parent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

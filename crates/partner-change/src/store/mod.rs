@@ -94,6 +94,8 @@ pub struct Effects {
     pub lease: Option<(String, DateTime<Utc>)>,
     /// Drop any lease and reset the retry count.
     pub release: bool,
+    /// Replace the stored trace context (see `PartnerChange::trace_parent`).
+    pub trace_parent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +152,7 @@ pub async fn insert_submission(
         create_time: Set(time),
         update_time: Set(time),
         expire_time: Set(change.expire_time),
+        trace_parent: Set(change.trace_parent.clone()),
     }
     .insert(&tx)
     .await?;
@@ -192,12 +195,16 @@ pub async fn apply_event(
     if let Some(step) = effects.saga_step {
         next.saga_step = step;
     }
+    if effects.trace_parent.is_some() {
+        next.trace_parent = effects.trace_parent.clone();
+    }
     let tx = begin_write(db).await?;
     let mut update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::State, Expr::value(state.as_str()))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
         .col_expr(partner_change::Column::FailureReason, Expr::value(next.failure_reason.clone()))
         .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step.as_str()))
+        .col_expr(partner_change::Column::TraceParent, Expr::value(next.trace_parent.clone()))
         .col_expr(partner_change::Column::OpenWabaId, Expr::value(state.is_open().then(|| next.waba_id.clone())));
     if let Some((owner, until)) = &effects.lease {
         update = update
@@ -504,6 +511,7 @@ fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError>
         create_time: model.create_time,
         update_time: model.update_time,
         expire_time: model.expire_time,
+        trace_parent: model.trace_parent,
     })
 }
 
@@ -519,6 +527,21 @@ fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
         reason: model.reason,
         time: model.time,
     })
+}
+
+/// How many requests are in each state (states with none are left out).
+pub async fn count_by_state(db: &DatabaseConnection) -> Result<Vec<(State, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> = partner_change::Entity::find()
+        .select_only()
+        .column(partner_change::Column::State)
+        .column_as(partner_change::Column::PartnerChangeId.count(), "count")
+        .group_by(partner_change::Column::State)
+        .into_tuple()
+        .all(db)
+        .await?;
+    rows.into_iter()
+        .map(|(state, count)| Ok((State::from_stored(&state).ok_or_else(|| corrupt("state", &state))?, count)))
+        .collect()
 }
 
 /// Runs this service's migrations.

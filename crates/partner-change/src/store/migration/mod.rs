@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_partner_change_tables;
 mod m20261126_000002_index_events_by_party;
+mod m20261126_000003_store_trace_context;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_partner_change_tables::Migration),
             Box::new(m20261126_000002_index_events_by_party::Migration),
+            Box::new(m20261126_000003_store_trace_context::Migration),
         ]
     }
 }
