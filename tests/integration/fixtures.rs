@@ -1,9 +1,9 @@
 //! Small builders for the resources most tests need, created as support.
 
 use partnerhub_proto::account::v1 as pb;
-use partnerhub_tests::TestApp;
+use partnerhub_tests::Deployment;
 
-pub async fn partner(app: &TestApp, name: &str, processor: pb::PaymentProcessor) -> pb::Partner {
+pub async fn partner(app: &impl Deployment, name: &str, processor: pb::PaymentProcessor) -> pb::Partner {
     app.account("support:fixtures")
         .create_partner(pb::CreatePartnerRequest {
             display_name: name.to_owned(),
@@ -22,7 +22,7 @@ pub async fn partner(app: &TestApp, name: &str, processor: pb::PaymentProcessor)
         .unwrap()
 }
 
-pub async fn client(app: &TestApp, name: &str) -> pb::Client {
+pub async fn client(app: &impl Deployment, name: &str) -> pb::Client {
     app.account("support:fixtures")
         .create_client(pb::CreateClientRequest {
             display_name: name.to_owned(),
@@ -35,7 +35,7 @@ pub async fn client(app: &TestApp, name: &str) -> pb::Client {
         .unwrap()
 }
 
-pub async fn waba(app: &TestApp, client_id: &str, partner_id: &str, numbers: &[&str]) -> pb::Waba {
+pub async fn waba(app: &impl Deployment, client_id: &str, partner_id: &str, numbers: &[&str]) -> pb::Waba {
     let mut account = app.account("support:fixtures");
     let mut waba = account
         .create_waba(pb::CreateWabaRequest {
@@ -75,7 +75,7 @@ use std::time::Duration;
 pub const TERMS: &str = "2026-01";
 
 pub async fn partner_with(
-    app: &TestApp,
+    app: &impl Deployment,
     name: &str,
     processor: pb::PaymentProcessor,
     settings: pb::PartnerSettings,
@@ -114,7 +114,7 @@ pub fn complete_company_info() -> pb::CompanyInfo {
 }
 
 /// A client that may change partner: complete company info and a card on file.
-pub async fn eligible_client(app: &TestApp, name: &str) -> pb::Client {
+pub async fn eligible_client(app: &impl Deployment, name: &str) -> pb::Client {
     let created = client(app, name).await;
     let mut support = app.account("support:fixtures");
     support
@@ -146,7 +146,7 @@ pub struct Scenario {
     pub waba: pb::Waba,
 }
 
-pub async fn scenario(app: &TestApp, destination_auto_approves: bool) -> Scenario {
+pub async fn scenario(app: &impl Deployment, destination_auto_approves: bool) -> Scenario {
     let source = partner_with(app, "Source BSP", pb::PaymentProcessor::Stripe, settings(false)).await;
     let destination =
         partner_with(app, "Destination BSP", pb::PaymentProcessor::Stripe, settings(destination_auto_approves)).await;
@@ -179,7 +179,7 @@ impl Scenario {
     }
 
     /// Submits as the client and returns the stored request.
-    pub async fn submit(&self, app: &TestApp, request_id: &str) -> pc::PartnerChange {
+    pub async fn submit(&self, app: &impl Deployment, request_id: &str) -> pc::PartnerChange {
         app.partner_change(&self.client_subject())
             .submit_partner_change(self.submit_request(request_id))
             .await
@@ -189,7 +189,7 @@ impl Scenario {
             .unwrap()
     }
 
-    pub async fn approve(&self, app: &TestApp, partner_change_id: &str) -> pc::PartnerChange {
+    pub async fn approve(&self, app: &impl Deployment, partner_change_id: &str) -> pc::PartnerChange {
         app.partner_change(&self.destination_subject())
             .approve_partner_change(pc::ApprovePartnerChangeRequest { partner_change_id: partner_change_id.to_owned() })
             .await
@@ -200,7 +200,7 @@ impl Scenario {
     }
 
     /// Every request of the scenario's client, newest first.
-    pub async fn client_changes(&self, app: &TestApp) -> Vec<pc::PartnerChange> {
+    pub async fn client_changes(&self, app: &impl Deployment) -> Vec<pc::PartnerChange> {
         app.partner_change(&self.client_subject())
             .list_partner_changes(pc::ListPartnerChangesRequest::default())
             .await
@@ -210,7 +210,7 @@ impl Scenario {
     }
 
     /// Grants `partner_id` exactly `numbers`, as the client.
-    pub async fn grant(&self, app: &TestApp, partner_id: &str, numbers: &[String]) {
+    pub async fn grant(&self, app: &impl Deployment, partner_id: &str, numbers: &[String]) {
         app.permissions(&self.client_subject())
             .set_partner_permissions(partnerhub_proto::permissions::v1::SetPartnerPermissionsRequest {
                 client_id: self.client.client_id.clone(),
@@ -221,7 +221,7 @@ impl Scenario {
             .unwrap();
     }
 
-    pub async fn waba_now(&self, app: &TestApp) -> pb::Waba {
+    pub async fn waba_now(&self, app: &impl Deployment) -> pb::Waba {
         app.account("support:fixtures")
             .get_waba(pb::GetWabaRequest { waba_id: self.waba.waba_id.clone() })
             .await
@@ -232,7 +232,7 @@ impl Scenario {
     }
 }
 
-pub async fn get_change(app: &TestApp, partner_change_id: &str) -> pc::PartnerChange {
+pub async fn get_change(app: &impl Deployment, partner_change_id: &str) -> pc::PartnerChange {
     app.partner_change("support:fixtures")
         .get_partner_change(pc::GetPartnerChangeRequest { partner_change_id: partner_change_id.to_owned() })
         .await
@@ -244,7 +244,7 @@ pub async fn get_change(app: &TestApp, partner_change_id: &str) -> pc::PartnerCh
 
 /// Waits (up to ten seconds) until the request is in `state`.
 pub async fn wait_for_state(
-    app: &TestApp,
+    app: &impl Deployment,
     partner_change_id: &str,
     state: pc::PartnerChangeState,
 ) -> pc::PartnerChange {
@@ -255,7 +255,7 @@ pub async fn wait_for_state(
     .await
 }
 
-pub async fn history(app: &TestApp, partner_change_id: &str) -> Vec<pc::HistoryEntry> {
+pub async fn history(app: &impl Deployment, partner_change_id: &str) -> Vec<pc::HistoryEntry> {
     app.partner_change("support:fixtures")
         .get_partner_change_history(pc::GetPartnerChangeHistoryRequest {
             partner_change_id: partner_change_id.to_owned(),
@@ -267,12 +267,12 @@ pub async fn history(app: &TestApp, partner_change_id: &str) -> Vec<pc::HistoryE
 }
 
 /// The event types of a request's history, in order.
-pub async fn history_types(app: &TestApp, partner_change_id: &str) -> Vec<pc::PartnerChangeEventType> {
+pub async fn history_types(app: &impl Deployment, partner_change_id: &str) -> Vec<pc::PartnerChangeEventType> {
     history(app, partner_change_id).await.iter().map(pc::HistoryEntry::event_type).collect()
 }
 
 /// Whether the permissions service lets `partner_id` manage `number`.
-pub async fn allowed(app: &TestApp, partner_id: &str, number: &str) -> bool {
+pub async fn allowed(app: &impl Deployment, partner_id: &str, number: &str) -> bool {
     app.permissions("service:messaging")
         .check_permission(partnerhub_proto::permissions::v1::CheckPermissionRequest {
             partner_id: partner_id.to_owned(),

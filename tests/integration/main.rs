@@ -6,6 +6,7 @@
 mod account;
 mod authentication;
 mod authorization;
+mod cluster;
 mod fixtures;
 mod partner_change_access;
 mod peers;

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod binary;
+pub mod cluster;
 pub mod database;
 
 use std::{net::SocketAddr, time::Duration};
@@ -168,6 +169,27 @@ impl TestApp {
         let app = Application::start(&self.settings, ServiceName::ALL).await.unwrap();
         self.channel = channel_to(app.local_addr());
         self.app = Some(app);
+    }
+}
+
+/// Where tests find the three services: one in-process app, or members of a cluster.
+pub trait Deployment {
+    fn account(&self, subject: &str) -> AccountServiceClient<Authed>;
+    fn partner_change(&self, subject: &str) -> PartnerChangeServiceClient<Authed>;
+    fn permissions(&self, subject: &str) -> PermissionsServiceClient<Authed>;
+}
+
+impl Deployment for TestApp {
+    fn account(&self, subject: &str) -> AccountServiceClient<Authed> {
+        TestApp::account(self, subject)
+    }
+
+    fn partner_change(&self, subject: &str) -> PartnerChangeServiceClient<Authed> {
+        TestApp::partner_change(self, subject)
+    }
+
+    fn permissions(&self, subject: &str) -> PermissionsServiceClient<Authed> {
+        TestApp::permissions(self, subject)
     }
 }
 
