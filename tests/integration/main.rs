@@ -16,6 +16,7 @@ mod races;
 mod refusals;
 mod saga;
 mod stream;
+mod telemetry;
 mod transfer;
 mod validation;
 mod workflow;
