@@ -298,13 +298,15 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     // events (600 KB) outgrow every buffer on the way — HTTP/2 buffers about
     // 400 KB per stream on the sending side whatever the peer's window — so the
     // stalled subscriber's own buffer fills.
-    let mut stalled_client = app.partner_change_with_window("support:stalled", 64).await;
-    let stalled = stalled_client.watch_partner_change_events(watch_request("")).await.unwrap().into_inner();
-    let fast = watch(&app, "support:fast", "").await;
     let mut s = scenario(&app, false).await;
     let numbers: Vec<String> = (0..300).map(|_| fixtures::unique_number()).collect();
     let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
     s.waba = fixtures::waba(&app, &s.client.client_id, &s.source.partner_id, &numbers).await;
+    // Subscribed just before the events: left idle for long, the stalled one
+    // would be ended for its unread heartbeats alone, before any event.
+    let mut stalled_client = app.partner_change_with_window("support:stalled", 64).await;
+    let stalled = stalled_client.watch_partner_change_events(watch_request("")).await.unwrap().into_inner();
+    let fast = watch(&app, "support:fast", "").await;
     let mut as_client = app.partner_change(&s.client_subject());
     for round in 0..EVENTS / 2 {
         let submitted = s.submit(&app, &format!("r{round}")).await;

@@ -116,9 +116,10 @@ impl Peer {
         Ok(Self { replicas, next: Arc::new(AtomicUsize::new(0)) })
     }
 
-    /// Makes `call` with `request` on one replica. When that replica is unreachable
-    /// (`UNAVAILABLE`), it is marked down and the call is made again on the
-    /// next one, until every replica has been tried once.
+    /// Makes `call` with `request` on one replica. When that replica is
+    /// unreachable (`UNAVAILABLE`, or the connection failed or closed under
+    /// the call), it is marked down and the call is made again on the next
+    /// one, until every replica has been tried once.
     ///
     /// So a call may reach more than one replica: only idempotent calls may go
     /// through here, and every call between Partner Hub services is.
@@ -131,7 +132,7 @@ impl Peer {
         let mut last_error = None;
         for replica in self.in_call_order() {
             match call(replica.channel.clone(), request.clone()).await {
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if unreachable(&status) => {
                     if replica.up.swap(false, Ordering::Relaxed) {
                         tracing::warn!(peer = %replica.url, error = %status.message(), "peer replica unreachable; trying the next");
                     }
@@ -180,6 +181,14 @@ impl Peer {
             }
         }
     }
+}
+
+/// Whether a call got no answer from its replica: refused as unavailable, or
+/// failed in the transport (a replica that stops closes its connections, and
+/// calls on them end as `CANCELLED`).
+fn unreachable(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        || std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
 async fn is_serving(channel: PeerChannel, timeout: Duration) -> bool {
