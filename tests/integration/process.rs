@@ -179,6 +179,23 @@ fn the_deploy_files_pass_real_validators() {
         assert!(output.contains(&format!("passed for resource {kind}")), "{kind} was not validated:\n{output}");
     }
 
+    // Every setting the ConfigMap gives the pods is one the binary accepts
+    // (it refuses unknown keys at start).
+    let config_map = std::fs::read_to_string(deploy.join("k8s/config.yaml")).unwrap();
+    let settings: Vec<(&str, &str)> = config_map
+        .lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .filter(|(key, _)| key.starts_with("PARTNERHUB__"))
+        .collect();
+    assert!(settings.len() >= 5, "{settings:?}");
+    let accepted = Command::new(partnerhub_tests::binary::partnerhub_binary())
+        .args(["token", "--subject", "support:k8s"])
+        .envs(settings.iter().copied())
+        .env("PARTNERHUB__AUTH__SIGNING_KEY", "c2lnbmluZy1rZXktb2YtYXQtbGVhc3QtdGhpcnR5LXR3by1ieXRlcw==")
+        .output()
+        .unwrap();
+    assert!(accepted.status.success(), "the ConfigMap's settings: {}", String::from_utf8_lossy(&accepted.stderr));
+
     // The validator does reject a broken manifest (so the pass above means something).
     let broken = std::env::temp_dir().join(format!("partnerhub-broken-{}.yaml", uuid::Uuid::new_v4().simple()));
     let text = std::fs::read_to_string(deploy.join("k8s/account.yaml"))
