@@ -33,6 +33,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use crate::{
     domain::Event,
@@ -173,15 +174,20 @@ pub fn watch(
     let (end, end_out) = mpsc::channel(1);
     // Subscribe before the replay reads the log: see the module documentation.
     let live = hub.published.subscribe();
-    tokio::spawn(async move {
-        let mut subscriber = Subscriber { db, settings, subscription, events, last_delivered: None };
-        metrics().stream_subscribers.inc();
-        let ended = subscriber.run(live, shutdown).await;
-        metrics().stream_subscribers.dec();
-        if let Some(status) = ended {
-            let _ = end.send(Err(status)).await;
+    // The subscriber's lines belong to the call that started it (its trace ID).
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let mut subscriber = Subscriber { db, settings, subscription, events, last_delivered: None };
+            metrics().stream_subscribers.inc();
+            let ended = subscriber.run(live, shutdown).await;
+            metrics().stream_subscribers.dec();
+            if let Some(status) = ended {
+                let _ = end.send(Err(status)).await;
+            }
         }
-    });
+        .instrument(span),
+    );
     Box::pin(ReceiverStream::new(events_out).chain(ReceiverStream::new(end_out)))
 }
 
