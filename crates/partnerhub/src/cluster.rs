@@ -57,6 +57,8 @@ pub enum ClusterError {
     Config(#[from] partnerhub_runtime::config::ConfigError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("interrupted while starting; every process started is stopped")]
+    Interrupted,
     #[error("{name} exited ({status}) before serving:\n{log}")]
     Exited { name: String, status: String, log: String },
     #[error("{name} did not start serving within {timeout:?}; see {log}")]
@@ -148,7 +150,12 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
         }
         Ok::<_, ClusterError>(())
     };
-    if let Err(err) = started.await {
+    // A signal during start-up stops what has started.
+    let started = tokio::select! {
+        started = started => started,
+        () = partnerhub_runtime::server::shutdown_signal() => Err(ClusterError::Interrupted),
+    };
+    if let Err(err) = started {
         stop(&mut children).await;
         return Err(err);
     }
