@@ -167,6 +167,15 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     assert_eq!(sample(&metrics_before, approvals), 0.0);
     assert_eq!(sample(&metrics_after, approvals), CHANGES as f64);
 
+    // Without tracing on, each request's log lines still carry a trace ID
+    // (a new one here: the calls sent none) and the partner change ID.
+    let log = std::fs::read_to_string(&cluster.member("partner-change-2").log).unwrap();
+    let approvals: Vec<&str> = log.lines().filter(|line| line.contains("partner change approved")).collect();
+    assert_eq!(approvals.len(), CHANGES, "{log}");
+    for line in approvals {
+        assert!(line.contains("rpc{trace_id=") && line.contains("partner_change_id=\"pc-"), "{line}");
+    }
+
     // The launcher noticed, and kept the rest running.
     eventually("the launcher to report the killed replica", Duration::from_secs(5), || async {
         cluster.launcher_log().contains("partner-change-1 exited").then_some(())

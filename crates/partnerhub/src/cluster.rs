@@ -28,7 +28,7 @@ use crate::app::{ServiceName, open_database};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterOptions {
     /// Processes per service.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub replicas: u16,
     /// The PostgreSQL database the cluster uses; created when missing.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/partnerhub_cluster")]
