@@ -131,32 +131,23 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
         .await
         .unwrap();
     let partner_change = cluster.scrape("partner-change-1").await;
-    let served = |method: &str, code: &str| {
+    // The series of calls served (`server`) or made (`client`) by method and status.
+    let calls = |side: &str, service: &str, method: &str, code: &str| {
         format!(
-            r#"partnerhub_rpc_server_calls_total{{service="partnerhub.partnerchange.v1.PartnerChangeService",method="{method}",code="{code}"}}"#
+            r#"partnerhub_rpc_{side}_calls_total{{service="partnerhub.{service}",method="{method}",code="{code}"}}"#
         )
     };
-    assert_eq!(sample(&partner_change, &served("SubmitPartnerChange", "OK")), 1.0, "{partner_change}");
-    assert_eq!(sample(&partner_change, &served("ApprovePartnerChange", "OK")), 1.0);
-    assert_eq!(sample(&partner_change, &served("GetPartnerChange", "NOT_FOUND")), 1.0);
+    let partner_changes = "partnerchange.v1.PartnerChangeService";
+    let accounts = "account.v1.AccountService";
+    assert_eq!(sample(&partner_change, &calls("server", partner_changes, "SubmitPartnerChange", "OK")), 1.0);
+    assert_eq!(sample(&partner_change, &calls("server", partner_changes, "ApprovePartnerChange", "OK")), 1.0);
+    assert_eq!(sample(&partner_change, &calls("server", partner_changes, "GetPartnerChange", "NOT_FOUND")), 1.0);
+    assert_eq!(sample(&partner_change, &calls("client", accounts, "TransferWaba", "OK")), 1.0);
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_steps_total{step="transfer",outcome="ok"}"#), 1.0);
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_steps_total{step="permissions",outcome="ok"}"#), 1.0);
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_step_duration_seconds_count{step="transfer"}"#), 1.0);
-    assert_eq!(
-        sample(
-            &partner_change,
-            r#"partnerhub_rpc_client_calls_total{service="partnerhub.account.v1.AccountService",method="TransferWaba",code="OK"}"#
-        ),
-        1.0
-    );
     let account = cluster.scrape("account-1").await;
-    assert_eq!(
-        sample(
-            &account,
-            r#"partnerhub_rpc_server_calls_total{service="partnerhub.account.v1.AccountService",method="TransferWaba",code="OK"}"#
-        ),
-        1.0
-    );
+    assert_eq!(sample(&account, &calls("server", accounts, "TransferWaba", "OK")), 1.0, "{account}");
     let permissions = cluster.scrape("permissions-1").await;
     let checks = sample(&permissions, r#"partnerhub_permission_checks_total{answered_from="cache"}"#)
         + sample(&permissions, r#"partnerhub_permission_checks_total{answered_from="database"}"#);
