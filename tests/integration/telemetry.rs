@@ -190,5 +190,30 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
         assert!(!log.contains(key.trim()), "{} logged the signing key", member.name);
     }
 
+    // The README's walkthrough against this cluster: its one trace reaches the
+    // collector from all three services, as a viewer such as Jaeger would show it.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/walkthrough.sh");
+    let walkthrough = std::process::Command::new("bash")
+        .arg(script)
+        .env("CLUSTER", cluster.dir.join("cluster.json"))
+        .env("GRPCURL", partnerhub_tests::binary::grpcurl())
+        .env("PARTNERHUB", partnerhub_tests::binary::partnerhub_binary())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&walkthrough.stdout);
+    assert!(walkthrough.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&walkthrough.stderr));
+    assert!(stdout.contains("PARTNER_CHANGE_EVENT_TYPE_COMPLETED"), "{stdout}");
+    let walkthrough_trace = stdout.rsplit("is trace ").next().unwrap().trim().to_owned();
+    eventually("the walkthrough's trace from every service", Duration::from_secs(30), || async {
+        let services: std::collections::HashSet<String> = receiver
+            .spans()
+            .into_iter()
+            .filter(|span| span.trace_id == walkthrough_trace)
+            .map(|span| span.service)
+            .collect();
+        (services.len() == 3).then_some(())
+    })
+    .await;
+
     assert!(cluster.stop().success());
 }

@@ -4,10 +4,7 @@
 //! Every service records into the one process-wide [`Metrics`]; a process that
 //! does not run a service simply never moves that service's series.
 
-use std::{
-    sync::OnceLock,
-    time::{Duration, SystemTime},
-};
+use std::sync::OnceLock;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -170,11 +167,6 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
-}
-
-/// Seconds since `moment`, or zero when clocks disagree (another replica's clock ahead of ours).
-pub fn seconds_since(moment: SystemTime) -> f64 {
-    SystemTime::now().duration_since(moment).unwrap_or(Duration::ZERO).as_secs_f64()
 }
 
 /// The name gRPC gives `code`, as used in labels.

@@ -87,9 +87,9 @@ where
         let labels = MethodLabels { service: service.to_owned(), method: method.to_owned() };
         // Health checks and reflection are counted, but traced they would only be noise.
         let span = if is_infrastructure(service) { Span::none() } else { self.span_for(&mut request) };
+        let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
         let side = self.side;
-        let started = Instant::now();
         Box::pin(
             async move {
                 let response = response.await;
