@@ -212,3 +212,57 @@ pub fn is_transient(status: &Status) -> bool {
             | tonic::Code::Unknown
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> PeerOptions {
+        PeerOptions {
+            keys: Arc::new(TokenKeys::from_secret(&[7; 32], "test")),
+            caller: "test".to_owned(),
+            call_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn peer(count: usize) -> Peer {
+        let urls: Vec<String> = (0..count).map(|port| format!("http://127.0.0.1:{}", 1000 + port)).collect();
+        Peer::new(&urls, &options()).unwrap()
+    }
+
+    fn order(peer: &Peer) -> Vec<&str> {
+        peer.in_call_order().map(|replica| replica.url.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn calls_go_round_robin_and_replicas_that_are_down_come_last() {
+        let peer = peer(3);
+        let firsts: Vec<String> = (0..6).map(|_| order(&peer)[0].to_owned()).collect();
+        assert_eq!(
+            firsts,
+            ["http://127.0.0.1:1000", "http://127.0.0.1:1001", "http://127.0.0.1:1002"].repeat(2),
+            "each call starts at the next replica"
+        );
+
+        peer.replicas[1].up.store(false, Ordering::Relaxed);
+        for _ in 0..3 {
+            let order = order(&peer);
+            assert_eq!(order.len(), 3, "a replica that is down is still tried, last");
+            assert_eq!(order[2], "http://127.0.0.1:1001");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_needs_valid_addresses() {
+        assert!(Peer::new(&[], &options()).is_err());
+        assert!(Peer::new(&[String::new()], &options()).is_err());
+        assert!(Peer::new(&["not a url".to_owned()], &options()).is_err());
+    }
+
+    #[test]
+    fn a_replica_is_unreachable_when_unavailable_or_failed_in_transport() {
+        assert!(unreachable(&Status::unavailable("gone")));
+        assert!(!unreachable(&Status::cancelled("by the caller")));
+        assert!(!unreachable(&Status::not_found("no such WABA")));
+    }
+}
