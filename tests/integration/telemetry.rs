@@ -41,6 +41,14 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
     let s = scenario(&view, false).await;
     s.grant(&view, &s.source.partner_id, &s.waba.phone_numbers).await;
 
+    // A subscriber following the events live (for the stream's metrics).
+    let mut watching = view
+        .partner_change("support:ops")
+        .watch_partner_change_events(pc::WatchPartnerChangeEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
     // The calling service's own span: the trace the partner change joins.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span_id = "00f067aa0ba902b7";
@@ -62,6 +70,14 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
         .await
         .unwrap();
     wait_for_state(&view, &id, pc::PartnerChangeState::Completed).await;
+    let mut live_events = 0;
+    while live_events < 4 {
+        let message = tokio::time::timeout(Duration::from_secs(10), watching.message()).await.unwrap().unwrap();
+        if let Some(pc::watch_partner_change_events_response::Kind::Event(_)) = message.and_then(|message| message.kind)
+        {
+            live_events += 1;
+        }
+    }
 
     // --- Traces ---
     let span_named = |spans: &[ReceivedSpan], service: &str, name: &str, kind: Option<i32>| -> Option<ReceivedSpan> {
@@ -146,6 +162,8 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_steps_total{step="transfer",outcome="ok"}"#), 1.0);
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_steps_total{step="permissions",outcome="ok"}"#), 1.0);
     assert_eq!(sample(&partner_change, r#"partnerhub_saga_step_duration_seconds_count{step="transfer"}"#), 1.0);
+    assert_eq!(sample(&partner_change, "partnerhub_event_stream_subscribers"), 1.0);
+    assert!(sample(&partner_change, "partnerhub_event_stream_delivery_lag_seconds_count") >= 4.0, "{partner_change}");
     let account = cluster.scrape("account-1").await;
     assert_eq!(sample(&account, &calls("server", accounts, "TransferWaba", "OK")), 1.0, "{account}");
     let permissions = cluster.scrape("permissions-1").await;
