@@ -121,11 +121,21 @@ pub struct MigrationWorker {
     faults: Faults,
 }
 
+/// How one saga step ended, when it did not succeed.
+enum StepError {
+    /// The change may no longer go ahead: FAILED with this reason.
+    Permanent(String),
+    /// Try again later.
+    Transient(String),
+}
+
+/// The span of one saga step, named after it.
 fn step_span(step: SagaStep) -> tracing::Span {
     let name = step_name(step);
     tracing::info_span!("saga_step", otel.name = name, step = name)
 }
 
+/// How steps are named in spans and metrics.
 fn step_name(step: SagaStep) -> &'static str {
     match step {
         SagaStep::Transfer => "transfer",
@@ -133,6 +143,7 @@ fn step_name(step: SagaStep) -> &'static str {
     }
 }
 
+/// Counts and times a finished step by its outcome: `ok`, `retry` or `failed`.
 fn record_step(step: SagaStep, done: &Result<(), StepError>, started: Instant) {
     let metrics = metrics();
     let step = step_name(step);
@@ -143,14 +154,6 @@ fn record_step(step: SagaStep, done: &Result<(), StepError>, started: Instant) {
     };
     metrics.saga_steps.get_or_create(&StepLabels { step, outcome }).inc();
     metrics.saga_step_seconds.get_or_create(&StepNameLabels { step }).observe(started.elapsed().as_secs_f64());
-}
-
-/// How one saga step ended, when it did not succeed.
-enum StepError {
-    /// The change may no longer go ahead: FAILED with this reason.
-    Permanent(String),
-    /// Try again later.
-    Transient(String),
 }
 
 impl MigrationWorker {
