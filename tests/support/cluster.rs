@@ -140,9 +140,9 @@ impl Cluster {
 #[derive(Clone, Copy)]
 pub struct ClusterView<'a> {
     cluster: &'a Cluster,
-    pub account: &'a str,
-    pub partner_change: &'a str,
-    pub permissions: &'a str,
+    account: &'a str,
+    partner_change: &'a str,
+    permissions: &'a str,
 }
 
 impl Deployment for ClusterView<'_> {

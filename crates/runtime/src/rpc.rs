@@ -14,8 +14,11 @@
 
 use std::{
     cell::Cell,
+    collections::HashMap,
+    fmt,
     future::Future,
     pin::Pin,
+    sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -24,6 +27,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::{Status as SpanStatus, TraceContextExt as _},
 };
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
 use tonic::Code;
 use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -83,8 +87,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
-        let (service, method) = service_and_method(request.uri().path());
-        let labels = MethodLabels { service: service.to_owned(), method: method.to_owned() };
+        // Cloning a URI shares its bytes; the path names the series once the call has ended.
+        let uri = request.uri().clone();
+        let (service, _) = service_and_method(uri.path());
         // Health checks and reflection are counted, but traced they would only be noise.
         let span = if is_infrastructure(service) { Span::none() } else { self.span_for(&mut request) };
         let started = Instant::now();
@@ -95,7 +100,7 @@ where
                 let response = response.await;
                 // A call that failed before any response is UNAVAILABLE to its caller.
                 let code = response.as_ref().map_or(Code::Unavailable, status_of);
-                record(side, labels, code, started);
+                series(side, uri.path(), code).record(code, started);
                 let span = Span::current();
                 span.record("rpc.grpc.status_code", code as i32);
                 if is_error(side, code) {
@@ -157,15 +162,51 @@ impl<S> Observed<S> {
     }
 }
 
-fn record(side: Side, labels: MethodLabels, code: Code, started: Instant) {
+/// The metrics of one method on one side, found once per method rather than
+/// built (and their labels allocated) on every call.
+struct MethodSeries {
+    labels: MethodLabels,
+    calls: &'static Family<RpcLabels, Counter>,
+    seconds: Histogram,
+    /// One counter per status code, by its number (0 to 16).
+    by_code: [OnceLock<Counter>; 17],
+}
+
+impl MethodSeries {
+    fn record(&self, code: Code, started: Instant) {
+        self.seconds.observe(started.elapsed().as_secs_f64());
+        let counter = self.by_code[(code as usize).min(16)].get_or_init(|| {
+            let MethodLabels { service, method } = self.labels.clone();
+            self.calls.get_or_create(&RpcLabels { service, method, code: code_name(code) }).clone()
+        });
+        counter.inc();
+    }
+}
+
+/// The series of the method at `path`. Paths of no method (`UNIMPLEMENTED`)
+/// share one `unknown` series, so callers cannot grow the label set at will.
+fn series(side: Side, path: &str, code: Code) -> Arc<MethodSeries> {
+    type Cache = LazyLock<RwLock<HashMap<String, Arc<MethodSeries>>>>;
+    static SERVER: Cache = LazyLock::new(RwLock::default);
+    static CLIENT: Cache = LazyLock::new(RwLock::default);
     let metrics = metrics();
-    let (calls, seconds) = match side {
-        Side::Server => (&metrics.rpc_server_calls, &metrics.rpc_server_seconds),
-        Side::Client => (&metrics.rpc_client_calls, &metrics.rpc_client_seconds),
+    let (cache, calls, seconds) = match side {
+        Side::Server => (&SERVER, &metrics.rpc_server_calls, &metrics.rpc_server_seconds),
+        Side::Client => (&CLIENT, &metrics.rpc_client_calls, &metrics.rpc_client_seconds),
     };
-    seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    let MethodLabels { service, method } = labels;
-    calls.get_or_create(&RpcLabels { service, method, code: code_name(code) }).inc();
+    let path = if code == Code::Unimplemented { "unknown/unknown" } else { path };
+    if let Some(found) = cache.read().unwrap_or_else(PoisonError::into_inner).get(path) {
+        return found.clone();
+    }
+    let (service, method) = service_and_method(path);
+    let labels = MethodLabels { service: service.to_owned(), method: method.to_owned() };
+    let created = Arc::new(MethodSeries {
+        seconds: seconds.get_or_create(&labels).clone(),
+        labels,
+        calls,
+        by_code: Default::default(),
+    });
+    cache.write().unwrap_or_else(PoisonError::into_inner).entry(path.to_owned()).or_insert(created).clone()
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
@@ -205,19 +246,29 @@ fn is_error(side: Side, code: Code) -> bool {
     }
 }
 
+/// A 128-bit trace ID, shown as 32 lower-case hex digits; formatted only
+/// when a log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TraceId(u128);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// The trace ID of a W3C `traceparent` (`00-<trace-id>-<parent-id>-<flags>`).
-fn caller_trace_id(headers: &http::HeaderMap) -> Option<String> {
+fn caller_trace_id(headers: &http::HeaderMap) -> Option<TraceId> {
     let traceparent = headers.get("traceparent")?.to_str().ok()?;
     let trace_id = traceparent.split('-').nth(1)?;
-    let valid = trace_id.len() == 32
-        && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
-        && trace_id.bytes().any(|byte| byte != b'0');
-    valid.then(|| trace_id.to_ascii_lowercase())
+    let hex = trace_id.len() == 32 && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit());
+    let id = u128::from_str_radix(trace_id, 16).ok().filter(|id| hex && *id != 0)?;
+    Some(TraceId(id))
 }
 
 /// A random 128-bit trace ID: SplitMix64 seeded once per thread, so a call
 /// pays no system call for it.
-fn new_trace_id() -> String {
+fn new_trace_id() -> TraceId {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15));
     }
@@ -230,7 +281,7 @@ fn new_trace_id() -> String {
             z ^ (z >> 31)
         })
     };
-    format!("{:016x}{:016x}", next(), next())
+    TraceId((u128::from(next()) << 64) | u128::from(next()))
 }
 
 /// Trace context read from and written to gRPC metadata (HTTP/2 headers).
@@ -297,7 +348,7 @@ mod tests {
         let with = |value: &str| {
             let mut headers = http::HeaderMap::new();
             headers.insert("traceparent", value.parse().unwrap());
-            caller_trace_id(&headers)
+            caller_trace_id(&headers).map(|id| id.to_string())
         };
         assert_eq!(
             with("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
@@ -311,10 +362,24 @@ mod tests {
 
     #[test]
     fn new_trace_ids_are_32_hex_digits_and_differ() {
-        let (first, second) = (new_trace_id(), new_trace_id());
+        let (first, second) = (new_trace_id().to_string(), new_trace_id().to_string());
         assert_eq!(first.len(), 32);
         assert!(first.bytes().all(|byte| byte.is_ascii_hexdigit()));
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn calls_to_no_method_share_one_series_and_known_methods_keep_theirs() {
+        let first = series(Side::Server, "/made.Up/One", Code::Unimplemented);
+        let second = series(Side::Server, "/made.Up/Two", Code::Unimplemented);
+        assert!(Arc::ptr_eq(&first, &second), "unknown paths must not grow the label set");
+        assert_eq!((first.labels.service.as_str(), first.labels.method.as_str()), ("unknown", "unknown"));
+        let known = series(Side::Server, "/partnerhub.account.v1.AccountService/GetWaba", Code::Ok);
+        assert_eq!(known.labels.method, "GetWaba");
+        assert!(Arc::ptr_eq(
+            &known,
+            &series(Side::Server, "/partnerhub.account.v1.AccountService/GetWaba", Code::NotFound)
+        ));
     }
 
     #[test]
