@@ -144,11 +144,23 @@ pub enum StoreError {
     /// A serialization failure or deadlock: the transaction may be retried.
     #[error("transaction conflict: {0}")]
     Conflict(DbErr),
-    /// The database cannot be reached or is too busy; the caller may retry.
+    /// The database cannot be reached, ended the connection (restart, failover,
+    /// `pg_terminate_backend`) or is too busy; the caller may retry.
     #[error("database unavailable: {0}")]
     Unavailable(DbErr),
     #[error("database error: {0}")]
     Other(DbErr),
+}
+
+/// How a database error should be treated, whatever the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    /// Try again later: the database, or the connection to it, is away.
+    Unavailable,
+    /// Try the transaction again: it lost a race inside the database.
+    Conflict,
+    /// Anything else: a constraint, or a defect of ours.
+    Other,
 }
 
 impl From<DbErr> for StoreError {
@@ -162,30 +174,95 @@ impl From<DbErr> for StoreError {
             }
             _ => {}
         }
-        match database_code(&err) {
-            // PostgreSQL serialization_failure, deadlock_detected.
-            Some((Backend::Postgres, code)) if code == "40001" || code == "40P01" => StoreError::Conflict(err),
-            // SQLite SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
-            Some((Backend::Sqlite, code)) if is_sqlite_busy(&code) => StoreError::Unavailable(err),
-            _ if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => StoreError::Unavailable(err),
-            _ if is_io_error(&err) => StoreError::Unavailable(err),
-            _ => StoreError::Other(err),
+        match classify(&err) {
+            ErrorClass::Unavailable => StoreError::Unavailable(err),
+            ErrorClass::Conflict => StoreError::Conflict(err),
+            ErrorClass::Other => StoreError::Other(err),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database was away, or the
+    /// transaction lost a race), as opposed to a constraint or a defect.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
     }
 }
 
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
+            StoreError::Unavailable(_) => {
                 tracing::warn!(error = %err, "database unavailable");
                 crate::error::unavailable()
+            }
+            StoreError::Conflict(_) => {
+                tracing::warn!(error = %err, "database transaction conflict");
+                crate::error::status(
+                    tonic::Code::Aborted,
+                    crate::error::ErrorReason::ConcurrentUpdate,
+                    "the call collided with a concurrent one; retry it",
+                    [],
+                )
             }
             _ => {
                 tracing::error!(error = %err, "database error");
                 crate::error::internal()
             }
         }
+    }
+}
+
+fn classify(err: &DbErr) -> ErrorClass {
+    // Failing to get a connection at all: the pool timed out, or opening one failed.
+    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+        return ErrorClass::Unavailable;
+    }
+    let Some(sqlx) = sqlx_error(err) else {
+        return ErrorClass::Other;
+    };
+    match sqlx {
+        sea_orm::sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else { return ErrorClass::Other };
+            if db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some() {
+                classify_sqlite_code(&code)
+            } else {
+                classify_postgres_code(&code)
+            }
+        }
+        // The connection broke under the statement (the server went away), or
+        // the pool could not hand one out in time.
+        sea_orm::sqlx::Error::Io(_)
+        | sea_orm::sqlx::Error::Tls(_)
+        | sea_orm::sqlx::Error::Protocol(_)
+        | sea_orm::sqlx::Error::PoolTimedOut
+        | sea_orm::sqlx::Error::PoolClosed
+        | sea_orm::sqlx::Error::WorkerCrashed => ErrorClass::Unavailable,
+        _ => ErrorClass::Other,
+    }
+}
+
+/// A PostgreSQL SQLSTATE: <https://www.postgresql.org/docs/15/errcodes-appendix.html>.
+fn classify_postgres_code(code: &str) -> ErrorClass {
+    match code {
+        // serialization_failure, deadlock_detected
+        "40001" | "40P01" => ErrorClass::Conflict,
+        // admin_shutdown, crash_shutdown, cannot_connect_now (a restart, a
+        // failover, pg_terminate_backend), too_many_connections,
+        // database_dropped, and the whole connection_exception class (08…).
+        "57P01" | "57P02" | "57P03" | "57P04" | "53300" => ErrorClass::Unavailable,
+        _ if code.starts_with("08") => ErrorClass::Unavailable,
+        _ => ErrorClass::Other,
+    }
+}
+
+/// An SQLite result code: busy or locked (with their extended codes) is the
+/// database being too busy for now.
+fn classify_sqlite_code(code: &str) -> ErrorClass {
+    match code.parse::<i32>() {
+        Ok(code) if matches!(code & 0xff, 5 | 6) => ErrorClass::Unavailable,
+        _ => ErrorClass::Other,
     }
 }
 
@@ -197,48 +274,119 @@ fn sqlx_error(err: &DbErr) -> Option<&sea_orm::sqlx::Error> {
     }
 }
 
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-fn database_code(err: &DbErr) -> Option<(Backend, String)> {
-    let sea_orm::sqlx::Error::Database(db) = sqlx_error(err)? else {
-        return None;
-    };
-    let backend = if db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some() {
-        Backend::Sqlite
-    } else {
-        Backend::Postgres
-    };
-    Some((backend, db.code()?.into_owned()))
-}
-
-fn is_sqlite_busy(code: &str) -> bool {
-    code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-}
-
-fn is_io_error(err: &DbErr) -> bool {
-    matches!(
-        sqlx_error(err),
-        Some(
-            sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-        )
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{borrow::Cow, sync::Arc};
+
+    use sea_orm::{ConnAcquireErr, sqlx};
+
     use super::*;
+
+    /// A server-side error with a given SQLSTATE, as the PostgreSQL driver reports it.
+    #[derive(Debug)]
+    struct PostgresError(&'static str);
+
+    impl std::fmt::Display for PostgresError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for PostgresError {}
+
+    impl sqlx::error::DatabaseError for PostgresError {
+        fn message(&self) -> &str {
+            "injected"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn query_error(err: sqlx::Error) -> DbErr {
+        DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))
+    }
+
+    fn postgres(code: &'static str) -> DbErr {
+        query_error(sqlx::Error::Database(Box::new(PostgresError(code))))
+    }
+
+    fn class_of(err: DbErr) -> &'static str {
+        match StoreError::from(err) {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::UniqueViolation(_) => "unique",
+            StoreError::ForeignKeyViolation(_) => "foreign key",
+            StoreError::Other(_) => "other",
+        }
+    }
+
+    #[test]
+    fn a_connection_ended_by_the_server_is_unavailable() {
+        // admin_shutdown (pg_terminate_backend, a restart), crash_shutdown, cannot_connect_now.
+        for code in ["57P01", "57P02", "57P03", "53300"] {
+            assert_eq!(class_of(postgres(code)), "unavailable", "{code}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable() {
+        for code in ["08000", "08003", "08006", "08001", "08004"] {
+            assert_eq!(class_of(postgres(code)), "unavailable", "{code}");
+        }
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(class_of(query_error(sqlx::Error::Io(reset))), "unavailable");
+        assert_eq!(class_of(query_error(sqlx::Error::Protocol("unexpected end".into()))), "unavailable");
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(class_of(DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(refused))))), "unavailable");
+    }
+
+    #[test]
+    fn a_pool_that_cannot_hand_out_a_connection_is_unavailable() {
+        assert_eq!(class_of(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)), "unavailable");
+        assert_eq!(class_of(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)), "unavailable");
+        assert_eq!(class_of(query_error(sqlx::Error::PoolTimedOut)), "unavailable");
+    }
+
+    #[test]
+    fn serialization_failures_and_deadlocks_are_conflicts() {
+        assert_eq!(class_of(postgres("40001")), "conflict");
+        assert_eq!(class_of(postgres("40P01")), "conflict");
+    }
+
+    #[test]
+    fn other_errors_stay_other() {
+        for code in ["42P01", "22P02", "XX000"] {
+            assert_eq!(class_of(postgres(code)), "other", "{code}");
+        }
+        assert_eq!(class_of(DbErr::Custom("a defect".into())), "other");
+        assert_eq!(class_of(query_error(sqlx::Error::RowNotFound)), "other");
+    }
+
+    #[test]
+    fn the_classes_map_to_the_right_codes() {
+        assert_eq!(Status::from(StoreError::from(postgres("57P01"))).code(), tonic::Code::Unavailable);
+        assert_eq!(Status::from(StoreError::from(postgres("40001"))).code(), tonic::Code::Aborted);
+        assert_eq!(Status::from(StoreError::from(postgres("XX000"))).code(), tonic::Code::Internal);
+    }
 
     #[test]
     fn sqlite_busy_codes_are_recognised() {
-        assert!(is_sqlite_busy("5"));
-        assert!(is_sqlite_busy("517")); // SQLITE_BUSY_SNAPSHOT
-        assert!(is_sqlite_busy("6"));
-        assert!(!is_sqlite_busy("19"));
+        assert_eq!(classify_sqlite_code("5"), ErrorClass::Unavailable);
+        assert_eq!(classify_sqlite_code("517"), ErrorClass::Unavailable); // SQLITE_BUSY_SNAPSHOT
+        assert_eq!(classify_sqlite_code("6"), ErrorClass::Unavailable);
+        assert_eq!(classify_sqlite_code("19"), ErrorClass::Other);
     }
 }
