@@ -11,6 +11,7 @@ use crate::fixtures::{self, allowed, scenario};
 on_both_databases!(
     set_replaces_the_whole_set_and_refuses_all_or_nothing,
     revoke_and_grant_apply_once_per_partner_change,
+    twenty_identical_concurrent_revokes_and_grants_each_apply_once,
     permissions_answer_each_subject_as_specified,
 );
 
@@ -173,6 +174,80 @@ async fn revoke_and_grant_apply_once_per_partner_change(backend: Backend) {
             (service, "GRANT".to_owned(), numbers[1].clone(), Some("pc-grant".to_owned())),
         ]
     );
+}
+
+/// The migration worker may send one call twice at once (a retry to another
+/// replica while the first is still running): every copy succeeds, one applies.
+async fn twenty_identical_concurrent_revokes_and_grants_each_apply_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let s = scenario(&app, false).await;
+    let numbers = s.waba.phone_numbers.clone();
+    s.grant(&app, &s.source.partner_id, &numbers).await;
+
+    let revoke = perm::RevokePartnerPermissionsRequest {
+        partner_change_id: "pc-concurrent".into(),
+        partner_id: s.source.partner_id.clone(),
+        phone_numbers: numbers.clone(),
+    };
+    let revokes = (0..20).map(|_| {
+        let mut service = app.permissions("service:partner-change");
+        let request = revoke.clone();
+        tokio::spawn(async move { service.revoke_partner_permissions(request).await })
+    });
+    let mut revoked = Vec::new();
+    for handle in revokes.collect::<Vec<_>>() {
+        revoked.push(handle.await.unwrap().expect("every identical revoke succeeds").into_inner());
+    }
+    assert_eq!(revoked.iter().filter(|answer| !answer.already_applied).count(), 1, "{revoked:?}");
+    assert!(revoked.iter().all(|answer| answer.revoked_count == 2), "every copy reports the one result: {revoked:?}");
+    for number in &numbers {
+        assert!(!allowed(&app, &s.source.partner_id, number).await);
+    }
+
+    // The WABA is with the destination now, as after a real transfer.
+    app.account("service:partner-change")
+        .transfer_waba(partnerhub_proto::account::v1::TransferWabaRequest {
+            waba_id: s.waba.waba_id.clone(),
+            from_partner_id: s.source.partner_id.clone(),
+            to_partner_id: s.destination.partner_id.clone(),
+            partner_change_id: "pc-concurrent".into(),
+        })
+        .await
+        .unwrap();
+    let grant = perm::GrantPartnerPermissionsRequest {
+        partner_change_id: "pc-concurrent".into(),
+        client_id: s.client.client_id.clone(),
+        partner_id: s.destination.partner_id.clone(),
+        phone_numbers: numbers.clone(),
+    };
+    let grants = (0..20).map(|_| {
+        let mut service = app.permissions("service:partner-change");
+        let request = grant.clone();
+        tokio::spawn(async move { service.grant_partner_permissions(request).await })
+    });
+    let mut granted = Vec::new();
+    for handle in grants.collect::<Vec<_>>() {
+        granted.push(handle.await.unwrap().expect("every identical grant succeeds").into_inner());
+    }
+    assert_eq!(granted.iter().filter(|answer| !answer.already_applied).count(), 1, "{granted:?}");
+    assert!(granted.iter().all(|answer| answer.grants.len() == 2), "{granted:?}");
+    for number in &numbers {
+        assert!(allowed(&app, &s.destination.partner_id, number).await);
+    }
+
+    // One audit entry per action, however many copies ran.
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        &db,
+        sea_orm::Statement::from_string(
+            sea_orm::ConnectionTrait::get_database_backend(&db),
+            "SELECT action FROM permission_audit WHERE partner_change_id = 'pc-concurrent' ORDER BY time",
+        ),
+    )
+    .await
+    .unwrap();
+    let actions: Vec<String> = rows.iter().map(|row| row.try_get("", "action").unwrap()).collect();
+    assert_eq!(actions, ["REVOKE", "GRANT"]);
 }
 
 async fn permissions_answer_each_subject_as_specified(backend: Backend) {

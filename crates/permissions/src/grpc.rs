@@ -217,7 +217,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         record_partner_change_id(&partner_change_id);
         allow(caller.is_service())?;
         // A repeat answers from the record, even if the world has moved on since.
-        if store::find_application(&self.db, &partner_change_id, "GRANT")
+        if store::find_application(&self.db, &partner_change_id, store::Action::Grant)
             .await
             .map_err(PermissionsError::from)?
             .is_none()

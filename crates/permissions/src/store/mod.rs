@@ -67,6 +67,10 @@ pub async fn replace_grants(
 
 /// Takes `numbers` away from `partner_id` for a partner change, once.
 /// Returns how many grants were removed, and whether this had happened before.
+///
+/// Identical calls may run at the same time: the idempotency record is
+/// inserted first (`ON CONFLICT DO NOTHING`), so exactly one of them applies
+/// the change while the others wait on its row and then answer from it.
 pub async fn revoke(
     db: &DatabaseConnection,
     actor: &str,
@@ -75,7 +79,8 @@ pub async fn revoke(
     numbers: &[PhoneNumber],
 ) -> Result<(i32, bool), PermissionsError> {
     let tx = begin_write(db).await?;
-    if let Some(previous) = find_application(&tx, partner_change_id, "REVOKE").await? {
+    if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
+        let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
         return Ok((previous.affected_count, true));
     }
     // Fences first: a concurrent replace of these numbers either committed
@@ -89,7 +94,7 @@ pub async fn revoke(
         .await?
         .rows_affected;
     let removed = i32::try_from(removed).unwrap_or(i32::MAX);
-    record_application(&tx, partner_change_id, "REVOKE", partner_id, removed).await?;
+    record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
     record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
     let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
     append_log(&tx, partner_id, &changes).await?;
@@ -97,7 +102,8 @@ pub async fn revoke(
     Ok((removed, false))
 }
 
-/// Lets `partner_id` manage `numbers` of `client_id` for a partner change, once.
+/// Lets `partner_id` manage `numbers` of `client_id` for a partner change,
+/// once, even when identical calls run at the same time (see [`revoke`]).
 pub async fn grant(
     db: &DatabaseConnection,
     actor: &str,
@@ -107,13 +113,15 @@ pub async fn grant(
     numbers: &[PhoneNumber],
 ) -> Result<(Vec<Grant>, bool), PermissionsError> {
     let tx = begin_write(db).await?;
-    if find_application(&tx, partner_change_id, "GRANT").await?.is_some() {
-        return Ok((grants_of(&tx, partner_id, numbers).await?, true));
+    if !claim_application(&tx, partner_change_id, Action::Grant, partner_id).await? {
+        let grants = grants_of(&tx, partner_id, numbers).await?;
+        tx.commit().await?;
+        return Ok((grants, true));
     }
     lock_fences(&tx, partner_id, numbers, None).await?;
     let grants = insert_grants(&tx, client_id, partner_id, numbers).await?;
     let count = i32::try_from(numbers.len()).unwrap_or(i32::MAX);
-    record_application(&tx, partner_change_id, "GRANT", partner_id, count).await?;
+    record_affected_count(&tx, partner_change_id, Action::Grant, count).await?;
     record_audit(&tx, actor, "GRANT", Some(client_id), partner_id, numbers, Some(partner_change_id)).await?;
     let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), true)).collect();
     append_log(&tx, partner_id, &changes).await?;
@@ -121,13 +129,44 @@ pub async fn grant(
     Ok((grants, false))
 }
 
-/// Whether this partner change already applied `action` (`REVOKE` or `GRANT`).
+/// What a partner change applies to permissions, at most once each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Revoke,
+    Grant,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Revoke => "REVOKE",
+            Action::Grant => "GRANT",
+        }
+    }
+}
+
+/// Whether this partner change already applied `action`.
 pub async fn find_application(
     db: &impl ConnectionTrait,
     partner_change_id: &str,
-    action: &str,
+    action: Action,
 ) -> Result<Option<application::Model>, DbErr> {
-    application::Entity::find_by_id((partner_change_id.to_owned(), action.to_owned())).one(db).await
+    application::Entity::find_by_id((partner_change_id.to_owned(), action.as_str().to_owned())).one(db).await
+}
+
+/// The record of an application that [`claim_application`] found taken.
+async fn applied(
+    tx: &DatabaseTransaction,
+    partner_change_id: &str,
+    action: Action,
+) -> Result<application::Model, PermissionsError> {
+    find_application(tx, partner_change_id, action).await?.ok_or_else(|| {
+        // The insert found the key taken, so the row exists once its writer committed.
+        PermissionsError::Store(StoreError::Other(DbErr::RecordNotFound(format!(
+            "permission application {partner_change_id}/{}",
+            action.as_str()
+        ))))
+    })
 }
 
 pub async fn is_allowed(db: &DatabaseConnection, partner_id: &str, number: &str) -> Result<bool, StoreError> {
@@ -318,22 +357,41 @@ async fn insert_grants(
     Ok(grants)
 }
 
-async fn record_application(
+/// Inserts the idempotency record of `action` for a partner change, unless it
+/// exists; true when this transaction inserted it (and so must apply the
+/// action). A concurrent identical insert waits here until the first commits.
+async fn claim_application(
     tx: &DatabaseTransaction,
     partner_change_id: &str,
-    action: &str,
+    action: Action,
     partner_id: &str,
+) -> Result<bool, DbErr> {
+    let record = application::ActiveModel {
+        partner_change_id: Set(partner_change_id.to_owned()),
+        action: Set(action.as_str().to_owned()),
+        partner_id: Set(partner_id.to_owned()),
+        affected_count: Set(0),
+        apply_time: Set(now()),
+    };
+    let on_conflict = OnConflict::columns([application::Column::PartnerChangeId, application::Column::Action])
+        .do_nothing()
+        .to_owned();
+    let inserted = application::Entity::insert(record).on_conflict(on_conflict).exec_without_returning(tx).await?;
+    Ok(inserted == 1)
+}
+
+async fn record_affected_count(
+    tx: &DatabaseTransaction,
+    partner_change_id: &str,
+    action: Action,
     affected_count: i32,
 ) -> Result<(), DbErr> {
-    application::Entity::insert(application::ActiveModel {
-        partner_change_id: Set(partner_change_id.to_owned()),
-        action: Set(action.to_owned()),
-        partner_id: Set(partner_id.to_owned()),
-        affected_count: Set(affected_count),
-        apply_time: Set(now()),
-    })
-    .exec(tx)
-    .await?;
+    application::Entity::update_many()
+        .col_expr(application::Column::AffectedCount, Expr::value(affected_count))
+        .filter(application::Column::PartnerChangeId.eq(partner_change_id))
+        .filter(application::Column::Action.eq(action.as_str()))
+        .exec(tx)
+        .await?;
     Ok(())
 }
 
