@@ -9,6 +9,7 @@ use crate::fixtures::{self, unique_number};
 
 on_both_databases!(
     partners_are_created_read_and_updated_through_a_field_mask,
+    concurrent_updates_of_different_settings_both_stick,
     clients_report_missing_company_info_and_keep_payment_methods,
     a_phone_number_belongs_to_one_waba_only,
     wabas_are_listed_oldest_first_in_pages,
@@ -74,6 +75,50 @@ async fn partners_are_created_read_and_updated_through_a_field_mask(backend: Bac
     let missing =
         app.account("support:s").get_partner(pb::GetPartnerRequest { partner_id: "partner-nope".into() }).await;
     assert_refused(missing, Code::NotFound, "PARTNER_NOT_FOUND");
+}
+
+/// Two partners' tools (or a partner and support) patch different fields at
+/// once: each patch writes only its own fields, so neither undoes the other.
+async fn concurrent_updates_of_different_settings_both_stick(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let partner = fixtures::partner(&app, "Acme BSP", pb::PaymentProcessor::Stripe).await;
+    let update = |settings: pb::PartnerSettings, path: &str| pb::UpdatePartnerSettingsRequest {
+        partner_id: partner.partner_id.clone(),
+        settings: Some(settings),
+        payment_processor: pb::PaymentProcessor::Unspecified.into(),
+        update_mask: Some(FieldMask { paths: vec![path.to_owned()] }),
+    };
+    for round in 0..30 {
+        let auto_approve = round % 2 == 0;
+        let terms_version = format!("v{round}");
+        let flip = update(pb::PartnerSettings { auto_approve, ..Default::default() }, "auto_approve");
+        let terms =
+            update(pb::PartnerSettings { terms_version: terms_version.clone(), ..Default::default() }, "terms_version");
+        let mut first = app.account("support:s");
+        let mut second = app.account("support:s");
+        let (flipped, termed) = tokio::join!(
+            tokio::spawn(async move { first.update_partner_settings(flip).await }),
+            tokio::spawn(async move { second.update_partner_settings(terms).await }),
+        );
+        flipped.unwrap().unwrap();
+        termed.unwrap().unwrap();
+        let now = app
+            .account("support:s")
+            .get_partner(pb::GetPartnerRequest { partner_id: partner.partner_id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .partner
+            .unwrap();
+        let processor = now.payment_processor();
+        let settings = now.settings.unwrap();
+        assert_eq!(
+            (settings.auto_approve, settings.terms_version.as_str()),
+            (auto_approve, terms_version.as_str()),
+            "round {round}"
+        );
+        assert_eq!(processor, pb::PaymentProcessor::Stripe, "an unnamed field is untouched");
+    }
 }
 
 async fn clients_report_missing_company_info_and_keep_payment_methods(backend: Backend) {

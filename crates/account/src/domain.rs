@@ -81,27 +81,6 @@ pub struct PartnerSettingsPatch {
     pub payment_processor: Option<PaymentProcessor>,
 }
 
-impl PartnerSettingsPatch {
-    pub fn apply(self, partner: &mut Partner) {
-        let settings = &mut partner.settings;
-        if let Some(auto_approve) = self.auto_approve {
-            settings.auto_approve = auto_approve;
-        }
-        if let Some(accepting_changes) = self.accepting_changes {
-            settings.accepting_changes = accepting_changes;
-        }
-        if let Some(terms_version) = self.terms_version {
-            settings.terms_version = terms_version;
-        }
-        if let Some(requires_payment_method) = self.requires_payment_method {
-            settings.requires_payment_method = requires_payment_method;
-        }
-        if let Some(payment_processor) = self.payment_processor {
-            partner.payment_processor = payment_processor;
-        }
-    }
-}
-
 /// A client's company information; every field is required before a partner change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompanyInfo {
@@ -204,33 +183,5 @@ mod tests {
     fn missing_fields_are_listed_in_api_order() {
         let info = CompanyInfo { legal_name: "Acme GmbH".into(), city: "Berlin".into(), ..CompanyInfo::default() };
         assert_eq!(info.missing_fields(), ["address_line", "postal_code", "country_code", "tax_id"]);
-    }
-
-    #[test]
-    fn a_patch_changes_only_what_it_names() {
-        let time = DateTime::<Utc>::UNIX_EPOCH;
-        let mut partner = Partner {
-            partner_id: "p".into(),
-            display_name: "P".into(),
-            payment_processor: PaymentProcessor::Stripe,
-            settings: PartnerSettings {
-                auto_approve: false,
-                accepting_changes: true,
-                terms_version: "v1".into(),
-                requires_payment_method: false,
-            },
-            create_time: time,
-            update_time: time,
-        };
-        PartnerSettingsPatch {
-            auto_approve: Some(true),
-            payment_processor: Some(PaymentProcessor::Adyen),
-            ..PartnerSettingsPatch::default()
-        }
-        .apply(&mut partner);
-        assert!(partner.settings.auto_approve);
-        assert!(partner.settings.accepting_changes);
-        assert_eq!(partner.settings.terms_version, "v1");
-        assert_eq!(partner.payment_processor, PaymentProcessor::Adyen);
     }
 }

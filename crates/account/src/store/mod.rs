@@ -51,28 +51,44 @@ pub async fn get_partner(db: &impl ConnectionTrait, partner_id: &str) -> Result<
     partner_from_model(model.ok_or_else(|| AccountError::PartnerNotFound(partner_id.to_owned()))?)
 }
 
+/// Writes only the fields the patch names (one conditional `UPDATE`), so two
+/// concurrent patches of different fields both stick.
 pub async fn update_partner_settings(
     db: &DatabaseConnection,
     partner_id: &str,
     patch: PartnerSettingsPatch,
 ) -> Result<Partner, AccountError> {
-    let tx = begin_write(db).await?;
-    let mut partner = get_partner(&tx, partner_id).await?;
-    patch.apply(&mut partner);
-    let model = partner::ActiveModel {
-        partner_id: sea_orm::Unchanged(partner.partner_id),
-        payment_processor: Set(partner.payment_processor.as_str().to_owned()),
-        auto_approve: Set(partner.settings.auto_approve),
-        accepting_changes: Set(partner.settings.accepting_changes),
-        terms_version: Set(partner.settings.terms_version),
-        requires_payment_method: Set(partner.settings.requires_payment_method),
-        update_time: Set(now()),
-        ..Default::default()
+    let PartnerSettingsPatch {
+        auto_approve,
+        accepting_changes,
+        terms_version,
+        requires_payment_method,
+        payment_processor,
+    } = patch;
+    let mut update = partner::Entity::update_many().col_expr(partner::Column::UpdateTime, Expr::value(now()));
+    if let Some(auto_approve) = auto_approve {
+        update = update.col_expr(partner::Column::AutoApprove, Expr::value(auto_approve));
     }
-    .update(&tx)
-    .await?;
+    if let Some(accepting_changes) = accepting_changes {
+        update = update.col_expr(partner::Column::AcceptingChanges, Expr::value(accepting_changes));
+    }
+    if let Some(terms_version) = terms_version {
+        update = update.col_expr(partner::Column::TermsVersion, Expr::value(terms_version));
+    }
+    if let Some(requires_payment_method) = requires_payment_method {
+        update = update.col_expr(partner::Column::RequiresPaymentMethod, Expr::value(requires_payment_method));
+    }
+    if let Some(payment_processor) = payment_processor {
+        update = update.col_expr(partner::Column::PaymentProcessor, Expr::value(payment_processor.as_str()));
+    }
+    let tx = begin_write(db).await?;
+    let updated = update.filter(partner::Column::PartnerId.eq(partner_id)).exec(&tx).await?;
+    if updated.rows_affected == 0 {
+        return Err(AccountError::PartnerNotFound(partner_id.to_owned()));
+    }
+    let partner = get_partner(&tx, partner_id).await?;
     tx.commit().await?;
-    partner_from_model(model)
+    Ok(partner)
 }
 
 pub async fn create_client(
