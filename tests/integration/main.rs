@@ -8,6 +8,7 @@ mod authentication;
 mod authorization;
 mod cluster;
 mod fixtures;
+mod outage;
 mod partner_change_access;
 mod peers;
 mod permissions;

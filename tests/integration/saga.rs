@@ -1,22 +1,55 @@
-//! The migration saga under failure: a worker that dies after moving the WABA
+//! The migration saga at its edges: a worker that dies after moving the WABA
 //! is resumed by another once its lease lapses, with no step's effect done
-//! twice; transient errors are retried; a permanent one ends in FAILED, and
-//! support's retry finishes the job.
+//! twice; the old partner is denied the numbers from the move on, before the
+//! revoke has run; a refusal fails a change only before the move, and after
+//! it every error is retried until the change completes; numbers named for
+//! the grant that have left the WABA are skipped and reported; a dead
+//! worker's migration completes on a surviving replica within ten seconds
+//! with the default configuration.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use partnerhub_partner_change::{domain::SagaStep, worker::Step};
-use partnerhub_proto::partnerchange::v1 as pc;
+use partnerhub_partner_change::{
+    domain::SagaStep,
+    worker::{STUCK_AFTER_ATTEMPTS, Step},
+};
+use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as perm};
+use partnerhub_runtime::config::WorkerSettings;
 use partnerhub_tests::{Backend, TestApp, eventually, on_both_databases};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 
-use crate::fixtures::{Scenario, allowed, get_change, history_types, scenario};
+use crate::fixtures::{Scenario, allowed, get_change, history, history_types, scenario};
 
 on_both_databases!(
     a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker,
-    transient_permission_failures_are_retried_and_permanent_ones_fail,
+    the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs,
+    a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after,
+    a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_completes,
+    numbers_named_for_the_grant_that_left_the_waba_are_skipped_and_reported,
+    a_dead_workers_migration_completes_on_a_surviving_replica_within_ten_seconds,
 );
+
+const COMPLETED_ONCE: [Ev; 4] = [Ev::Submitted, Ev::Approved, Ev::MigrationStarted, Ev::Completed];
+
+/// The numbers `partner_id` holds grants on, whatever the migration fence says.
+async fn granted_to(app: &TestApp, partner_id: &str) -> Vec<String> {
+    let request = perm::ListPartnerPermissionsRequest { partner_id: partner_id.to_owned(), ..Default::default() };
+    let grants = app.permissions("support:s").list_partner_permissions(request).await.unwrap().into_inner().grants;
+    grants.into_iter().map(|grant| grant.phone_number).collect()
+}
+
+/// Runs the worker until the request reaches a terminal state; returns it.
+async fn drive_to_the_end(app: &TestApp, worker_name: &str, partner_change_id: &str) -> pc::PartnerChange {
+    let worker = app.migration_worker().replica(worker_name);
+    eventually(&format!("{partner_change_id} to end"), Duration::from_secs(20), || async {
+        worker.run_once().await.unwrap();
+        let change = get_change(app, partner_change_id).await;
+        matches!(change.state(), St::Completed | St::Failed).then_some(change)
+    })
+    .await
+}
 
 async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
@@ -36,7 +69,6 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
     assert_eq!(halfway.state(), St::Migrating, "the first worker died mid-saga");
     let moved = s.waba_now(&app).await;
     assert_eq!(moved.partner_id, s.destination.partner_id, "the WABA moved before the crash");
-    assert!(allowed(&app, &s.source.partner_id, &s.waba.phone_numbers[0]).await, "the revoke had not run");
 
     // While the lease holds, nobody else touches it; once it lapses, a second worker resumes.
     let second = app.migration_worker().replica("replica-b");
@@ -52,51 +84,98 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
     for number in &s.waba.phone_numbers {
         assert!(!allowed(&app, &s.source.partner_id, number).await, "old partner keeps {number}");
     }
+    assert!(granted_to(&app, &s.source.partner_id).await.is_empty(), "the revoke ran on resume");
     assert_eq!(
         history_types(&app, &submitted.partner_change_id).await,
-        [Ev::Submitted, Ev::Approved, Ev::MigrationStarted, Ev::Completed],
-        "a resume is not a new transition"
+        COMPLETED_ONCE,
+        "a resume is no new transition"
     );
 }
 
-async fn transient_permission_failures_are_retried_and_permanent_ones_fail(backend: Backend) {
+/// The saga is held between the transfer and the revoke (its worker died
+/// there): the old partner's grants are still stored, yet every replica
+/// denies it the numbers, because they are with the new partner.
+async fn the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let other_replica = app.spawn_replica().await;
+    let s = scenario(&app, false).await;
+    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
+    for number in &s.waba.phone_numbers {
+        eventually("the grant to reach the other replica", Duration::from_secs(2), || async {
+            allowed(&other_replica, &s.source.partner_id, number).await.then_some(())
+        })
+        .await;
+    }
+    let submitted = s.submit(&app, "req").await;
+    s.approve(&app, &submitted.partner_change_id).await;
+
+    let dying = app.migration_worker().replica("dying");
+    dying.faults().crash_after(SagaStep::Transfer);
+    dying.run_once().await.unwrap();
+    assert_eq!(s.waba_now(&app).await.partner_id, s.destination.partner_id, "the WABA has moved");
+    let mut still_granted = granted_to(&app, &s.source.partner_id).await;
+    still_granted.sort();
+    let mut numbers = s.waba.phone_numbers.clone();
+    numbers.sort();
+    assert_eq!(still_granted, numbers, "the revoke has not run");
+
+    // Within the cache's trust window (1 s by default), on every replica.
+    let trust_window = app.settings.permissions.cache_trust_window;
+    for replica in [&app, &other_replica] {
+        for number in &s.waba.phone_numbers {
+            eventually("the old partner to be denied", trust_window + Duration::from_secs(1), || async {
+                (!allowed(replica, &s.source.partner_id, number).await).then_some(())
+            })
+            .await;
+        }
+    }
+    // …and it stays denied while the saga is held.
+    tokio::time::sleep(trust_window).await;
+    for number in &s.waba.phone_numbers {
+        assert!(!allowed(&other_replica, &s.source.partner_id, number).await);
+    }
+    drop(other_replica);
+
+    let completed = drive_to_the_end(&app, "survivor", &submitted.partner_change_id).await;
+    assert_eq!(completed.state(), St::Completed);
+    assert!(granted_to(&app, &s.source.partner_id).await.is_empty());
+}
+
+async fn a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
     let worker = app.migration_worker().replica("replica");
     let s = scenario(&app, false).await;
     s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
 
-    // Two transient failures: each gives the request back with a retry time.
-    let first = s.submit(&app, "req-transient").await;
+    // Before the move: the account service refuses the transfer → FAILED, nothing moved.
+    let first = s.submit(&app, "req-refused").await;
     s.approve(&app, &first.partner_change_id).await;
-    worker.faults().fail_permission_calls([Code::Unavailable, Code::DeadlineExceeded]);
+    worker.faults().fail_transfer_calls([Code::FailedPrecondition]);
     worker.run_once().await.unwrap();
-    assert_eq!(get_change(&app, &first.partner_change_id).await.state(), St::Migrating, "waiting to retry");
-    eventually("the transient failures to be retried away", Duration::from_secs(10), || async {
-        worker.run_once().await.unwrap();
-        (get_change(&app, &first.partner_change_id).await.state() == St::Completed).then_some(())
+    let failed = get_change(&app, &first.partner_change_id).await;
+    assert_eq!(failed.state(), St::Failed);
+    assert!(failed.failure_reason.contains("moving the WABA"), "{}", failed.failure_reason);
+    assert_eq!(s.waba_now(&app).await.partner_id, s.source.partner_id, "nothing moved");
+    eventually("the old partner to keep its numbers once the change failed", Duration::from_secs(3), || async {
+        (allowed(&app, &s.source.partner_id, &s.waba.phone_numbers[0]).await).then_some(())
     })
     .await;
-    assert!(!allowed(&app, &s.source.partner_id, &s.waba.phone_numbers[0]).await);
 
-    // A permanent failure ends in FAILED with the reason; support retries once it is fixed.
-    let back = Scenario { source: s.destination.clone(), destination: s.source.clone(), ..s.clone() };
-    let second = back.submit(&app, "req-permanent").await;
-    back.approve(&app, &second.partner_change_id).await;
-    worker.faults().fail_permission_calls([Code::PermissionDenied]);
-    worker.run_once().await.unwrap();
-    let failed = get_change(&app, &second.partner_change_id).await;
-    assert_eq!(failed.state(), St::Failed);
-    assert!(failed.failure_reason.contains("PermissionDenied"), "{}", failed.failure_reason);
-    assert_eq!(back.waba_now(&app).await.partner_id, s.source.partner_id, "the transfer itself had succeeded");
-
+    // An INTERNAL or UNKNOWN from the transfer does not tell whether it took
+    // effect: retried, not failed. Support's retry takes the change back up.
     app.partner_change("support:s")
-        .retry_partner_change(pc::RetryPartnerChangeRequest { partner_change_id: second.partner_change_id.clone() })
+        .retry_partner_change(pc::RetryPartnerChangeRequest { partner_change_id: first.partner_change_id.clone() })
         .await
         .unwrap();
-    worker.run_once().await.unwrap();
-    assert_eq!(get_change(&app, &second.partner_change_id).await.state(), St::Completed);
+    worker.faults().fail_transfer_calls([Code::Internal, Code::Unknown]);
+    // After the move: every failure of the permission calls is retried, refusals included.
+    worker.faults().fail_permission_calls([Code::PermissionDenied, Code::Internal, Code::FailedPrecondition]);
+    let done = drive_to_the_end(&app, "replica", &first.partner_change_id).await;
+    assert_eq!(done.state(), St::Completed, "{}", done.failure_reason);
+    assert_eq!(s.waba_now(&app).await.partner_id, s.destination.partner_id);
+    assert!(granted_to(&app, &s.source.partner_id).await.is_empty());
     assert_eq!(
-        history_types(&app, &second.partner_change_id).await,
+        history_types(&app, &first.partner_change_id).await,
         [
             Ev::Submitted,
             Ev::Approved,
@@ -107,4 +186,100 @@ async fn transient_permission_failures_are_retried_and_permanent_ones_fail(backe
             Ev::Completed
         ]
     );
+
+    // A refusal found by the re-check (the destination stopped accepting) fails it too, before the move.
+    let back = Scenario { source: s.destination.clone(), destination: s.source.clone(), ..s.clone() };
+    let second = back.submit(&app, "req-recheck").await;
+    back.approve(&app, &second.partner_change_id).await;
+    app.account("support:s")
+        .update_partner_settings(partnerhub_proto::account::v1::UpdatePartnerSettingsRequest {
+            partner_id: s.source.partner_id.clone(),
+            settings: Some(partnerhub_proto::account::v1::PartnerSettings::default()),
+            payment_processor: 0,
+            update_mask: Some(prost_types::FieldMask { paths: vec!["accepting_changes".into()] }),
+        })
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    let refused = get_change(&app, &second.partner_change_id).await;
+    assert_eq!(refused.state(), St::Failed);
+    assert!(refused.failure_reason.starts_with("PARTNER_NOT_ACCEPTING"), "{}", refused.failure_reason);
+}
+
+async fn a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_completes(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let worker = app.migration_worker().replica("replica");
+    let s = scenario(&app, false).await;
+    let submitted = s.submit(&app, "req").await;
+    s.approve(&app, &submitted.partner_change_id).await;
+    let failures = usize::try_from(STUCK_AFTER_ATTEMPTS).unwrap();
+    worker.faults().fail_permission_calls(std::iter::repeat_n(Code::Unavailable, failures));
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+
+    eventually("the migration to be reported stuck", Duration::from_secs(20), || async {
+        worker.run_once().await.unwrap();
+        let stuck = partnerhub_partner_change::store::count_stuck(&db, STUCK_AFTER_ATTEMPTS).await.unwrap();
+        (stuck == 1).then_some(())
+    })
+    .await;
+    assert_eq!(get_change(&app, &submitted.partner_change_id).await.state(), St::Migrating, "still retrying");
+
+    let done = drive_to_the_end(&app, "replica", &submitted.partner_change_id).await;
+    assert_eq!(done.state(), St::Completed);
+    assert_eq!(partnerhub_partner_change::store::count_stuck(&db, STUCK_AFTER_ATTEMPTS).await.unwrap(), 0);
+    assert_eq!(history_types(&app, &submitted.partner_change_id).await, COMPLETED_ONCE);
+}
+
+async fn numbers_named_for_the_grant_that_left_the_waba_are_skipped_and_reported(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let s = scenario(&app, false).await;
+    let (kept, gone) = (s.waba.phone_numbers[0].clone(), s.waba.phone_numbers[1].clone());
+    let mut request = s.submit_request("req");
+    request.grant_phone_numbers = vec![kept.clone(), gone.clone()];
+    let submitted = app
+        .partner_change(&s.client_subject())
+        .submit_partner_change(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .partner_change
+        .unwrap();
+    s.approve(&app, &submitted.partner_change_id).await;
+    // The number leaves the WABA while the change waits (no RPC removes one yet).
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    db.execute_unprepared(&format!("DELETE FROM phone_numbers WHERE phone_number = '{gone}'")).await.unwrap();
+
+    let done = drive_to_the_end(&app, "replica", &submitted.partner_change_id).await;
+    assert_eq!(done.state(), St::Completed, "{}", done.failure_reason);
+    assert_eq!(done.skipped_grant_phone_numbers, std::slice::from_ref(&gone));
+    assert!(allowed(&app, &s.destination.partner_id, &kept).await);
+    assert!(!allowed(&app, &s.destination.partner_id, &gone).await);
+    let last = history(&app, &submitted.partner_change_id).await.pop().unwrap();
+    assert_eq!(last.event_type(), Ev::Completed);
+    assert!(last.reason.contains(&gone), "{}", last.reason);
+}
+
+/// With the default worker settings (1 s poll, 5 s lease), a migration whose
+/// worker died mid-saga completes on another replica within ten seconds.
+async fn a_dead_workers_migration_completes_on_a_surviving_replica_within_ten_seconds(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.partner_change.worker = WorkerSettings { enabled: false, ..WorkerSettings::default() };
+    })
+    .await;
+    let s = scenario(&app, false).await;
+    let submitted = s.submit(&app, "req").await;
+    s.approve(&app, &submitted.partner_change_id).await;
+
+    let dying = app.migration_worker().replica("dying");
+    dying.faults().crash_after(SagaStep::Transfer);
+    dying.run_once().await.unwrap();
+    let died = Instant::now();
+    let survivor = app.spawn_replica_with(|settings| settings.partner_change.worker = WorkerSettings::default()).await;
+    eventually(
+        "the survivor to complete the migration",
+        Duration::from_secs(10).saturating_sub(died.elapsed()),
+        || async { (get_change(&survivor, &submitted.partner_change_id).await.state() == St::Completed).then_some(()) },
+    )
+    .await;
+    assert_eq!(history_types(&app, &submitted.partner_change_id).await, COMPLETED_ONCE);
 }

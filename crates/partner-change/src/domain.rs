@@ -149,6 +149,10 @@ pub struct PartnerChange {
     pub state: State,
     pub phone_numbers: Vec<String>,
     pub grant_phone_numbers: Vec<String>,
+    /// Numbers named for the grant that had left the WABA by the time of the
+    /// grant (set on completion). Absent from snapshots stored before it existed.
+    #[serde(default)]
+    pub skipped_grant_phone_numbers: Vec<String>,
     pub accepted_terms_version: String,
     pub failure_reason: String,
     pub saga_step: SagaStep,

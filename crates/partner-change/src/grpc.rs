@@ -227,6 +227,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             state: if auto_approve { State::Approved } else { State::PendingApproval },
             phone_numbers: world.phone_numbers.clone(),
             grant_phone_numbers: submission.grant_phone_numbers.clone(),
+            skipped_grant_phone_numbers: Vec::new(),
             accepted_terms_version: submission.accepted_terms_version.clone(),
             failure_reason: String::new(),
             saga_step: SagaStep::Transfer,
@@ -697,6 +698,7 @@ pub(crate) fn to_proto(change: PartnerChange) -> pb::PartnerChange {
         update_time: Some(to_timestamp(change.update_time)),
         expire_time: Some(to_timestamp(change.expire_time)),
         accepted_terms_version: change.accepted_terms_version,
+        skipped_grant_phone_numbers: change.skipped_grant_phone_numbers,
     }
 }
 

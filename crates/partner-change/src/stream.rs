@@ -24,6 +24,7 @@ use partnerhub_runtime::{
     config::StreamSettings,
     error::{ErrorReason, status},
     metrics::metrics,
+    outage::Outage,
     pagination::{decode_token, encode_token},
     time::{now, to_timestamp},
     validate::Parsed,
@@ -93,11 +94,12 @@ pub async fn run_tailer(
             shutdown.clone(),
         ));
     }
+    let outage = Outage::new("event_tailer");
     let mut last = loop {
         match store::last_position(&db).await {
             Ok(last) => break last,
             Err(err) => {
-                tracing::error!(error = %err, "the event tailer cannot read the log head");
+                outage.failed(&err);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(settings.poll_interval) => {}
@@ -110,10 +112,11 @@ pub async fn run_tailer(
             let batch = match store::events_after(&db, last, &EventScope::All, CATCH_UP_BATCH).await {
                 Ok(batch) => batch,
                 Err(err) => {
-                    tracing::error!(error = %err, "the event tailer cannot read the log");
+                    outage.failed(&err);
                     break;
                 }
             };
+            outage.succeeded();
             let full = batch.len() as u64 == CATCH_UP_BATCH;
             for event in batch {
                 last = event.position;

@@ -5,15 +5,24 @@
 //! (one conditional write, with its MIGRATION_STARTED event), then drives the
 //! saga: re-check eligibility and move the WABA in the account service
 //! (idempotent per request), record that, revoke the old partner's permissions
-//! and grant the named numbers (idempotent per request), mark COMPLETED. A
-//! worker that crashes leaves its lease to lapse; any worker then resumes the
-//! request at the step it had recorded, and the idempotent calls make a
-//! repeated step harmless. A transient error gives the request back with a
-//! retry time (capped exponential backoff with jitter); a permanent one ends it
-//! in FAILED with the reason.
+//! and grant the named numbers (idempotent per request), mark COMPLETED.
+//!
+//! The lease is judged by the database's clock and renewed while a step runs;
+//! a worker that dies leaves it to lapse within one lease, and any worker then
+//! resumes the request at the step it had recorded (the idempotent calls make
+//! a repeated step harmless).
+//!
+//! **Forward only after the move.** Before the WABA moves, a refusal (a blocker
+//! found by the re-check, or a peer refusing the transfer) ends the request in
+//! FAILED. Once `TransferWaba` has succeeded, nothing can: every later error is
+//! retried with capped exponential backoff (with jitter) until the step
+//! succeeds, and a request that keeps failing is reported as stuck. Errors that
+//! do not tell whether a call took effect (a peer's INTERNAL, a dropped
+//! connection) are retried too, before the move as after it.
 
 use std::{
     collections::VecDeque,
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -29,14 +38,14 @@ use partnerhub_runtime::{
     config::WorkerSettings,
     db::StoreError,
     metrics::{StateLabels, StepLabels, StepNameLabels, metrics},
-    peers::{Peer, is_transient},
+    outage::Outage,
+    peers::Peer,
     rpc::continue_trace,
-    time::now,
 };
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tracing::Instrument as _;
 
@@ -72,6 +81,7 @@ pub struct Faults(Arc<Mutex<FaultPlan>>);
 struct FaultPlan {
     crash_after: Option<SagaStep>,
     permission_call_failures: VecDeque<tonic::Code>,
+    transfer_call_failures: VecDeque<tonic::Code>,
 }
 
 impl Faults {
@@ -84,6 +94,16 @@ impl Faults {
     /// The next calls to the permissions service fail with these codes, in order.
     pub fn fail_permission_calls(&self, codes: impl IntoIterator<Item = tonic::Code>) {
         self.plan().permission_call_failures.extend(codes);
+    }
+
+    /// The next calls to `TransferWaba` fail with these codes, in order (the
+    /// account service is not called).
+    pub fn fail_transfer_calls(&self, codes: impl IntoIterator<Item = tonic::Code>) {
+        self.plan().transfer_call_failures.extend(codes);
+    }
+
+    fn take_transfer_failure(&self) -> Option<Status> {
+        self.plan().transfer_call_failures.pop_front().map(|code| Status::new(code, "injected fault"))
     }
 
     fn take_crash(&self, step: SagaStep) -> bool {
@@ -119,15 +139,27 @@ pub struct MigrationWorker {
     /// Rung after each commit that appends events (wakes the event tailer).
     events_committed: Arc<Notify>,
     faults: Faults,
+    /// Shared by this process's worker loops: one report per database outage.
+    outage: Outage,
 }
 
 /// How one saga step ended, when it did not succeed.
 enum StepError {
-    /// The change may no longer go ahead: FAILED with this reason.
-    Permanent(String),
-    /// Try again later.
+    /// A peer refused the step, or the re-check found a blocker: before the
+    /// move this ends the change in FAILED with the reason; after it, the step
+    /// is retried like any other error, since the saga only goes forward.
+    Refused(String),
+    /// Try again later: a peer or the database is away, or a peer failed in a
+    /// way that does not tell whether the step took effect.
     Transient(String),
+    /// Another worker holds the request now (this one's lease lapsed); it carries on.
+    LeaseLost,
 }
+
+/// After this many retries in a row, a migration counts as stuck: one log
+/// line says so and the `partner_change_migrations_stuck` gauge counts it. It
+/// is still retried (at the capped backoff) until it completes.
+pub const STUCK_AFTER_ATTEMPTS: i32 = 8;
 
 /// The span of one saga step, named after it.
 fn step_span(step: SagaStep) -> tracing::Span {
@@ -143,17 +175,18 @@ fn step_name(step: SagaStep) -> &'static str {
     }
 }
 
-/// Counts and times a finished step by its outcome: `ok`, `retry` or `failed`.
-fn record_step(step: SagaStep, done: &Result<(), StepError>, started: Instant) {
+/// Counts and times a finished step by its outcome: `ok`, `retry`, `failed` or `lease_lost`.
+fn record_step<T>(step: SagaStep, done: &Result<T, StepError>, started: Instant) {
     let metrics = metrics();
-    let step = step_name(step);
+    let name = step_name(step);
     let outcome = match done {
-        Ok(()) => "ok",
-        Err(StepError::Transient(_)) => "retry",
-        Err(StepError::Permanent(_)) => "failed",
+        Ok(_) => "ok",
+        Err(StepError::Refused(_)) if step == SagaStep::Transfer => "failed",
+        Err(StepError::Refused(_) | StepError::Transient(_)) => "retry",
+        Err(StepError::LeaseLost) => "lease_lost",
     };
-    metrics.saga_steps.get_or_create(&StepLabels { step, outcome }).inc();
-    metrics.saga_step_seconds.get_or_create(&StepNameLabels { step }).observe(started.elapsed().as_secs_f64());
+    metrics.saga_steps.get_or_create(&StepLabels { step: name, outcome }).inc();
+    metrics.saga_step_seconds.get_or_create(&StepNameLabels { step: name }).observe(started.elapsed().as_secs_f64());
 }
 
 impl MigrationWorker {
@@ -166,11 +199,21 @@ impl MigrationWorker {
         wake: Arc<Notify>,
         events_committed: Arc<Notify>,
     ) -> Self {
-        Self { db, accounts, permissions, settings, owner, wake, events_committed, faults: Faults::default() }
+        Self {
+            db,
+            accounts,
+            permissions,
+            settings,
+            owner,
+            wake,
+            events_committed,
+            faults: Faults::default(),
+            outage: Outage::new("migration_worker"),
+        }
     }
 
     /// The same worker under another name, with its own faults (tests run two
-    /// "replicas" this way).
+    /// "replicas" this way, and a process runs `concurrency` of them).
     pub fn replica(&self, owner: &str) -> Self {
         Self { owner: owner.to_owned(), faults: Faults::default(), ..self.clone() }
     }
@@ -196,14 +239,20 @@ impl MigrationWorker {
 
     /// Runs until `shutdown`: work while there is work, then wait for a
     /// wake-up or the poll interval. A saga step in flight finishes first.
+    /// While the database is away it keeps trying, and says so once.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(owner = %self.owner, "migration worker started");
         loop {
             let idle = match self.run_once().await {
-                Ok(Step::Worked) => continue,
-                Ok(Step::Idle) => self.settings.poll_interval,
+                Ok(step) => {
+                    self.outage.succeeded();
+                    if step == Step::Worked {
+                        continue;
+                    }
+                    self.settings.poll_interval
+                }
                 Err(err) => {
-                    tracing::error!(error = %err, "migration step failed");
+                    self.outage.failed(&err);
                     self.settings.poll_interval
                 }
             };
@@ -217,7 +266,6 @@ impl MigrationWorker {
     }
 
     async fn claim(&self) -> Result<Option<PartnerChange>, WorkerError> {
-        let lease_until = now() + to_chrono(self.settings.lease);
         for candidate in store::claimable(&self.db, 8).await? {
             let claimed = if candidate.state == State::Approved {
                 let draft = EventDraft {
@@ -225,10 +273,10 @@ impl MigrationWorker {
                     actor: WORKER_ACTOR.to_owned(),
                     reason: String::new(),
                 };
-                let effects = Effects { lease: Some((self.owner.clone(), lease_until)), ..Effects::default() };
+                let effects = Effects { lease: Some((self.owner.clone(), self.settings.lease)), ..Effects::default() };
                 store::apply_event(&self.db, &candidate, draft, effects).await
             } else {
-                store::take_lease(&self.db, &candidate, &self.owner, lease_until).await
+                store::take_lease(&self.db, &candidate, &self.owner, self.settings.lease).await
             };
             match claimed {
                 Ok(change) => {
@@ -251,16 +299,31 @@ impl MigrationWorker {
         loop {
             let step = change.saga_step;
             let started = Instant::now();
+            let partner_change_id = change.partner_change_id.clone();
             let done = match step {
-                SagaStep::Transfer => self.transfer(&change).instrument(step_span(step)).await,
-                SagaStep::Permissions => self.move_permissions(&change).instrument(step_span(step)).await,
+                SagaStep::Transfer => self
+                    .holding_lease(&partner_change_id, self.transfer(&mut change))
+                    .instrument(step_span(step))
+                    .await
+                    .map(|()| Vec::new()),
+                SagaStep::Permissions => {
+                    self.holding_lease(&partner_change_id, self.move_permissions(&change))
+                        .instrument(step_span(step))
+                        .await
+                }
             };
             record_step(step, &done, started);
-            match done {
-                Ok(()) => {}
-                Err(StepError::Permanent(reason)) => return self.fail(&change, reason).await,
-                Err(StepError::Transient(reason)) => return self.retry_later(&change, reason).await,
-            }
+            let skipped_grants = match done {
+                Ok(skipped_grants) => skipped_grants,
+                Err(StepError::LeaseLost) => return Ok(()),
+                // Before the move a refusal is final; after it, nothing is.
+                Err(StepError::Refused(reason)) if step == SagaStep::Transfer => {
+                    return self.fail(&change, reason).await;
+                }
+                Err(StepError::Refused(reason) | StepError::Transient(reason)) => {
+                    return self.retry_later(&change, reason).await;
+                }
+            };
             if self.faults.take_crash(step) {
                 tracing::warn!(partner_change_id = %change.partner_change_id, step = step.as_str(), "injected crash");
                 return Ok(());
@@ -273,9 +336,13 @@ impl MigrationWorker {
                     let draft = EventDraft {
                         event_type: EventType::Completed,
                         actor: WORKER_ACTOR.to_owned(),
-                        reason: String::new(),
+                        reason: skipped_grants_reason(&skipped_grants),
                     };
-                    let effects = Effects { release: true, ..Effects::default() };
+                    let effects = Effects {
+                        release: true,
+                        skipped_grant_phone_numbers: Some(skipped_grants),
+                        ..Effects::default()
+                    };
                     store::apply_event(&self.db, &change, draft, effects).await
                 }
             };
@@ -294,20 +361,52 @@ impl MigrationWorker {
         }
     }
 
+    /// Runs `work` while renewing this worker's lease on the request every
+    /// third of the lease, so that a step that takes long (a slow peer, a
+    /// deadline) is not taken over while it runs, and a worker that dies loses
+    /// the request within one lease.
+    async fn holding_lease<T>(&self, partner_change_id: &str, work: impl Future<Output = T>) -> T {
+        let renew_every = self.settings.lease / 3;
+        let renew = async {
+            loop {
+                tokio::time::sleep(renew_every).await;
+                match store::renew_lease(&self.db, partner_change_id, &self.owner, self.settings.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(partner_change_id, owner = %self.owner, "lost the lease while a step ran; another worker carries on");
+                        return;
+                    }
+                    // The step itself will meet the same trouble and report it.
+                    Err(err) => tracing::debug!(error = %err, partner_change_id, "cannot renew the lease yet"),
+                }
+            }
+        };
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => done,
+            () = renew => work.await,
+        }
+    }
+
     /// Re-checks that the change may still go ahead, then moves the WABA.
-    async fn transfer(&self, change: &PartnerChange) -> Result<(), StepError> {
+    async fn transfer(&self, change: &mut PartnerChange) -> Result<(), StepError> {
         let world = match self.accounts.world(&change.waba_id, &change.destination_partner_id).await {
             Ok(world) => world,
             Err(FactsError::WabaNotFound(id)) => {
-                return Err(StepError::Permanent(format!("WABA_NOT_FOUND: WABA {id} no longer exists.")));
+                return Err(StepError::Refused(format!("WABA_NOT_FOUND: WABA {id} no longer exists.")));
             }
-            Err(FactsError::Peer(status)) => return Err(classify("reading the account", &status)),
+            // Without the facts the re-check cannot run, nor can it be told
+            // whether this change moved the WABA before a crash: wait for them.
+            Err(FactsError::Peer(status)) => {
+                return Err(StepError::Transient(describe("reading the account", &status)));
+            }
         };
         // Already with the destination: either this change moved it before a
         // crash (the idempotent transfer says so), or something else did.
         if world.current_partner_id != change.destination_partner_id {
             if world.current_partner_id != change.source_partner_id {
-                return Err(StepError::Permanent(format!(
+                return Err(StepError::Refused(format!(
                     "SOURCE_PARTNER_MISMATCH: the WABA is now with partner {}, not {}.",
                     world.current_partner_id, change.source_partner_id
                 )));
@@ -321,8 +420,12 @@ impl MigrationWorker {
                 open_request_id: None,
             });
             if let Some(blocker) = found.first() {
-                return Err(StepError::Permanent(Blocker::as_failure_reason(blocker)));
+                return Err(StepError::Refused(Blocker::as_failure_reason(blocker)));
             }
+            self.fence_every_number(change, &world.phone_numbers).await?;
+        }
+        if let Some(fault) = self.faults.take_transfer_failure() {
+            return Err(classify("moving the WABA", &fault));
         }
         let request = TransferWabaRequest {
             waba_id: change.waba_id.clone(),
@@ -339,15 +442,37 @@ impl MigrationWorker {
         }
     }
 
+    /// The old partner is fenced off the numbers a migrating request names
+    /// (every replica's permission cache reads them): before the move, the
+    /// request must name every number the WABA has, including any added since
+    /// the submit.
+    async fn fence_every_number(&self, change: &mut PartnerChange, on_waba: &[String]) -> Result<(), StepError> {
+        let added: Vec<&String> = on_waba.iter().filter(|number| !change.phone_numbers.contains(number)).collect();
+        if added.is_empty() {
+            return Ok(());
+        }
+        let mut numbers = change.phone_numbers.clone();
+        numbers.extend(added.into_iter().cloned());
+        *change = match store::record_phone_numbers(&self.db, change, &self.owner, numbers).await {
+            Ok(recorded) => recorded,
+            Err(WriteError::Conflict | WriteError::InvalidState { .. }) => return Err(StepError::LeaseLost),
+            Err(err) => return Err(StepError::Transient(format!("recording the WABA's numbers: {err}"))),
+        };
+        Ok(())
+    }
+
     /// Revokes every permission of the old partner on the moved numbers, then
-    /// grants the numbers named at submit to the new partner.
-    async fn move_permissions(&self, change: &PartnerChange) -> Result<(), StepError> {
+    /// grants the numbers named at submit to the new partner; returns the
+    /// named numbers that have left the WABA since, which are not granted.
+    async fn move_permissions(&self, change: &PartnerChange) -> Result<Vec<String>, StepError> {
+        let on_waba = self
+            .accounts
+            .phone_numbers(&change.waba_id)
+            .await
+            .map_err(|status| StepError::Transient(describe("reading the WABA's numbers", &status)))?;
         // The numbers as submitted, and any added to the WABA since: all moved.
         let mut numbers = change.phone_numbers.clone();
-        match self.accounts.phone_numbers(&change.waba_id).await {
-            Ok(current) => numbers.extend(current.into_iter().filter(|number| !change.phone_numbers.contains(number))),
-            Err(status) => return Err(classify("reading the WABA's numbers", &status)),
-        }
+        numbers.extend(on_waba.iter().filter(|number| !change.phone_numbers.contains(number)).cloned());
         if let Some(fault) = self.faults.take_permission_failure() {
             return Err(classify("revoking permissions", &fault));
         }
@@ -364,8 +489,10 @@ impl MigrationWorker {
             .await
             .map_err(|status| classify("revoking permissions", &status))?;
         tracing::info!(partner_change_id = %change.partner_change_id, revoked = revoked.get_ref().revoked_count, "old partner's permissions revoked");
-        if change.grant_phone_numbers.is_empty() {
-            return Ok(());
+        let (to_grant, skipped): (Vec<String>, Vec<String>) =
+            change.grant_phone_numbers.iter().cloned().partition(|number| on_waba.contains(number));
+        if to_grant.is_empty() {
+            return Ok(skipped);
         }
         if let Some(fault) = self.faults.take_permission_failure() {
             return Err(classify("granting permissions", &fault));
@@ -374,7 +501,7 @@ impl MigrationWorker {
             partner_change_id: change.partner_change_id.clone(),
             client_id: change.client_id.clone(),
             partner_id: change.destination_partner_id.clone(),
-            phone_numbers: change.grant_phone_numbers.clone(),
+            phone_numbers: to_grant,
         };
         self.permissions
             .call(grant, |channel, request| async move {
@@ -382,7 +509,7 @@ impl MigrationWorker {
             })
             .await
             .map_err(|status| classify("granting permissions", &status))?;
-        Ok(())
+        Ok(skipped)
     }
 
     async fn fail(&self, change: &PartnerChange, reason: String) -> Result<(), WorkerError> {
@@ -404,24 +531,64 @@ impl MigrationWorker {
     async fn retry_later(&self, change: &PartnerChange, reason: String) -> Result<(), WorkerError> {
         let attempts = store::attempts(&self.db, &change.partner_change_id).await?;
         let delay = backoff(&self.settings, attempts);
-        tracing::warn!(partner_change_id = %change.partner_change_id, %reason, attempts, retry_in = ?delay, "migration step will be retried");
-        match store::release_for_retry(&self.db, change, &self.owner, now() + to_chrono(delay)).await {
-            Ok(()) | Err(WriteError::Conflict | WriteError::InvalidState { .. }) => Ok(()),
-            Err(WriteError::Duplicate(detail)) => Err(StoreError::UniqueViolation(detail).into()),
-            Err(WriteError::Store(err)) => Err(err.into()),
+        let retried = attempts.saturating_add(1);
+        match store::release_for_retry(&self.db, change, &self.owner, delay, retried).await {
+            Ok(()) => {}
+            Err(WriteError::Conflict | WriteError::InvalidState { .. }) => return Ok(()),
+            Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail).into()),
+            Err(WriteError::Store(err)) => return Err(err.into()),
         }
+        let (id, step) = (&change.partner_change_id, change.saga_step.as_str());
+        match retried {
+            STUCK_AFTER_ATTEMPTS => tracing::error!(
+                partner_change_id = %id, step, attempts = retried, %reason, retry_in = ?delay,
+                "partner change is stuck: its migration step keeps failing; still retrying until it succeeds"
+            ),
+            _ if retried < STUCK_AFTER_ATTEMPTS => tracing::warn!(
+                partner_change_id = %id, step, attempts = retried, %reason, retry_in = ?delay,
+                "migration step will be retried"
+            ),
+            _ => {
+                tracing::debug!(partner_change_id = %id, step, attempts = retried, %reason, "migration step will be retried")
+            }
+        }
+        Ok(())
     }
 }
 
-/// A peer's refusal: transient codes are retried, anything else fails the
-/// change with the peer's reason.
+/// What a peer's error means for a step. A refusal (the peer understood the
+/// call and said no, so it took no effect) is final before the move; anything
+/// else is retried: unavailability, deadlines, conflicts, and also a peer's
+/// INTERNAL or UNKNOWN, which do not tell whether the call took effect.
 fn classify(doing: &str, status: &Status) -> StepError {
-    if is_transient(status) {
-        return StepError::Transient(format!("{doing}: {:?}: {}", status.code(), status.message()));
+    match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::OutOfRange => {
+            let reason = status
+                .get_details_error_info()
+                .map(|info| info.reason)
+                .unwrap_or_else(|| format!("{:?}", status.code()));
+            StepError::Refused(format!("{reason}: {doing} failed: {}", status.message()))
+        }
+        _ => StepError::Transient(describe(doing, status)),
     }
-    let reason =
-        status.get_details_error_info().map(|info| info.reason).unwrap_or_else(|| format!("{:?}", status.code()));
-    StepError::Permanent(format!("{reason}: {doing} failed: {}", status.message()))
+}
+
+fn describe(doing: &str, status: &Status) -> String {
+    format!("{doing}: {:?}: {}", status.code(), status.message())
+}
+
+/// The COMPLETED event's reason: which named numbers were not granted, if any.
+fn skipped_grants_reason(skipped: &[String]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    format!("not granted, no longer on the WABA: {}", skipped.join(", "))
 }
 
 /// `initial × 2^attempts`, capped, then scaled by a random factor in [0.5, 1).
@@ -430,10 +597,6 @@ fn backoff(settings: &WorkerSettings, attempts: i32) -> Duration {
     let capped = settings.backoff_initial.saturating_mul(2u32.saturating_pow(exponent)).min(settings.backoff_max);
     let jitter = 0.5 + f64::from(getrandom::u32().unwrap_or(0) % 1000) / 2000.0;
     capped.mul_f64(jitter)
-}
-
-fn to_chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Expires every pending request past its expire time; returns how many.
@@ -468,9 +631,11 @@ pub async fn run_expiry_sweeper(
     events_committed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let outage = Outage::new("expiry_sweeper");
     loop {
-        if let Err(err) = expire_due(&db, &events_committed).await {
-            tracing::error!(error = %err, "expiry sweep failed");
+        match expire_due(&db, &events_committed).await {
+            Ok(_) => outage.succeeded(),
+            Err(err) => outage.failed(&err),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -479,12 +644,22 @@ pub async fn run_expiry_sweeper(
     }
 }
 
-/// Keeps the `partner_change_requests` gauge (requests by state) current:
-/// counts the request table every `interval` until `shutdown`.
+/// Keeps the `partner_change_requests` gauge (requests by state) and the
+/// `partner_change_migrations_stuck` gauge current: counts the request table
+/// every `interval` until `shutdown`.
 pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
+    let outage = Outage::new("state_gauge");
     loop {
-        match store::count_by_state(&db).await {
-            Ok(counts) => {
+        let counted = async {
+            Ok::<_, StoreError>((
+                store::count_by_state(&db).await?,
+                store::count_stuck(&db, STUCK_AFTER_ATTEMPTS).await?,
+            ))
+        };
+        match counted.await {
+            Ok((counts, stuck)) => {
+                outage.succeeded();
+                metrics().migrations_stuck.set(stuck);
                 for state in State::ALL {
                     let count = counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, count)| *count);
                     metrics()
@@ -493,7 +668,7 @@ pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdow
                         .set(count);
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "cannot count partner change requests by state"),
+            Err(err) => outage.failed(&err),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

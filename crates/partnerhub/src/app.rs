@@ -223,10 +223,11 @@ impl Application {
             }
         }
 
+        let (database_ready, ready) = tokio::sync::watch::channel(true);
         let server = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                let served = host.serve(listener, shutdown.clone()).await;
+                let served = host.serve(listener, shutdown.clone(), ready).await;
                 if let Err(err) = &served {
                     tracing::error!(error = %err, "the gRPC server stopped with an error");
                     shutdown.cancel();
@@ -235,6 +236,7 @@ impl Application {
             }
         });
         let tasks = TaskTracker::new();
+        tasks.spawn(db::watch_database(db.clone(), settings.database.clone(), database_ready, shutdown.clone()));
         if let Some(listener) = metrics_listener {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {

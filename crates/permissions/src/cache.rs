@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use partnerhub_runtime::metrics::metrics;
+use partnerhub_runtime::{metrics::metrics, outage::Outage};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,10 @@ pub struct CacheSettings {
 struct Grants {
     /// Partner ID → the numbers it may manage.
     by_partner: HashMap<String, HashSet<String>>,
+    /// Partner ID → the numbers a migration is taking from it (denied even
+    /// where a grant is left, until the migration's revoke has run). Read
+    /// afresh on every sync.
+    migrating: HashMap<String, HashSet<String>>,
     position: i64,
     /// Whether the snapshot has been read (after that, the log is followed).
     loaded: bool,
@@ -84,7 +88,8 @@ impl PermissionCache {
             Some(synced_at) if synced_at.elapsed() < self.settings.trust_window => {}
             _ => return Err(Untrusted),
         }
-        Ok(grants.by_partner.get(partner_id).is_some_and(|numbers| numbers.contains(number)))
+        let granted = grants.by_partner.get(partner_id).is_some_and(|numbers| numbers.contains(number));
+        Ok(granted && !grants.migrating.get(partner_id).is_some_and(|numbers| numbers.contains(number)))
     }
 
     /// Brings the cache up to the log's current end: the first time from a
@@ -92,6 +97,9 @@ impl PermissionCache {
     pub async fn sync(&self) -> Result<(), DbErr> {
         let _one_at_a_time = self.syncing.lock().await;
         let started = Instant::now();
+        // Read after `started`: a migration that began before it is seen, so
+        // the trust window bounds how late a replica learns of one too.
+        let migrating = store::migrating_numbers(&self.db, None).await?;
         let loaded = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).loaded;
         if !loaded {
             let (rows, position) = store::snapshot(&self.db).await?;
@@ -99,7 +107,7 @@ impl PermissionCache {
             for (partner_id, number) in rows {
                 by_partner.entry(partner_id).or_default().insert(number);
             }
-            *self.write() = Grants { by_partner, position, loaded: true, synced_at: Some(started) };
+            *self.write() = Grants { by_partner, migrating, position, loaded: true, synced_at: Some(started) };
             return Ok(());
         }
         loop {
@@ -121,6 +129,7 @@ impl PermissionCache {
                 grants.position = entry.position;
             }
             if !full {
+                grants.migrating = migrating;
                 grants.synced_at = Some(started);
                 return Ok(());
             }
@@ -147,9 +156,12 @@ impl PermissionCache {
                 shutdown.clone(),
             ));
         }
+        // While the log cannot be read, checks go to the database (and fail closed if it is away).
+        let outage = Outage::new("permission_cache");
         loop {
-            if let Err(err) = self.sync().await {
-                tracing::warn!(error = %err, "cannot read the permission log; checks go to the database until it can");
+            match self.sync().await {
+                Ok(()) => outage.succeeded(),
+                Err(err) => outage.failed(&err),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -176,6 +188,12 @@ mod tests {
         options.max_connections(1).sqlx_logging(false);
         let db = Database::connect(options).await.unwrap();
         crate::store::migrate(&db).await.unwrap();
+        // The shared request table's columns that the cache reads (the partner-change service owns it).
+        db.execute_unprepared(
+            "CREATE TABLE partner_changes (partner_change_id TEXT PRIMARY KEY, source_partner_id TEXT, phone_numbers TEXT, state TEXT)",
+        )
+        .await
+        .unwrap();
         db
     }
 
@@ -236,5 +254,36 @@ mod tests {
         assert_eq!(cache.check("p", "+4915100000002"), Err(Untrusted));
         cache.after_local_change().await;
         assert_eq!(cache.check("p", "+4915100000002"), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_migrating_request_denies_its_source_partner_its_numbers_until_it_completes() {
+        let db = database().await;
+        let cache = PermissionCache::new(
+            db.clone(),
+            CacheSettings { poll_interval: Duration::from_millis(250), trust_window: Duration::from_secs(5) },
+        );
+        grant(&db, 1, "+4915100000001", true).await;
+        grant(&db, 2, "+4915100000002", true).await;
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(true));
+
+        db.execute_unprepared(
+            "INSERT INTO partner_changes VALUES ('pc-1', 'p', '+4915100000001,+4915100000003', 'MIGRATING'), \
+             ('pc-2', 'p', '+4915100000002', 'FAILED'), ('pc-3', 'other', '+4915100000002', 'MIGRATING')",
+        )
+        .await
+        .unwrap();
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(false), "the grant is still there, but the number is moving");
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "only a migrating request of this partner fences");
+        assert!(!store::is_allowed(&db, "p", "+4915100000001").await.unwrap(), "the database answer agrees");
+        assert!(store::is_allowed(&db, "p", "+4915100000002").await.unwrap());
+
+        db.execute_unprepared("UPDATE partner_changes SET state = 'COMPLETED' WHERE partner_change_id = 'pc-1'")
+            .await
+            .unwrap();
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(true), "the fence ends with the migration");
     }
 }

@@ -63,6 +63,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How often the database is pinged for the readiness of the served services.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// A database that has not answered for this long makes every served
+    /// service report NOT_SERVING on the gRPC health service (the overall
+    /// status, "", stays SERVING: the process itself is alive).
+    #[serde(with = "humantime_serde")]
+    pub not_serving_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,7 +190,9 @@ pub struct WorkerSettings {
     /// How often an idle worker looks for approved requests.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How long a claim lasts before another worker may resume the request.
+    /// How long a claim lasts before another worker may resume the request
+    /// (judged by the database's clock). It is renewed every third of it while
+    /// a step runs, so a worker that dies loses its requests within one lease.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// The first retry delay after a transient error; it doubles up to `backoff_max`.
@@ -220,7 +230,13 @@ impl Default for ServerSettings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 10, connect_timeout: Duration::from_secs(5) }
+        Self {
+            url: None,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(1),
+            not_serving_after: Duration::from_secs(3),
+        }
     }
 }
 
@@ -275,7 +291,7 @@ impl Default for WorkerSettings {
             enabled: true,
             concurrency: 4,
             poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
         }
@@ -324,6 +340,8 @@ impl Settings {
             });
         }
         let durations = [
+            ("database.health_check_interval", self.database.health_check_interval),
+            ("database.not_serving_after", self.database.not_serving_after),
             ("peers.call_timeout", self.peers.call_timeout),
             ("peers.health_check_interval", self.peers.health_check_interval),
             ("partner_change.request_ttl", self.partner_change.request_ttl),

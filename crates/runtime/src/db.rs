@@ -6,7 +6,7 @@ use std::time::Duration;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
     SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, Query},
+    sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use tonic::Status;
@@ -68,6 +68,50 @@ pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &DatabaseConnectio
     tx.commit().await
 }
 
+/// Pings the database every `settings.health_check_interval` and tells `ready`
+/// whether it answers: false once it has not answered for
+/// `settings.not_serving_after`, true again at the first answer. The host
+/// turns that into the served services' health status, so that a load
+/// balancer stops sending calls to a replica that cannot serve them.
+pub async fn watch_database(
+    db: DatabaseConnection,
+    settings: crate::config::DatabaseSettings,
+    ready: tokio::sync::watch::Sender<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let outage = crate::outage::Outage::new("database_health_check");
+    let mut answered_at = tokio::time::Instant::now();
+    crate::metrics::metrics().database_reachable.set(1);
+    loop {
+        let ping = tokio::time::timeout(settings.health_check_interval.max(Duration::from_secs(1)), db.ping()).await;
+        match ping {
+            Ok(Ok(())) => {
+                answered_at = tokio::time::Instant::now();
+                outage.succeeded();
+                crate::metrics::metrics().database_reachable.set(1);
+                ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => "no answer to a ping in time".to_owned(),
+                };
+                outage.failed(&error);
+                crate::metrics::metrics().database_reachable.set(0);
+                if answered_at.elapsed() >= settings.not_serving_after
+                    && ready.send_if_modified(|ready| std::mem::replace(ready, false))
+                {
+                    tracing::warn!(unreachable_for = ?answered_at.elapsed(), "the database does not answer; reporting NOT_SERVING");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(settings.health_check_interval) => {}
+        }
+    }
+}
+
 /// Rings `wake` for every PostgreSQL notification on `channel` (and once after
 /// each (re)connect, since notifications may have been missed meanwhile), until
 /// `shutdown`. A lost connection is re-opened; followers of a log must also
@@ -79,10 +123,12 @@ pub async fn listen_for_notifications(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use sea_orm::sqlx::postgres::PgListener;
+    let outage = crate::outage::Outage::new("notification_listener");
     loop {
         let listened = async {
             let mut listener = PgListener::connect(&url).await?;
             listener.listen(channel).await?;
+            outage.succeeded();
             wake.notify_one();
             loop {
                 listener.recv().await?;
@@ -95,13 +141,37 @@ pub async fn listen_for_notifications(
             () = shutdown.cancelled() => return,
             result = listened => {
                 if let Err(err) = result {
-                    tracing::warn!(error = %err, channel, "lost a notification connection; reconnecting");
+                    outage.failed(&format_args!("{channel}: {err}"));
                 }
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// "Now" as the database's clock tells it, for leases and retry times that
+/// replicas on different hosts compare: PostgreSQL's `now()`. SQLite lives on
+/// this one host, so there this host's clock is the database's clock.
+pub fn database_now(backend: DbBackend) -> SimpleExpr {
+    database_time_after(backend, Duration::ZERO)
+}
+
+/// [`database_now`] plus `after`.
+pub fn database_time_after(backend: DbBackend, after: Duration) -> SimpleExpr {
+    match backend {
+        DbBackend::Postgres => {
+            // Whole microseconds, written into the SQL as a number: nothing a caller controls.
+            let micros = after.as_micros().min(i64::MAX as u128);
+            Expr::cust(format!("(now() + interval '{micros} microseconds')"))
+        }
+        _ => {
+            let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+            Expr::value(
+                crate::time::now().checked_add_signed(after).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            )
         }
     }
 }

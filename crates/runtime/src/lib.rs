@@ -10,6 +10,7 @@
 //! - [`peers`]: every replica of another service, health-checked, signed and with deadlines;
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
+//! - [`outage`]: background work that reports an outage once, not once per attempt;
 //! - [`limits`]: oversized requests refused as `INVALID_ARGUMENT`;
 //! - [`ids`] and [`time`]: resource IDs and timestamp conversions.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod outage;
 pub mod pagination;
 pub mod peers;
 pub mod rpc;

@@ -56,6 +56,12 @@ pub struct AnswerLabels {
     pub answered_from: &'static str,
 }
 
+/// A kind of background task (`migration_worker`, `event_tailer`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every series Partner Hub exports.
@@ -74,6 +80,10 @@ pub struct Metrics {
     pub stream_subscribers_ended_too_slow: Counter,
     pub permission_checks: Family<AnswerLabels, Counter>,
     pub permission_cache_invalidation_seconds: Histogram,
+    pub background_failures: Family<TaskLabels, Counter>,
+    pub background_failing: Family<TaskLabels, Gauge>,
+    pub database_reachable: Gauge,
+    pub migrations_stuck: Gauge,
 }
 
 /// 0.5 ms to about 16 s.
@@ -97,6 +107,10 @@ impl Metrics {
             stream_subscribers_ended_too_slow: Counter::default(),
             permission_checks: Family::default(),
             permission_cache_invalidation_seconds: latency_histogram(),
+            background_failures: Family::default(),
+            background_failing: Family::default(),
+            database_reachable: Gauge::default(),
+            migrations_stuck: Gauge::default(),
         };
         metrics.register()
     }
@@ -150,6 +164,26 @@ impl Metrics {
             "permission_cache_invalidation_delay_seconds",
             "From a permission change's commit to this replica's cache applying it",
             self.permission_cache_invalidation_seconds.clone(),
+        );
+        registry.register(
+            "background_task_failures",
+            "Failed attempts of background tasks (worker, tailer, cache follower, …), by task",
+            self.background_failures.clone(),
+        );
+        registry.register(
+            "background_task_failing",
+            "1 while a background task's attempts keep failing, by task",
+            self.background_failing.clone(),
+        );
+        registry.register(
+            "database_reachable",
+            "1 while this process's database answers its readiness check",
+            self.database_reachable.clone(),
+        );
+        registry.register(
+            "partner_change_migrations_stuck",
+            "Migrating partner changes whose steps have failed repeatedly and are still being retried",
+            self.migrations_stuck.clone(),
         );
         self
     }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -80,16 +80,43 @@ impl Host {
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
-    /// reports NOT_SERVING and lets in-flight calls finish.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    /// reports NOT_SERVING and lets in-flight calls finish. While `ready` is
+    /// false (the database does not answer), every served service reports
+    /// NOT_SERVING and the whole server ("", for liveness) still SERVING.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        mut ready: watch::Receiver<bool>,
+    ) -> Result<(), ServeError> {
         let Host { routes, max_message_bytes, health, service_names } = self;
-        set_status(&health, &service_names, ServingStatus::Serving).await;
+        health.set_service_status("", ServingStatus::Serving).await;
+        let initially = serving_if(*ready.borrow_and_update());
+        set_services_status(&health, &service_names, initially).await;
         let drained = {
             let health = health.clone();
             let service_names = service_names.clone();
             async move {
-                shutdown.cancelled().await;
-                set_status(&health, &service_names, ServingStatus::NotServing).await;
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        changed = ready.changed() => match changed {
+                            Ok(()) => {
+                                let is_ready = *ready.borrow_and_update();
+                                let status = serving_if(is_ready);
+                                tracing::info!(?status, "the served services' readiness changed");
+                                set_services_status(&health, &service_names, status).await;
+                            }
+                            // Nobody reports readiness any more: keep the last status until shutdown.
+                            Err(_) => {
+                                shutdown.cancelled().await;
+                                break;
+                            }
+                        },
+                    }
+                }
+                health.set_service_status("", ServingStatus::NotServing).await;
+                set_services_status(&health, &service_names, ServingStatus::NotServing).await;
             }
         };
         tonic::transport::Server::builder()
@@ -109,12 +136,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
-async fn set_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
-    // "" is the whole server, for clients that check health without a service name.
-    health.set_service_status("", status).await;
+/// Each served service's status ("" is the whole server, set apart: it is the
+/// liveness that a database outage does not change).
+async fn set_services_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
     for name in service_names {
         health.set_service_status(*name, status).await;
     }
+}
+
+fn serving_if(ready: bool) -> ServingStatus {
+    if ready { ServingStatus::Serving } else { ServingStatus::NotServing }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

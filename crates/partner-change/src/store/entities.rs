@@ -19,6 +19,8 @@ pub mod partner_change {
         /// Comma-separated E.164 numbers.
         pub phone_numbers: String,
         pub grant_phone_numbers: String,
+        /// Comma-separated: numbers named for the grant that were no longer on the WABA.
+        pub skipped_grant_phone_numbers: String,
         pub accepted_terms_version: String,
         pub failure_reason: String,
         pub saga_step: String,

@@ -15,14 +15,16 @@
 pub mod entities;
 pub mod migration;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write, head_position, take_positions},
+    db::{StoreError, begin_write, database_now, database_time_after, head_position, take_positions},
     time::now,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait},
 };
 
@@ -90,8 +92,10 @@ pub struct EventDraft {
 pub struct Effects {
     pub failure_reason: Option<String>,
     pub saga_step: Option<SagaStep>,
-    /// Hold the request for this worker until the given time.
-    pub lease: Option<(String, DateTime<Utc>)>,
+    /// Hold the request for this worker for this long, by the database's clock.
+    pub lease: Option<(String, Duration)>,
+    /// Record the numbers that the grant skipped (see `PartnerChange::skipped_grant_phone_numbers`).
+    pub skipped_grant_phone_numbers: Option<Vec<String>>,
     /// Drop any lease and reset the retry count.
     pub release: bool,
     /// Replace the stored trace context (see `PartnerChange::trace_parent`).
@@ -141,6 +145,7 @@ pub async fn insert_submission(
         state: Set(change.state.as_str().to_owned()),
         phone_numbers: Set(change.phone_numbers.join(",")),
         grant_phone_numbers: Set(change.grant_phone_numbers.join(",")),
+        skipped_grant_phone_numbers: Set(change.skipped_grant_phone_numbers.join(",")),
         accepted_terms_version: Set(change.accepted_terms_version.clone()),
         failure_reason: Set(String::new()),
         saga_step: Set(change.saga_step.as_str().to_owned()),
@@ -198,6 +203,10 @@ pub async fn apply_event(
     if effects.trace_parent.is_some() {
         next.trace_parent = effects.trace_parent.clone();
     }
+    if let Some(skipped) = &effects.skipped_grant_phone_numbers {
+        next.skipped_grant_phone_numbers = skipped.clone();
+    }
+    let backend = db.get_database_backend();
     let tx = begin_write(db).await?;
     let mut update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::State, Expr::value(state.as_str()))
@@ -205,11 +214,15 @@ pub async fn apply_event(
         .col_expr(partner_change::Column::FailureReason, Expr::value(next.failure_reason.clone()))
         .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step.as_str()))
         .col_expr(partner_change::Column::TraceParent, Expr::value(next.trace_parent.clone()))
+        .col_expr(
+            partner_change::Column::SkippedGrantPhoneNumbers,
+            Expr::value(next.skipped_grant_phone_numbers.join(",")),
+        )
         .col_expr(partner_change::Column::OpenWabaId, Expr::value(state.is_open().then(|| next.waba_id.clone())));
-    if let Some((owner, until)) = &effects.lease {
+    if let Some((owner, lease)) = &effects.lease {
         update = update
             .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.clone())))
-            .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(*until)))
+            .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(backend, *lease))
             .col_expr(partner_change::Column::Attempts, Expr::value(0));
     } else if effects.release {
         update = update
@@ -225,19 +238,42 @@ pub async fn apply_event(
 }
 
 /// Takes over a migrating request whose lease has lapsed (its worker crashed,
-/// or its retry delay has passed). No state changes, so no event.
+/// or its retry delay has passed), for `lease` by the database's clock. No
+/// state changes, so no event.
 pub async fn take_lease(
     db: &DatabaseConnection,
     expected: &PartnerChange,
     owner: &str,
-    until: DateTime<Utc>,
+    lease: Duration,
 ) -> Result<PartnerChange, WriteError> {
+    let backend = db.get_database_backend();
     let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.to_owned())))
-        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(until)));
-    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed());
+        .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(backend, lease));
+    let lapsed =
+        Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed(backend));
     update_if_unchanged(db, expected, update, lapsed).await?;
     Ok(PartnerChange { version: expected.version + 1, ..expected.clone() })
+}
+
+/// Extends the lease `owner` holds on a migrating request to `lease` from now
+/// (by the database's clock), while a saga step runs. It changes no version,
+/// so the step's own conditional writes are unaffected. False when `owner`
+/// no longer holds it (it lapsed and another worker took it, or was released).
+pub async fn renew_lease(
+    db: &DatabaseConnection,
+    partner_change_id: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, StoreError> {
+    let renewed = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(db.get_database_backend(), lease))
+        .filter(partner_change::Column::PartnerChangeId.eq(partner_change_id))
+        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .filter(held_by(owner))
+        .exec(db)
+        .await?;
+    Ok(renewed.rows_affected == 1)
 }
 
 /// Records that the saga finished a step, if `owner` still holds the lease.
@@ -255,18 +291,38 @@ pub async fn record_progress(
     Ok(PartnerChange { version: expected.version + 1, saga_step: step, update_time, ..expected.clone() })
 }
 
-/// Gives a migrating request back after a transient error: any worker may
-/// resume it from `retry_at`.
+/// Records the numbers the WABA has now (some were added since the submit),
+/// before it moves, if `owner` still holds the lease: every replica's
+/// permission cache fences the old partner off exactly the numbers a migrating
+/// request names.
+pub async fn record_phone_numbers(
+    db: &DatabaseConnection,
+    expected: &PartnerChange,
+    owner: &str,
+    phone_numbers: Vec<String>,
+) -> Result<PartnerChange, WriteError> {
+    let update_time = now();
+    let update = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::PhoneNumbers, Expr::value(phone_numbers.join(",")))
+        .col_expr(partner_change::Column::UpdateTime, Expr::value(update_time));
+    update_if_unchanged(db, expected, update, held_by(owner)).await?;
+    Ok(PartnerChange { version: expected.version + 1, phone_numbers, update_time, ..expected.clone() })
+}
+
+/// Gives a migrating request back after a failed step: any worker may resume
+/// it `delay` from now (by the database's clock). `attempts` is how many times
+/// it has now been retried since it was claimed.
 pub async fn release_for_retry(
     db: &DatabaseConnection,
     expected: &PartnerChange,
     owner: &str,
-    retry_at: DateTime<Utc>,
+    delay: Duration,
+    attempts: i32,
 ) -> Result<(), WriteError> {
     let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(None::<String>))
-        .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(Some(retry_at)))
-        .col_expr(partner_change::Column::Attempts, Expr::col(partner_change::Column::Attempts).add(1));
+        .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(db.get_database_backend(), delay))
+        .col_expr(partner_change::Column::Attempts, Expr::value(attempts));
     update_if_unchanged(db, expected, update, held_by(owner)).await
 }
 
@@ -292,11 +348,12 @@ async fn update_if_unchanged(
     Ok(())
 }
 
-/// The request's lease has run out (or it has none): any worker may take it.
-fn lease_lapsed() -> Condition {
+/// The request's lease has run out (or it has none), by the database's clock:
+/// any worker may take it.
+fn lease_lapsed(backend: DbBackend) -> Condition {
     Condition::any()
         .add(partner_change::Column::LeaseExpireTime.is_null())
-        .add(partner_change::Column::LeaseExpireTime.lt(now()))
+        .add(Expr::col(partner_change::Column::LeaseExpireTime).lt(database_now(backend)))
 }
 
 /// The request is held by `owner`.
@@ -312,7 +369,9 @@ pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Resul
 
 /// Requests a worker may take now: approved ones, and migrating ones whose lease lapsed.
 pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
-    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed());
+    let lapsed = Condition::all()
+        .add(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .add(lease_lapsed(db.get_database_backend()));
     let models = partner_change::Entity::find()
         .filter(Condition::any().add(partner_change::Column::State.eq(State::Approved.as_str())).add(lapsed))
         .order_by_asc(partner_change::Column::UpdateTime)
@@ -499,6 +558,7 @@ fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError>
         saga_step: SagaStep::from_stored(&model.saga_step).ok_or_else(|| corrupt("saga step", &model.saga_step))?,
         phone_numbers: split_numbers(&model.phone_numbers),
         grant_phone_numbers: split_numbers(&model.grant_phone_numbers),
+        skipped_grant_phone_numbers: split_numbers(&model.skipped_grant_phone_numbers),
         partner_change_id: model.partner_change_id,
         request_id: model.request_id,
         waba_id: model.waba_id,
@@ -542,6 +602,16 @@ pub async fn count_by_state(db: &DatabaseConnection) -> Result<Vec<(State, i64)>
     rows.into_iter()
         .map(|(state, count)| Ok((State::from_stored(&state).ok_or_else(|| corrupt("state", &state))?, count)))
         .collect()
+}
+
+/// How many migrating requests have been retried at least `attempts` times in a row.
+pub async fn count_stuck(db: &DatabaseConnection, attempts: i32) -> Result<i64, StoreError> {
+    let count = partner_change::Entity::find()
+        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .filter(partner_change::Column::Attempts.gte(attempts))
+        .count(db)
+        .await?;
+    Ok(i64::try_from(count).unwrap_or(i64::MAX))
 }
 
 /// Runs this service's migrations.

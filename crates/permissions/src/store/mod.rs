@@ -7,6 +7,8 @@
 pub mod entities;
 pub mod migration;
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
     db::{StoreError, begin_write, head_position, take_positions},
@@ -169,8 +171,41 @@ async fn applied(
     })
 }
 
+/// Whether `partner_id` may manage `number`, read from the database: it holds
+/// the grant, and no migration is taking the number away from it.
 pub async fn is_allowed(db: &DatabaseConnection, partner_id: &str, number: &str) -> Result<bool, StoreError> {
-    Ok(grant::Entity::find_by_id((partner_id.to_owned(), number.to_owned())).one(db).await?.is_some())
+    if grant::Entity::find_by_id((partner_id.to_owned(), number.to_owned())).one(db).await?.is_none() {
+        return Ok(false);
+    }
+    let fenced = migrating_numbers(db, Some(partner_id)).await?;
+    Ok(!fenced.get(partner_id).is_some_and(|numbers| numbers.contains(number)))
+}
+
+/// Partner ID → the numbers a migration is taking away from it right now:
+/// every number that a MIGRATING partner change names, under its source
+/// partner (of one partner only, if given). From the moment a migration
+/// starts until it completes (after its revoke), the source partner is denied
+/// those numbers, so no replica lets it act on a number that has already
+/// moved. Reads the shared request table owned by the partner-change service.
+pub async fn migrating_numbers(
+    db: &impl ConnectionTrait,
+    partner_id: Option<&str>,
+) -> Result<HashMap<String, HashSet<String>>, DbErr> {
+    let mut query = Query::select()
+        .columns([Alias::new("source_partner_id"), Alias::new("phone_numbers")])
+        .from(Alias::new("partner_changes"))
+        .and_where(Expr::col(Alias::new("state")).eq("MIGRATING"))
+        .to_owned();
+    if let Some(partner_id) = partner_id {
+        query.and_where(Expr::col(Alias::new("source_partner_id")).eq(partner_id));
+    }
+    let mut fenced: HashMap<String, HashSet<String>> = HashMap::new();
+    for row in db.query_all(&query).await? {
+        let partner_id: String = row.try_get("", "source_partner_id")?;
+        let numbers: String = row.try_get("", "phone_numbers")?;
+        fenced.entry(partner_id).or_default().extend(numbers.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
+    }
+    Ok(fenced)
 }
 
 /// The grants `partner_id` holds on `numbers`, in number order.

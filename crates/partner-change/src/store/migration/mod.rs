@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_partner_change_tables;
 mod m20261126_000002_index_events_by_party;
 mod m20261126_000003_store_trace_context;
+mod m20261203_000004_record_skipped_grants;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_partner_change_tables::Migration),
             Box::new(m20261126_000002_index_events_by_party::Migration),
             Box::new(m20261126_000003_store_trace_context::Migration),
+            Box::new(m20261203_000004_record_skipped_grants::Migration),
         ]
     }
 }
