@@ -14,6 +14,7 @@ mod peers;
 mod permissions;
 mod process;
 mod races;
+mod recovery;
 mod refusals;
 mod saga;
 mod stream;

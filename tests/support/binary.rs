@@ -1,6 +1,20 @@
 //! The real `partnerhub` binary as a child process, for what only a process
 //! shows: the command line, signals, and tools such as grpcurl.
 
+use partnerhub_proto::{
+    account::v1::account_service_client::AccountServiceClient,
+    partnerchange::v1::partner_change_service_client::PartnerChangeServiceClient,
+    permissions::v1::permissions_service_client::PermissionsServiceClient,
+};
+use partnerhub_runtime::{
+    auth::{BearerToken, Subject, TokenKeys},
+    config::Settings,
+};
+use secrecy::SecretString;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+use crate::{Authed, Deployment};
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -103,6 +117,22 @@ impl ServerProcess {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
+    /// Typed clients for this server, with tokens signed by the key it uses:
+    /// `signing_key` (base64) when it was given one, else its data directory's.
+    pub fn clients(&self, signing_key: Option<&str>) -> ProcessClients {
+        let mut settings = Settings { data_dir: self.data_dir.clone(), ..Settings::default() };
+        settings.auth.signing_key = signing_key.map(|key| SecretString::from(key.to_owned()));
+        let keys = TokenKeys::load_or_generate(&settings).unwrap();
+        let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect_lazy();
+        ProcessClients { channel, keys }
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up) and waits for it to go.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -123,6 +153,37 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Clients of a [`ServerProcess`], for the fixtures that take any [`Deployment`].
+pub struct ProcessClients {
+    channel: Channel,
+    keys: TokenKeys,
+}
+
+impl ProcessClients {
+    fn authed(&self, subject: &str) -> Authed {
+        let token = self.keys.mint(&subject.parse::<Subject>().unwrap(), Duration::from_secs(600)).unwrap();
+        InterceptedService::new(self.channel.clone(), BearerToken::new(&token).unwrap())
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+}
+
+impl Deployment for ProcessClients {
+    fn account(&self, subject: &str) -> AccountServiceClient<Authed> {
+        AccountServiceClient::new(self.authed(subject))
+    }
+
+    fn partner_change(&self, subject: &str) -> PartnerChangeServiceClient<Authed> {
+        PartnerChangeServiceClient::new(self.authed(subject))
+    }
+
+    fn permissions(&self, subject: &str) -> PermissionsServiceClient<Authed> {
+        PermissionsServiceClient::new(self.authed(subject))
     }
 }
 

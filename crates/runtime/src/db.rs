@@ -123,7 +123,8 @@ pub async fn listen_for_notifications(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use sea_orm::sqlx::postgres::PgListener;
-    let outage = crate::outage::Outage::new("notification_listener");
+    // Named after its channel: a process listens on several.
+    let outage = crate::outage::Outage::new(channel);
     loop {
         let listened = async {
             let mut listener = PgListener::connect(&url).await?;
@@ -141,7 +142,7 @@ pub async fn listen_for_notifications(
             () = shutdown.cancelled() => return,
             result = listened => {
                 if let Err(err) = result {
-                    outage.failed(&format_args!("{channel}: {err}"));
+                    outage.failed(&err);
                 }
             }
         }
