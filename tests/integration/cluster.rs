@@ -1,7 +1,8 @@
 //! The production shape, end to end: `deploy/cluster.sh` starts every service
 //! as its own processes on PostgreSQL; the client, the destination partner and
 //! the stream subscriber each talk to a different replica; replicas are killed
-//! (SIGKILL) mid-way and the work still completes, exactly once.
+//! (SIGKILL) and the database ends every process's sessions mid-way, and the
+//! work still completes, exactly once.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -13,9 +14,12 @@ use partnerhub_proto::{
 use partnerhub_tests::{
     Deployment,
     cluster::{Cluster, sample},
+    database::postgres_admin_url,
     eventually,
 };
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
+use sea_orm::ConnectionTrait;
+use tonic::Code;
 
 use crate::fixtures::{self, unique_number};
 
@@ -90,11 +94,44 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     // Half the approvals, then mid-way the client's replica (whose workers
     // may hold leases on those) and one account replica (which every
     // worker's transfers are spread over) die at once; then the other half.
+    // A lost connection answers UNAVAILABLE (or ABORTED), never INTERNAL; the
+    // partner tries again, and finds it approved if the first try had committed.
     let approve = |id: &String| {
         let mut as_partner = cluster.partner_change("partner-change-2", &as_destination);
         let request = pc::ApprovePartnerChangeRequest { partner_change_id: id.clone() };
-        async move { as_partner.approve_partner_change(request).await.unwrap() }
+        async move {
+            for _ in 0..100 {
+                match as_partner.approve_partner_change(request.clone()).await {
+                    Ok(_) => return,
+                    Err(status) if matches!(status.code(), Code::Unavailable | Code::Aborted) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(status) if partnerhub_tests::reason(&status) == "INVALID_STATE" => return,
+                    Err(status) => panic!("approving {} failed: {status:?}", request.partner_change_id),
+                }
+            }
+            panic!("approving {} stayed unavailable", request.partner_change_id);
+        }
     };
+    // Meanwhile the database ends every session of the cluster's processes
+    // every 200 ms (what a restart or a failover does to them).
+    let admin = sea_orm::Database::connect(postgres_admin_url()).await.unwrap();
+    let database = cluster.database_name();
+    let ending_sessions = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let session_killer = tokio::spawn({
+        let ending_sessions = ending_sessions.clone();
+        async move {
+            let mut ended = 0;
+            while ending_sessions.load(std::sync::atomic::Ordering::Relaxed) {
+                let statement = format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+                );
+                ended += admin.execute_unprepared(&statement).await.unwrap().rows_affected();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ended
+        }
+    });
     let (first_half, second_half) = ids.split_at(CHANGES / 2);
     for id in first_half {
         approve(id).await;
@@ -104,6 +141,10 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     for id in second_half {
         approve(id).await;
     }
+    // The sagas run on while sessions keep ending, then the database calms down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ending_sessions.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(session_killer.await.unwrap() > 0, "no session was ended");
 
     let survivor = cluster.view("account-2", "partner-change-2", "permissions-2");
     for id in &ids {
@@ -113,6 +154,10 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
             (change.state() == St::Completed).then_some(())
         })
         .await;
+    }
+    for id in &ids {
+        let types: Vec<Ev> = fixtures::history(&survivor, id).await.iter().map(|entry| entry.event_type()).collect();
+        assert_eq!(types, [Ev::Submitted, Ev::Approved, Ev::MigrationStarted, Ev::Completed], "history of {id}");
     }
 
     // Every WABA moved; the old partner lost every number.

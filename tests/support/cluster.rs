@@ -38,7 +38,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub members: Vec<Member>,
     keys: TokenKeys,
-    _database: TestDatabase,
+    database: TestDatabase,
 }
 
 impl Cluster {
@@ -66,10 +66,16 @@ impl Cluster {
         settings.database.url = Some(SecretString::from(url));
         settings.auth.signing_key_file = Some(dir.join("signing.key"));
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
-        Cluster { launcher, dir, members, keys, _database: database }
+        Cluster { launcher, dir, members, keys, database: database }
     }
 
     /// What the launcher printed.
+    /// The name of the cluster's PostgreSQL database.
+    pub fn database_name(&self) -> String {
+        let url = self.database.url().expect("a PostgreSQL database has a URL");
+        url.rsplit('/').next().unwrap_or_default().to_owned()
+    }
+
     pub fn launcher_log(&self) -> String {
         launcher_log(&self.dir)
     }
