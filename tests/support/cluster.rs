@@ -66,7 +66,7 @@ impl Cluster {
         settings.database.url = Some(SecretString::from(url));
         settings.auth.signing_key_file = Some(dir.join("signing.key"));
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
-        Cluster { launcher, dir, members, keys, database: database }
+        Cluster { launcher, dir, members, keys, database }
     }
 
     /// What the launcher printed.
