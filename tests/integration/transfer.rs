@@ -119,7 +119,7 @@ async fn of_concurrent_transfers_of_one_waba_exactly_one_wins(backend: Backend) 
 
 async fn concurrent_repeats_of_one_transfer_apply_it_once(backend: Backend) {
     let Setup { app, p1, p2, waba, .. } = setup(backend).await;
-    let attempts = (0..8).map(|_| {
+    let attempts = (0..20).map(|_| {
         let mut service = app.account("service:partner-change");
         let request = transfer(&waba.waba_id, &p1, &p2, "pc-same");
         tokio::spawn(async move { service.transfer_waba(request).await })

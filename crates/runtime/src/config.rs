@@ -358,6 +358,12 @@ impl Settings {
         if let Some((field, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
             return Err(ConfigError::Invalid { field, problem: "must be longer than zero".to_owned() });
         }
+        if self.partner_change.worker.lease < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                field: "partner_change.worker.lease",
+                problem: "must be at least 100ms (it is renewed every third of it while a step runs)".to_owned(),
+            });
+        }
         if self.partner_change.worker.backoff_max < self.partner_change.worker.backoff_initial {
             return Err(ConfigError::Invalid {
                 field: "partner_change.worker.backoff_max",
