@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's partner change walkthrough, end to end, against a running server:
 # support sets up two partners, a client and its WABA; the client previews and
-# submits a move to a partner that approves by hand; that partner lists its
-# incoming requests and approves; the migration completes; the history is shown.
+# submits a move to a partner that approves by hand, scheduled a few seconds
+# ahead (a quiet hour, in real life); that partner lists its incoming requests
+# and approves; the request waits for its time, then the migration completes;
+# the history is shown.
 # Every call carries one W3C traceparent, so with tracing on the whole
 # walkthrough is one trace (its ID is printed at the end).
 #
@@ -71,9 +73,10 @@ say "The client previews the move: the numbers that move, the terms to accept, a
 call "client:$CLIENT" partnerchange.v1.PartnerChangeService/PreviewPartnerChange \
   "{\"waba_id\": \"$WABA\", \"destination_partner_id\": \"$DESTINATION\"}"
 
-say "The client submits it, accepting the destination's terms"
+say "The client submits it, accepting the destination's terms, to move no earlier than in 5 seconds"
+MIGRATE_AFTER=$(python3 -c 'import datetime as d; print((d.datetime.now(d.timezone.utc) + d.timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
 SUBMITTED=$(call "client:$CLIENT" partnerchange.v1.PartnerChangeService/SubmitPartnerChange \
-  "{\"request_id\": \"walkthrough-$SUFFIX\", \"waba_id\": \"$WABA\", \"destination_partner_id\": \"$DESTINATION\", \"accepted_terms_version\": \"2026-01\"}")
+  "{\"request_id\": \"walkthrough-$SUFFIX\", \"waba_id\": \"$WABA\", \"destination_partner_id\": \"$DESTINATION\", \"accepted_terms_version\": \"2026-01\", \"migrate_after\": \"$MIGRATE_AFTER\"}")
 echo "$SUBMITTED"
 CHANGE=$(field "$SUBMITTED" partnerChange partnerChangeId)
 
@@ -83,8 +86,14 @@ call "partner:$DESTINATION" partnerchange.v1.PartnerChangeService/ListPartnerCha
 call "partner:$DESTINATION" partnerchange.v1.PartnerChangeService/ApprovePartnerChange \
   "{\"partner_change_id\": \"$CHANGE\"}" > /dev/null
 
-say "The migration worker moves the WABA and every number"
-for _ in $(seq 1 100); do
+say "Approved, it waits for its time: what moves in the next hour"
+HOUR_AHEAD=$(python3 -c 'import datetime as d; print((d.datetime.now(d.timezone.utc) + d.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
+SCHEDULED=$(call "partner:$DESTINATION" partnerchange.v1.PartnerChangeService/ListPartnerChanges \
+  "{\"direction\": \"DIRECTION_INCOMING\", \"scheduled_before\": \"$HOUR_AHEAD\"}")
+echo "scheduled: $(field "$SCHEDULED" partnerChanges 0 partnerChangeId) $(field "$SCHEDULED" partnerChanges 0 state) after $(field "$SCHEDULED" partnerChanges 0 migrateAfter)"
+
+say "At its time, the migration worker moves the WABA and every number"
+for _ in $(seq 1 200); do
   STATE=$(field "$(call "client:$CLIENT" partnerchange.v1.PartnerChangeService/GetPartnerChange \
     "{\"partner_change_id\": \"$CHANGE\"}")" partnerChange state)
   [ "$STATE" = PARTNER_CHANGE_STATE_COMPLETED ] && break

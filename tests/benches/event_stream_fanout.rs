@@ -132,6 +132,7 @@ async fn main() {
                 destination_partner_id: destination.partner_id.clone(),
                 accepted_terms_version: "v1".into(),
                 grant_phone_numbers: Vec::new(),
+                migrate_after: None,
             })
             .await
             .unwrap();

@@ -83,6 +83,7 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
                 destination_partner_id: destination.partner_id.clone(),
                 accepted_terms_version: fixtures::TERMS.to_owned(),
                 grant_phone_numbers: Vec::new(),
+                migrate_after: None,
             })
             .await
             .unwrap()

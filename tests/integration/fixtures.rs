@@ -175,6 +175,7 @@ impl Scenario {
             destination_partner_id: self.destination.partner_id.clone(),
             accepted_terms_version: TERMS.to_owned(),
             grant_phone_numbers: Vec::new(),
+            migrate_after: None,
         }
     }
 

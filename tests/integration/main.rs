@@ -17,6 +17,7 @@ mod races;
 mod recovery;
 mod refusals;
 mod saga;
+mod schedule;
 mod stream;
 mod telemetry;
 mod transfer;

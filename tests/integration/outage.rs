@@ -114,6 +114,7 @@ async fn partner_changes_complete_while_the_database_ends_the_servers_sessions()
             destination_partner_id: destination.partner_id.clone(),
             accepted_terms_version: fixtures::TERMS.to_owned(),
             grant_phone_numbers: waba.phone_numbers.clone(),
+            migrate_after: None,
         };
         let submitted = retrying("SubmitPartnerChange", || {
             let mut client = app.partner_change(&as_client);

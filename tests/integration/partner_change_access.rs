@@ -78,6 +78,7 @@ async fn every_partner_change_rpc_answers_each_subject_as_specified(backend: Bac
                     .preview_partner_change(pc::PreviewPartnerChangeRequest {
                         waba_id: fresh.waba.waba_id.clone(),
                         destination_partner_id: fresh.destination.partner_id.clone(),
+                        migrate_after: None,
                     })
                     .await
                     .map(drop),

@@ -41,6 +41,7 @@ async fn peer_calls_reach_a_replica_that_answers(backend: Backend) {
             .preview_partner_change(pc::PreviewPartnerChangeRequest {
                 waba_id: s.waba.waba_id.clone(),
                 destination_partner_id: s.destination.partner_id.clone(),
+                migrate_after: None,
             })
             .await
             .expect("a preview through B must not see the unreachable replica")

@@ -143,6 +143,8 @@ fn the_readme_walkthrough_runs_against_the_real_binary() {
         assert!(stdout.contains(step), "the history shows {step}:\n{stdout}");
     }
     assert!(stdout.contains("state: PARTNER_CHANGE_STATE_COMPLETED"), "{stdout}");
+    // Listed among the scheduled moves, with its time (usually still APPROVED then).
+    assert!(stdout.contains("scheduled: pc-") && stdout.contains(" after 20"), "{stdout}");
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -158,6 +158,7 @@ async fn preview(app: &TestApp, s: &Scenario, destination: &str) -> pc::PreviewP
         .preview_partner_change(pc::PreviewPartnerChangeRequest {
             waba_id: s.waba.waba_id.clone(),
             destination_partner_id: destination.to_owned(),
+            migrate_after: None,
         })
         .await
         .unwrap()
@@ -260,6 +261,7 @@ async fn each_refusal_shows_at_preview_and_stops_submit(backend: Backend) {
     // Numbers to grant must be the WABA's own.
     let foreign = pc::SubmitPartnerChangeRequest {
         grant_phone_numbers: vec![fixtures::unique_number()],
+        migrate_after: None,
         ..s.submit_request("req-grant")
     };
     let refused = app.partner_change(&s.client_subject()).submit_partner_change(foreign).await.unwrap_err();

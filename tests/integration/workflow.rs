@@ -29,6 +29,7 @@ async fn a_manual_partner_change_goes_from_submit_to_completed(backend: Backend)
         .preview_partner_change(pc::PreviewPartnerChangeRequest {
             waba_id: s.waba.waba_id.clone(),
             destination_partner_id: s.destination.partner_id.clone(),
+            migrate_after: None,
         })
         .await
         .unwrap()
@@ -106,6 +107,7 @@ async fn an_auto_approving_destination_gets_the_named_numbers_at_once(backend: B
         .partner_change(&s.client_subject())
         .submit_partner_change(pc::SubmitPartnerChangeRequest {
             grant_phone_numbers: vec![granted.clone()],
+            migrate_after: None,
             ..s.submit_request("req-auto")
         })
         .await
@@ -202,6 +204,7 @@ async fn submit_is_idempotent_per_request_id(backend: Backend) {
         .partner_change(&s.client_subject())
         .submit_partner_change(pc::SubmitPartnerChangeRequest {
             grant_phone_numbers: vec![s.waba.phone_numbers[0].clone()],
+            migrate_after: None,
             ..s.submit_request("req-same")
         })
         .await;

@@ -64,10 +64,12 @@ pub enum EventType {
     Completed,
     Failed,
     Retried,
+    /// `migrate_after` changed; the state stays.
+    Rescheduled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::Submitted,
         EventType::Approved,
         EventType::Rejected,
@@ -77,6 +79,7 @@ impl EventType {
         EventType::Completed,
         EventType::Failed,
         EventType::Retried,
+        EventType::Rescheduled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl EventType {
             EventType::Completed => "COMPLETED",
             EventType::Failed => "FAILED",
             EventType::Retried => "RETRIED",
+            EventType::Rescheduled => "RESCHEDULED",
         }
     }
 
@@ -107,7 +111,11 @@ pub fn next_state(from: State, event: EventType) -> Option<State> {
         (S::PendingApproval, E::Rejected) => Some(S::Rejected),
         (S::PendingApproval, E::Cancelled) => Some(S::Cancelled),
         (S::PendingApproval, E::Expired) => Some(S::Expired),
+        (S::PendingApproval, E::Rescheduled) => Some(S::PendingApproval),
         (S::Approved, E::MigrationStarted) => Some(S::Migrating),
+        // Until its (scheduled) migration starts, an approved request may still be moved or called off.
+        (S::Approved, E::Rescheduled) => Some(S::Approved),
+        (S::Approved, E::Cancelled) => Some(S::Cancelled),
         (S::Migrating, E::Completed) => Some(S::Completed),
         (S::Migrating, E::Failed) => Some(S::Failed),
         (S::Failed, E::Retried) => Some(S::Approved),
@@ -154,6 +162,10 @@ pub struct PartnerChange {
     #[serde(default)]
     pub skipped_grant_phone_numbers: Vec<String>,
     pub accepted_terms_version: String,
+    /// The migration starts no earlier than this; `None`: as soon as approved.
+    /// Absent from snapshots stored before it existed.
+    #[serde(default)]
+    pub migrate_after: Option<DateTime<Utc>>,
     pub failure_reason: String,
     pub saga_step: SagaStep,
     /// Bumped by every write; conditional writes name the version they read.
@@ -177,6 +189,7 @@ impl PartnerChange {
         self.waba_id == submission.waba_id
             && self.destination_partner_id == submission.destination_partner_id
             && self.accepted_terms_version == submission.accepted_terms_version
+            && self.migrate_after == submission.migrate_after
             && mine == theirs
     }
 }
@@ -189,6 +202,7 @@ pub struct Submission {
     pub destination_partner_id: String,
     pub accepted_terms_version: String,
     pub grant_phone_numbers: Vec<String>,
+    pub migrate_after: Option<DateTime<Utc>>,
 }
 
 /// One entry of a request's history (and of the event stream).
@@ -217,6 +231,7 @@ pub enum BlockerReason {
     TermsNotAccepted,
     PaymentMethodRequired,
     ChangeAlreadyPending,
+    ScheduleOutOfRange,
 }
 
 impl BlockerReason {
@@ -232,6 +247,7 @@ impl BlockerReason {
             BlockerReason::TermsNotAccepted => "TERMS_NOT_ACCEPTED",
             BlockerReason::PaymentMethodRequired => "PAYMENT_METHOD_REQUIRED",
             BlockerReason::ChangeAlreadyPending => "CHANGE_ALREADY_PENDING",
+            BlockerReason::ScheduleOutOfRange => "SCHEDULE_OUT_OF_RANGE",
         }
     }
 }
@@ -252,6 +268,41 @@ impl Blocker {
     pub fn as_failure_reason(&self) -> String {
         format!("{}: {}", self.reason.as_str(), self.message)
     }
+}
+
+/// The limits on when a migration may be scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleLimits {
+    pub now: DateTime<Utc>,
+    /// The latest allowed `migrate_after`: now plus `max_schedule_ahead`.
+    pub latest: DateTime<Utc>,
+    /// While the request awaits approval: when it expires (a move scheduled
+    /// after that could never happen).
+    pub expires: Option<DateTime<Utc>>,
+}
+
+/// Why `migrate_after` cannot be accepted, if it cannot. A time in the past
+/// means "as soon as approved" and is fine.
+pub fn schedule_problem(migrate_after: DateTime<Utc>, limits: &ScheduleLimits) -> Option<String> {
+    if migrate_after > limits.latest {
+        return Some(format!(
+            "must be at most {} days ahead (no later than {})",
+            (limits.latest - limits.now).num_days(),
+            limits.latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    match limits.expires {
+        Some(expires) if migrate_after > expires => Some(format!(
+            "must not be after the request expires while it awaits approval ({})",
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        _ => None,
+    }
+}
+
+/// A schedule problem as a preview reports it.
+pub fn schedule_blocker(problem: String) -> Blocker {
+    Blocker::new(BlockerReason::ScheduleOutOfRange, format!("migrate_after {problem}."))
 }
 
 /// What the rules need to know about the client.
@@ -459,7 +510,10 @@ mod tests {
             (S::PendingApproval, E::Rejected, S::Rejected),
             (S::PendingApproval, E::Cancelled, S::Cancelled),
             (S::PendingApproval, E::Expired, S::Expired),
+            (S::PendingApproval, E::Rescheduled, S::PendingApproval),
             (S::Approved, E::MigrationStarted, S::Migrating),
+            (S::Approved, E::Rescheduled, S::Approved),
+            (S::Approved, E::Cancelled, S::Cancelled),
             (S::Migrating, E::Completed, S::Completed),
             (S::Migrating, E::Failed, S::Failed),
             (S::Failed, E::Retried, S::Approved),
@@ -483,5 +537,18 @@ mod tests {
         for event in EventType::ALL {
             assert_eq!(EventType::from_stored(event.as_str()), Some(event));
         }
+    }
+
+    #[test]
+    fn a_schedule_may_be_in_the_past_but_not_too_far_ahead_or_after_expiry() {
+        let now = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let day = chrono::Duration::days(1);
+        let pending = ScheduleLimits { now, latest: now + day * 90, expires: Some(now + day * 14) };
+        let approved = ScheduleLimits { expires: None, ..pending };
+        assert_eq!(schedule_problem(now - day, &pending), None, "the past means as soon as approved");
+        assert_eq!(schedule_problem(now + day * 14, &pending), None);
+        assert!(schedule_problem(now + day * 15, &pending).unwrap().contains("expires"));
+        assert_eq!(schedule_problem(now + day * 15, &approved), None, "an approved request no longer expires");
+        assert!(schedule_problem(now + day * 91, &approved).unwrap().contains("90 days"));
     }
 }

@@ -4,6 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
     auth::{Subject, caller},
@@ -22,8 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Blocker, BlockerReason, Eligibility, Event, EventType, PartnerChange, SagaStep, State, Submission, blockers,
-        next_state,
+        Blocker, BlockerReason, Eligibility, Event, EventType, PartnerChange, SagaStep, ScheduleLimits, State,
+        Submission, blockers, next_state, schedule_blocker, schedule_problem,
     },
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
@@ -43,6 +45,8 @@ pub struct PartnerChangeApi {
     accounts: Accounts,
     /// How long a submitted request waits for a decision before it expires.
     request_ttl: Duration,
+    /// How far ahead a migration may be scheduled.
+    max_schedule_ahead: Duration,
     /// Wakes this process's migration worker when a request is approved.
     worker_wake: Arc<Notify>,
     /// The event stream: the hub is rung after every commit that appends events.
@@ -65,6 +69,7 @@ impl PartnerChangeApi {
             db,
             accounts,
             request_ttl: settings.request_ttl,
+            max_schedule_ahead: settings.max_schedule_ahead,
             worker_wake,
             events,
             stream_settings: settings.stream.clone(),
@@ -83,6 +88,18 @@ impl PartnerChangeApi {
             return Err(PartnerChangeError::WabaNotFound(waba_id.to_owned()).into());
         }
         Ok(world)
+    }
+
+    /// The limits on `migrate_after` now, for a request that awaits approval
+    /// until `expires` (if it does).
+    fn schedule_limits(&self, expires: Option<DateTime<Utc>>) -> ScheduleLimits {
+        let now = now();
+        ScheduleLimits { now, latest: now + to_chrono(self.max_schedule_ahead), expires }
+    }
+
+    /// When a request submitted now would expire unless approved.
+    fn expire_time_from(&self, submitted: DateTime<Utc>) -> DateTime<Utc> {
+        submitted + to_chrono(self.request_ttl)
     }
 
     /// A request the caller may see; any other answers NOT_FOUND.
@@ -150,11 +167,15 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
     ) -> RpcResult<pb::PreviewPartnerChangeResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (waba_id, destination) =
-            (id("waba_id", &r.waba_id), id("destination_partner_id", &r.destination_partner_id)).validate()?;
+        let (waba_id, destination, migrate_after) = (
+            id("waba_id", &r.waba_id),
+            id("destination_partner_id", &r.destination_partner_id),
+            from_timestamp("migrate_after", r.migrate_after.as_ref()),
+        )
+            .validate()?;
         let world = self.world_for(caller, &waba_id, &destination).await?;
         let open = store::find_open_for_waba(&self.db, &waba_id).await.map_err(PartnerChangeError::from)?;
-        let found = blockers(&Eligibility {
+        let mut found = blockers(&Eligibility {
             client: &world.client,
             current_partner_id: &world.current_partner_id,
             destination_partner_id: &destination,
@@ -162,6 +183,13 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             accepted_terms_version: None,
             open_request_id: open.as_ref().map(|open| open.partner_change_id.as_str()),
         });
+        let auto_approves = world.destination.as_ref().is_some_and(|d| d.auto_approve);
+        let awaits_approval_until = (!auto_approves).then(|| self.expire_time_from(now()));
+        if let Some(problem) =
+            migrate_after.and_then(|at| schedule_problem(at, &self.schedule_limits(awaits_approval_until)))
+        {
+            found.push(schedule_blocker(problem));
+        }
         Ok(Response::new(pb::PreviewPartnerChangeResponse {
             phone_numbers: world.phone_numbers,
             destination_terms_version: world.destination.as_ref().map(|d| d.terms_version.clone()).unwrap_or_default(),
@@ -177,12 +205,13 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
     ) -> RpcResult<pb::SubmitPartnerChangeResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (request_id, waba_id, destination_partner_id, accepted_terms_version, grant_numbers) = (
+        let (request_id, waba_id, destination_partner_id, accepted_terms_version, grant_numbers, migrate_after) = (
             id("request_id", &r.request_id),
             id("waba_id", &r.waba_id),
             id("destination_partner_id", &r.destination_partner_id),
             required_text("accepted_terms_version", &r.accepted_terms_version, MAX_TERMS_VERSION_LEN),
             PhoneNumber::parse_list("grant_phone_numbers", &r.grant_phone_numbers, MAX_GRANT_NUMBERS),
+            from_timestamp("migrate_after", r.migrate_after.as_ref()),
         )
             .validate()?;
         let submission = Submission {
@@ -191,6 +220,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             destination_partner_id,
             accepted_terms_version,
             grant_phone_numbers: grant_numbers.into_iter().map(PhoneNumber::into_string).collect(),
+            migrate_after,
         };
         let world = self.world_for(caller, &submission.waba_id, &submission.destination_partner_id).await?;
         if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
@@ -217,6 +247,13 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
 
         let time = now();
         let auto_approve = destination.auto_approve;
+        let expire_time = self.expire_time_from(time);
+        if let Some(at) = submission.migrate_after {
+            let limits = self.schedule_limits((!auto_approve).then_some(expire_time));
+            if let Some(problem) = schedule_problem(at, &limits) {
+                return Err(invalid_argument(&[FieldViolation::new("migrate_after", problem)]));
+            }
+        }
         let change = PartnerChange {
             partner_change_id: new_id("pc"),
             request_id: submission.request_id.clone(),
@@ -234,8 +271,9 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             version: 1,
             create_time: time,
             update_time: time,
-            expire_time: time + chrono::Duration::from_std(self.request_ttl).unwrap_or(chrono::Duration::MAX),
+            expire_time,
             trace_parent: current_traceparent(),
+            migrate_after: submission.migrate_after,
         };
         record_partner_change_id(&change.partner_change_id);
         let mut events =
@@ -301,19 +339,20 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
     ) -> RpcResult<pb::ListPartnerChangesResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (client_id, partner_id, other_party_id, states, created_after, created_before, size) = (
+        let (client_id, partner_id, other_party_id, states, created_after, created_before, scheduled_before, size) = (
             optional_id("client_id", &r.client_id),
             optional_id("partner_id", &r.partner_id),
             optional_id("other_party_id", &r.other_party_id),
             states(&r.states),
             from_timestamp("created_after", r.created_after.as_ref()),
             from_timestamp("created_before", r.created_before.as_ref()),
+            from_timestamp("scheduled_before", r.scheduled_before.as_ref()),
             page_size(r.page_size),
         )
             .validate()?;
         let direction = direction(r.direction).validate()?;
         let scope = list_scope(caller, client_id, partner_id, direction)?;
-        let filter = ListFilter { scope, states, other_party_id, created_after, created_before };
+        let filter = ListFilter { scope, states, other_party_id, created_after, created_before, scheduled_before };
         let after = page_token(&r.page_token, &filter.page_scope()).validate()?;
         let (changes, more) =
             store::list(&self.db, &filter, after.as_deref(), size).await.map_err(PartnerChangeError::from)?;
@@ -383,21 +422,57 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         let (partner_change_id, reason) =
             (id("partner_change_id", &r.partner_change_id), optional_text("reason", &r.reason, MAX_REASON_LEN))
                 .validate()?;
-        let owner_or_support =
-            |caller: &Subject, change: &PartnerChange| caller.is_support() || caller.is_client(&change.client_id);
         let change = self
             .decide(
                 caller,
                 &partner_change_id,
-                owner_or_support,
+                is_owner_or_support,
                 EventType::Cancelled,
                 reason,
                 Effects::default(),
-                "PENDING_APPROVAL",
+                "PENDING_APPROVAL, or APPROVED before its migration starts",
             )
             .await?;
         tracing::info!(%partner_change_id, actor = %caller, "partner change cancelled");
         Ok(Response::new(pb::CancelPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
+    }
+
+    async fn reschedule_partner_change(
+        &self,
+        request: Request<pb::ReschedulePartnerChangeRequest>,
+    ) -> RpcResult<pb::ReschedulePartnerChangeResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let (partner_change_id, migrate_after) =
+            (id("partner_change_id", &r.partner_change_id), from_timestamp("migrate_after", r.migrate_after.as_ref()))
+                .validate()?;
+        let current = self.visible(caller, &partner_change_id).await?;
+        if !is_owner_or_support(caller, &current) {
+            return Err(permission_denied());
+        }
+        if let Some(at) = migrate_after {
+            let awaits_approval_until = (current.state == State::PendingApproval).then_some(current.expire_time);
+            if let Some(problem) = schedule_problem(at, &self.schedule_limits(awaits_approval_until)) {
+                return Err(invalid_argument(&[FieldViolation::new("migrate_after", problem)]));
+            }
+        }
+        // Conditional on the version read by `decide`: of a reschedule racing
+        // the worker's claim, exactly one applies.
+        let change = self
+            .decide(
+                caller,
+                &partner_change_id,
+                is_owner_or_support,
+                EventType::Rescheduled,
+                describe_schedule(migrate_after, current.migrate_after),
+                Effects { migrate_after: Some(migrate_after), ..Effects::default() },
+                "PENDING_APPROVAL or APPROVED, before its migration starts",
+            )
+            .await?;
+        // An earlier time may be due already.
+        self.worker_wake.notify_one();
+        tracing::info!(%partner_change_id, actor = %caller, migrate_after = ?change.migrate_after, "partner change rescheduled");
+        Ok(Response::new(pb::ReschedulePartnerChangeResponse { partner_change: Some(to_proto(change)) }))
     }
 
     async fn retry_partner_change(
@@ -533,6 +608,23 @@ fn is_destination(caller: &Subject, change: &PartnerChange) -> bool {
     caller.is_partner(&change.destination_partner_id)
 }
 
+fn is_owner_or_support(caller: &Subject, change: &PartnerChange) -> bool {
+    caller.is_support() || caller.is_client(&change.client_id)
+}
+
+/// A RESCHEDULED event's reason: the new time and the old one.
+fn describe_schedule(new: Option<DateTime<Utc>>, old: Option<DateTime<Utc>>) -> String {
+    let describe = |time: Option<DateTime<Utc>>| match time {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        None => "as soon as approved".to_owned(),
+    };
+    format!("migrate after: {} (was: {})", describe(new), describe(old))
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Every number to grant must be one of the WABA's.
 fn grant_numbers_on_waba(submission: &Submission, world: &World) -> Parsed<()> {
     for (index, number) in submission.grant_phone_numbers.iter().enumerate() {
@@ -664,6 +756,7 @@ pub(crate) fn event_type_to_proto(event: EventType) -> pb::PartnerChangeEventTyp
         EventType::Completed => pb::PartnerChangeEventType::Completed,
         EventType::Failed => pb::PartnerChangeEventType::Failed,
         EventType::Retried => pb::PartnerChangeEventType::Retried,
+        EventType::Rescheduled => pb::PartnerChangeEventType::Rescheduled,
     }
 }
 
@@ -678,6 +771,7 @@ fn blocker_to_proto(blocker: Blocker) -> pb::Blocker {
         BlockerReason::TermsNotAccepted => pb::BlockerReason::TermsNotAccepted,
         BlockerReason::PaymentMethodRequired => pb::BlockerReason::PaymentMethodRequired,
         BlockerReason::ChangeAlreadyPending => pb::BlockerReason::ChangeAlreadyPending,
+        BlockerReason::ScheduleOutOfRange => pb::BlockerReason::ScheduleOutOfRange,
     };
     pb::Blocker { reason: reason.into(), message: blocker.message, missing_fields: blocker.missing_fields }
 }
@@ -699,6 +793,7 @@ pub(crate) fn to_proto(change: PartnerChange) -> pb::PartnerChange {
         expire_time: Some(to_timestamp(change.expire_time)),
         accepted_terms_version: change.accepted_terms_version,
         skipped_grant_phone_numbers: change.skipped_grant_phone_numbers,
+        migrate_after: change.migrate_after.map(to_timestamp),
     }
 }
 

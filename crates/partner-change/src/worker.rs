@@ -644,9 +644,9 @@ pub async fn run_expiry_sweeper(
     }
 }
 
-/// Keeps the `partner_change_requests` gauge (requests by state) and the
-/// `partner_change_migrations_stuck` gauge current: counts the request table
-/// every `interval` until `shutdown`.
+/// Keeps the `partner_change_requests` gauge (requests by state), and the
+/// gauges of stuck migrations and of those waiting for their scheduled time,
+/// current: counts the request table every `interval` until `shutdown`.
 pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdown: CancellationToken) {
     let outage = Outage::new("state_gauge");
     loop {

@@ -156,6 +156,9 @@ pub struct PartnerChangeSettings {
     /// How often the expiry sweeper looks for requests past their expire_time.
     #[serde(with = "humantime_serde")]
     pub expiry_sweep_interval: Duration,
+    /// How far ahead a migration may be scheduled (`migrate_after`).
+    #[serde(with = "humantime_serde")]
+    pub max_schedule_ahead: Duration,
     pub worker: WorkerSettings,
     pub stream: StreamSettings,
 }
@@ -262,6 +265,7 @@ impl Default for PartnerChangeSettings {
         Self {
             request_ttl: Duration::from_secs(14 * 24 * 60 * 60),
             expiry_sweep_interval: Duration::from_secs(30),
+            max_schedule_ahead: Duration::from_secs(90 * 24 * 60 * 60),
             worker: WorkerSettings::default(),
             stream: StreamSettings::default(),
         }
@@ -346,6 +350,7 @@ impl Settings {
             ("peers.health_check_interval", self.peers.health_check_interval),
             ("partner_change.request_ttl", self.partner_change.request_ttl),
             ("partner_change.expiry_sweep_interval", self.partner_change.expiry_sweep_interval),
+            ("partner_change.max_schedule_ahead", self.partner_change.max_schedule_ahead),
             ("partner_change.worker.poll_interval", self.partner_change.worker.poll_interval),
             ("partner_change.worker.lease", self.partner_change.worker.lease),
             ("partner_change.worker.backoff_initial", self.partner_change.worker.backoff_initial),

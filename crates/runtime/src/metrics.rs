@@ -84,6 +84,7 @@ pub struct Metrics {
     pub background_failing: Family<TaskLabels, Gauge>,
     pub database_reachable: Gauge,
     pub migrations_stuck: Gauge,
+    pub migrations_scheduled: Gauge,
 }
 
 /// 0.5 ms to about 16 s.
@@ -111,6 +112,7 @@ impl Metrics {
             background_failing: Family::default(),
             database_reachable: Gauge::default(),
             migrations_stuck: Gauge::default(),
+            migrations_scheduled: Gauge::default(),
         };
         metrics.register()
     }
@@ -184,6 +186,11 @@ impl Metrics {
             "partner_change_migrations_stuck",
             "Migrating partner changes whose steps have failed repeatedly and are still being retried",
             self.migrations_stuck.clone(),
+        );
+        registry.register(
+            "partner_change_migrations_scheduled",
+            "Approved partner changes waiting for their scheduled time (migrate_after)",
+            self.migrations_scheduled.clone(),
         );
         self
     }

@@ -145,6 +145,7 @@ validate_tuple!(a: A, b: B, c: C, d: D);
 validate_tuple!(a: A, b: B, c: C, d: D, e: E);
 validate_tuple!(a: A, b: B, c: C, d: D, e: E, f: F);
 validate_tuple!(a: A, b: B, c: C, d: D, e: E, f: F, g: G);
+validate_tuple!(a: A, b: B, c: C, d: D, e: E, f: F, g: G, h: H);
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,8 @@ pub mod partner_change {
         pub expire_time: DateTimeUtc,
         /// The W3C `traceparent` of the submit or approval that set the migration going.
         pub trace_parent: Option<String>,
+        /// The worker claims the request no earlier than this (the database's clock).
+        pub migrate_after: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -96,6 +96,8 @@ pub struct Effects {
     pub lease: Option<(String, Duration)>,
     /// Record the numbers that the grant skipped (see `PartnerChange::skipped_grant_phone_numbers`).
     pub skipped_grant_phone_numbers: Option<Vec<String>>,
+    /// Set (or, with `Some(None)`, clear) the earliest start of the migration.
+    pub migrate_after: Option<Option<DateTime<Utc>>>,
     /// Drop any lease and reset the retry count.
     pub release: bool,
     /// Replace the stored trace context (see `PartnerChange::trace_parent`).
@@ -158,6 +160,7 @@ pub async fn insert_submission(
         update_time: Set(time),
         expire_time: Set(change.expire_time),
         trace_parent: Set(change.trace_parent.clone()),
+        migrate_after: Set(change.migrate_after),
     }
     .insert(&tx)
     .await?;
@@ -206,6 +209,9 @@ pub async fn apply_event(
     if let Some(skipped) = &effects.skipped_grant_phone_numbers {
         next.skipped_grant_phone_numbers = skipped.clone();
     }
+    if let Some(migrate_after) = effects.migrate_after {
+        next.migrate_after = migrate_after;
+    }
     let backend = db.get_database_backend();
     let tx = begin_write(db).await?;
     let mut update = partner_change::Entity::update_many()
@@ -218,6 +224,7 @@ pub async fn apply_event(
             partner_change::Column::SkippedGrantPhoneNumbers,
             Expr::value(next.skipped_grant_phone_numbers.join(",")),
         )
+        .col_expr(partner_change::Column::MigrateAfter, Expr::value(next.migrate_after))
         .col_expr(partner_change::Column::OpenWabaId, Expr::value(state.is_open().then(|| next.waba_id.clone())));
     if let Some((owner, lease)) = &effects.lease {
         update = update
@@ -367,13 +374,19 @@ pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Resul
     Ok(model.map_or(0, |model| model.attempts))
 }
 
-/// Requests a worker may take now: approved ones, and migrating ones whose lease lapsed.
+/// Requests a worker may take now: approved ones whose scheduled time (if any)
+/// has come by the database's clock, and migrating ones whose lease lapsed.
 pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
-    let lapsed = Condition::all()
-        .add(partner_change::Column::State.eq(State::Migrating.as_str()))
-        .add(lease_lapsed(db.get_database_backend()));
+    let backend = db.get_database_backend();
+    let lapsed =
+        Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed(backend));
+    let due = Condition::all().add(partner_change::Column::State.eq(State::Approved.as_str())).add(
+        Condition::any()
+            .add(partner_change::Column::MigrateAfter.is_null())
+            .add(Expr::col(partner_change::Column::MigrateAfter).lte(database_now(backend))),
+    );
     let models = partner_change::Entity::find()
-        .filter(Condition::any().add(partner_change::Column::State.eq(State::Approved.as_str())).add(lapsed))
+        .filter(Condition::any().add(due).add(lapsed))
         .order_by_asc(partner_change::Column::UpdateTime)
         .limit(limit)
         .all(db)
@@ -447,6 +460,8 @@ pub struct ListFilter {
     pub other_party_id: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
+    /// Only requests scheduled to move before this time.
+    pub scheduled_before: Option<DateTime<Utc>>,
 }
 
 impl ListFilter {
@@ -504,6 +519,9 @@ pub async fn list(
     }
     if let Some(before) = filter.created_before {
         query = query.filter(C::CreateTime.lt(before));
+    }
+    if let Some(before) = filter.scheduled_before {
+        query = query.filter(C::MigrateAfter.is_not_null()).filter(C::MigrateAfter.lt(before));
     }
     if let Some(after) = after {
         query = query.filter(C::PartnerChangeId.lt(after));
@@ -572,6 +590,7 @@ fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError>
         update_time: model.update_time,
         expire_time: model.expire_time,
         trace_parent: model.trace_parent,
+        migrate_after: model.migrate_after,
     })
 }
 
@@ -602,6 +621,16 @@ pub async fn count_by_state(db: &DatabaseConnection) -> Result<Vec<(State, i64)>
     rows.into_iter()
         .map(|(state, count)| Ok((State::from_stored(&state).ok_or_else(|| corrupt("state", &state))?, count)))
         .collect()
+}
+
+/// How many approved requests wait for their scheduled time (by the database's clock).
+pub async fn count_waiting_for_schedule(db: &DatabaseConnection) -> Result<i64, StoreError> {
+    let count = partner_change::Entity::find()
+        .filter(partner_change::Column::State.eq(State::Approved.as_str()))
+        .filter(Expr::col(partner_change::Column::MigrateAfter).gt(database_now(db.get_database_backend())))
+        .count(db)
+        .await?;
+    Ok(i64::try_from(count).unwrap_or(i64::MAX))
 }
 
 /// How many migrating requests have been retried at least `attempts` times in a row.

@@ -11,14 +11,14 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write, head_position, take_positions},
+    db::{StoreError, begin_write, database_now, head_position, take_positions},
     ids::new_id,
     time::now,
     validate::PhoneNumber,
 };
 use sea_orm::{
-    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    AccessMode, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
     sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
 };
 
@@ -252,16 +252,24 @@ pub async fn list_grants(
     Ok((models.into_iter().map(grant_from_model).collect(), more))
 }
 
-/// The first partner change, if any, that is approved or migrating one of `waba_ids`.
+/// The first partner change, if any, that is migrating one of `waba_ids`, or
+/// approved and due to start (not scheduled for later: a change scheduled for
+/// next week leaves the client free to manage its permissions until then).
 /// Reads the shared request table owned by the partner-change service.
 pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String]) -> Result<Option<String>, DbErr> {
     if waba_ids.is_empty() {
         return Ok(None);
     }
+    let due = Condition::any()
+        .add(Expr::col(Alias::new("migrate_after")).is_null())
+        .add(Expr::col(Alias::new("migrate_after")).lte(database_now(db.get_database_backend())));
+    let moving = Condition::any()
+        .add(Expr::col(Alias::new("state")).eq("MIGRATING"))
+        .add(Condition::all().add(Expr::col(Alias::new("state")).eq("APPROVED")).add(due));
     let query = Query::select()
         .column(Alias::new("partner_change_id"))
         .from(Alias::new("partner_changes"))
-        .and_where(Expr::col(Alias::new("state")).is_in(["APPROVED", "MIGRATING"]))
+        .cond_where(moving)
         .and_where(Expr::col(Alias::new("waba_id")).is_in(waba_ids.iter().map(String::as_str)))
         .limit(1)
         .to_owned();

@@ -6,6 +6,7 @@ mod m20261126_000001_create_partner_change_tables;
 mod m20261126_000002_index_events_by_party;
 mod m20261126_000003_store_trace_context;
 mod m20261203_000004_record_skipped_grants;
+mod m20261203_000005_schedule_migrations;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_index_events_by_party::Migration),
             Box::new(m20261126_000003_store_trace_context::Migration),
             Box::new(m20261203_000004_record_skipped_grants::Migration),
+            Box::new(m20261203_000005_schedule_migrations::Migration),
         ]
     }
 }
