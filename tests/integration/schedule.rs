@@ -125,13 +125,17 @@ async fn a_change_can_be_rescheduled_later_and_earlier_with_an_event_each_time(b
 
 async fn of_a_reschedule_racing_the_claim_exactly_one_applies(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
-    for round in 0..8 {
+    for round in 0..12u64 {
         let s = scenario(&app, true).await;
         // Due now: the worker may claim it while the client moves it an hour on.
         let submitted = submit_scheduled(&app, &s, "req", in_seconds(-1)).await;
         let id = submitted.partner_change_id.clone();
         let worker = app.migration_worker().replica(&format!("worker-{round}"));
-        let claim = tokio::spawn(async move { worker.run_once().await.unwrap() });
+        // Staggered starts, so that either side wins in some rounds.
+        let claim = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(round % 6 * 2)).await;
+            worker.run_once().await.unwrap()
+        });
         let moved = reschedule(&app, &s.client_subject(), &id, Some(in_seconds(3600))).await;
         let claimed = claim.await.unwrap();
 
