@@ -7,6 +7,7 @@ mod account;
 mod authentication;
 mod authorization;
 mod cluster;
+mod contract;
 mod fixtures;
 mod outage;
 mod partner_change_access;

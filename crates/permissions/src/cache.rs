@@ -188,9 +188,11 @@ mod tests {
         options.max_connections(1).sqlx_logging(false);
         let db = Database::connect(options).await.unwrap();
         crate::store::migrate(&db).await.unwrap();
-        // The shared request table's columns that the cache reads (the partner-change service owns it).
+        // The partner-change service's published view, as a table the test can write
+        // (its contract: the columns; the owning side tests the view itself).
         db.execute_unprepared(
-            "CREATE TABLE partner_changes (partner_change_id TEXT PRIMARY KEY, source_partner_id TEXT, phone_numbers TEXT, state TEXT)",
+            "CREATE TABLE partner_change_moves (partner_change_id TEXT PRIMARY KEY, waba_id TEXT, \
+             source_partner_id TEXT, phone_numbers TEXT, migrating BOOLEAN, starts_after TEXT)",
         )
         .await
         .unwrap();
@@ -269,8 +271,8 @@ mod tests {
         assert_eq!(cache.check("p", "+4915100000001"), Ok(true));
 
         db.execute_unprepared(
-            "INSERT INTO partner_changes VALUES ('pc-1', 'p', '+4915100000001,+4915100000003', 'MIGRATING'), \
-             ('pc-2', 'p', '+4915100000002', 'FAILED'), ('pc-3', 'other', '+4915100000002', 'MIGRATING')",
+            "INSERT INTO partner_change_moves VALUES ('pc-1', 'w-1', 'p', '+4915100000001,+4915100000003', TRUE, NULL), \
+             ('pc-2', 'w-2', 'p', '+4915100000002', FALSE, NULL), ('pc-3', 'w-3', 'other', '+4915100000002', TRUE, NULL)",
         )
         .await
         .unwrap();
@@ -280,9 +282,7 @@ mod tests {
         assert!(!store::is_allowed(&db, "p", "+4915100000001").await.unwrap(), "the database answer agrees");
         assert!(store::is_allowed(&db, "p", "+4915100000002").await.unwrap());
 
-        db.execute_unprepared("UPDATE partner_changes SET state = 'COMPLETED' WHERE partner_change_id = 'pc-1'")
-            .await
-            .unwrap();
+        db.execute_unprepared("DELETE FROM partner_change_moves WHERE partner_change_id = 'pc-1'").await.unwrap();
         cache.sync().await.unwrap();
         assert_eq!(cache.check("p", "+4915100000001"), Ok(true), "the fence ends with the migration");
     }

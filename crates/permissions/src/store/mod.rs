@@ -182,19 +182,19 @@ pub async fn is_allowed(db: &DatabaseConnection, partner_id: &str, number: &str)
 }
 
 /// Partner ID → the numbers a migration is taking away from it right now:
-/// every number that a MIGRATING partner change names, under its source
+/// every number of a request whose migration has started, under its source
 /// partner (of one partner only, if given). From the moment a migration
 /// starts until it completes (after its revoke), the source partner is denied
 /// those numbers, so no replica lets it act on a number that has already
-/// moved. Reads the shared request table owned by the partner-change service.
+/// moved. Reads the partner-change service's published view [`MOVES_VIEW`].
 pub async fn migrating_numbers(
     db: &impl ConnectionTrait,
     partner_id: Option<&str>,
 ) -> Result<HashMap<String, HashSet<String>>, DbErr> {
     let mut query = Query::select()
         .columns([Alias::new("source_partner_id"), Alias::new("phone_numbers")])
-        .from(Alias::new("partner_changes"))
-        .and_where(Expr::col(Alias::new("state")).eq("MIGRATING"))
+        .from(Alias::new(MOVES_VIEW))
+        .and_where(Expr::col(Alias::new("migrating")).eq(true))
         .to_owned();
     if let Some(partner_id) = partner_id {
         query.and_where(Expr::col(Alias::new("source_partner_id")).eq(partner_id));
@@ -207,6 +207,12 @@ pub async fn migrating_numbers(
     }
     Ok(fenced)
 }
+
+/// The one thing this service reads of the partner-change service's data: the
+/// view it publishes of requests that are moving, or about to move, a WABA
+/// (`partner_change_id`, `waba_id`, `source_partner_id`, `phone_numbers`,
+/// `migrating`, `starts_after`). Never the request table itself.
+pub const MOVES_VIEW: &str = "partner_change_moves";
 
 /// The grants `partner_id` holds on `numbers`, in number order.
 async fn grants_of(db: &impl ConnectionTrait, partner_id: &str, numbers: &[PhoneNumber]) -> Result<Vec<Grant>, DbErr> {
@@ -255,21 +261,19 @@ pub async fn list_grants(
 /// The first partner change, if any, that is migrating one of `waba_ids`, or
 /// approved and due to start (not scheduled for later: a change scheduled for
 /// next week leaves the client free to manage its permissions until then).
-/// Reads the shared request table owned by the partner-change service.
+/// Reads the partner-change service's published view [`MOVES_VIEW`].
 pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String]) -> Result<Option<String>, DbErr> {
     if waba_ids.is_empty() {
         return Ok(None);
     }
-    let due = Condition::any()
-        .add(Expr::col(Alias::new("migrate_after")).is_null())
-        .add(Expr::col(Alias::new("migrate_after")).lte(database_now(db.get_database_backend())));
-    let moving = Condition::any()
-        .add(Expr::col(Alias::new("state")).eq("MIGRATING"))
-        .add(Condition::all().add(Expr::col(Alias::new("state")).eq("APPROVED")).add(due));
+    let moving_or_due = Condition::any()
+        .add(Expr::col(Alias::new("migrating")).eq(true))
+        .add(Expr::col(Alias::new("starts_after")).is_null())
+        .add(Expr::col(Alias::new("starts_after")).lte(database_now(db.get_database_backend())));
     let query = Query::select()
         .column(Alias::new("partner_change_id"))
-        .from(Alias::new("partner_changes"))
-        .cond_where(moving)
+        .from(Alias::new(MOVES_VIEW))
+        .cond_where(moving_or_due)
         .and_where(Expr::col(Alias::new("waba_id")).is_in(waba_ids.iter().map(String::as_str)))
         .limit(1)
         .to_owned();

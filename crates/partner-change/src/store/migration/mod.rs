@@ -7,6 +7,7 @@ mod m20261126_000002_index_events_by_party;
 mod m20261126_000003_store_trace_context;
 mod m20261203_000004_record_skipped_grants;
 mod m20261203_000005_schedule_migrations;
+mod m20261203_000006_publish_moving_view;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_store_trace_context::Migration),
             Box::new(m20261203_000004_record_skipped_grants::Migration),
             Box::new(m20261203_000005_schedule_migrations::Migration),
+            Box::new(m20261203_000006_publish_moving_view::Migration),
         ]
     }
 }
