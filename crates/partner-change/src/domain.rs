@@ -3,9 +3,8 @@
 //! protobuf here: `grpc` and `worker` gather the facts, these functions decide.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     PendingApproval,
     Approved,
@@ -53,7 +52,7 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
     Submitted,
     Approved,
@@ -124,7 +123,7 @@ pub fn next_state(from: State, event: EventType) -> Option<State> {
 }
 
 /// Where the migration saga of a request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaStep {
     /// Re-check eligibility, then move the WABA in the account service.
     Transfer,
@@ -146,7 +145,7 @@ impl SagaStep {
 }
 
 /// A partner change request as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerChange {
     pub partner_change_id: String,
     pub request_id: String,
@@ -158,13 +157,10 @@ pub struct PartnerChange {
     pub phone_numbers: Vec<String>,
     pub grant_phone_numbers: Vec<String>,
     /// Numbers named for the grant that had left the WABA by the time of the
-    /// grant (set on completion). Absent from snapshots stored before it existed.
-    #[serde(default)]
+    /// grant (set on completion).
     pub skipped_grant_phone_numbers: Vec<String>,
     pub accepted_terms_version: String,
     /// The migration starts no earlier than this; `None`: as soon as approved.
-    /// Absent from snapshots stored before it existed.
-    #[serde(default)]
     pub migrate_after: Option<DateTime<Utc>>,
     pub failure_reason: String,
     pub saga_step: SagaStep,
@@ -175,7 +171,6 @@ pub struct PartnerChange {
     pub expire_time: DateTime<Utc>,
     /// The W3C trace context of the submit or approval that set the migration
     /// going, so that the migration's spans continue that trace. Not part of events.
-    #[serde(skip)]
     pub trace_parent: Option<String>,
 }
 

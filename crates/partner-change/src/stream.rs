@@ -143,8 +143,15 @@ pub struct Subscription {
     pub after: i64,
 }
 
+/// What a cursor is bound to. Spelled out (not a `Debug` form, which a Rust
+/// rename would change), in exactly the form the first releases wrote, so that
+/// cursors subscribers stored then still work.
 fn cursor_scope(scope: &EventScope) -> String {
-    format!("events:{scope:?}")
+    match scope {
+        EventScope::All => "events:All".to_owned(),
+        EventScope::Client(id) => format!("events:Client(\"{id}\")"),
+        EventScope::Partner(id) => format!("events:Partner(\"{id}\")"),
+    }
 }
 
 /// The cursor of `position` for subscribers of `scope`.
@@ -327,5 +334,23 @@ impl Subscriber {
             format!("{what}; resume with after_cursor {resume}"),
             [("resumeAfterCursor", resume.as_str())],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cursors as the first releases issued them (kept verbatim): they must
+    /// keep working, whatever the Rust types are called now.
+    #[test]
+    fn cursors_issued_by_earlier_releases_still_resume() {
+        let partner = EventScope::Partner("partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".to_owned());
+        assert_eq!(parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &partner).unwrap(), 42);
+        assert_eq!(parse_cursor("MTQwMmU3OGUyY2JmN2VjODE3", &EventScope::All).unwrap(), 7);
+        assert_eq!(parse_cursor("MTgwNDA1YTlmNzkzNWMyZDcz", &EventScope::Client("client-1".to_owned())).unwrap(), 3);
+        // Bound to its scope: another subscriber's scope refuses it.
+        assert!(parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &EventScope::Partner("partner-2".to_owned())).is_err());
+        assert_eq!(cursor(42, &partner), "MWFhZjRkMGY3NzU4YWY4OGY0Mg", "today's cursors are the same");
     }
 }

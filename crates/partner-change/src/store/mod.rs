@@ -14,6 +14,7 @@
 
 pub mod entities;
 pub mod migration;
+pub mod snapshot;
 
 use std::time::Duration;
 
@@ -465,9 +466,27 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
-    /// Binds page tokens to the filter they were issued for.
+    /// Binds page tokens to the filter they were issued for: every filter,
+    /// spelled out explicitly (never a Rust type's `Debug` form, which a
+    /// rename would change).
     pub fn page_scope(&self) -> String {
-        format!("{self:?}")
+        let scope = match &self.scope {
+            ListScope::Client(id) => format!("client:{id}"),
+            ListScope::Incoming(id) => format!("incoming:{id}"),
+            ListScope::Outgoing(id) => format!("outgoing:{id}"),
+            ListScope::Partner(id) => format!("partner:{id}"),
+        };
+        let states: Vec<&str> = self.states.iter().map(|state| state.as_str()).collect();
+        let time =
+            |time: Option<DateTime<Utc>>| time.map(|time| time.timestamp_micros().to_string()).unwrap_or_default();
+        format!(
+            "changes;scope={scope};states={};other={};created_after={};created_before={};scheduled_before={}",
+            states.join(","),
+            self.other_party_id.as_deref().unwrap_or(""),
+            time(self.created_after),
+            time(self.created_before),
+            time(self.scheduled_before),
+        )
     }
 }
 
@@ -542,7 +561,7 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
         tx.execute_unprepared(&format!("NOTIFY {EVENTS_CHANNEL}, '{last}'")).await?;
     }
     for (offset, (draft, snapshot)) in (0..count).rev().zip(events) {
-        let snapshot_json = serde_json::to_string(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
+        let snapshot_json = snapshot::encode(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
         event::ActiveModel {
             position: Set(last - offset),
             partner_change_id: Set(snapshot.partner_change_id.clone()),
@@ -600,7 +619,9 @@ fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
         event_type: EventType::from_stored(&model.event_type)
             .ok_or_else(|| corrupt("event type", &model.event_type))?,
         state: State::from_stored(&model.state).ok_or_else(|| corrupt("state", &model.state))?,
-        snapshot: serde_json::from_str(&model.snapshot).map_err(|_| corrupt("snapshot", &model.partner_change_id))?,
+        snapshot: snapshot::decode(&model.snapshot).map_err(|err| {
+            StoreError::Other(DbErr::Custom(format!("event {} of {}: {err}", model.position, model.partner_change_id)))
+        })?,
         partner_change_id: model.partner_change_id,
         actor: model.actor,
         reason: model.reason,
