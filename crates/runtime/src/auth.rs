@@ -6,11 +6,10 @@
 //! What each subject may do is decided by each service, RPC by RPC.
 
 use std::{
-    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
     time::Duration,
 };
 
@@ -248,12 +247,20 @@ fn unauthenticated(reason: ErrorReason, message: &str) -> Status {
 /// Services call with the same token many times (`CheckPermission` on every
 /// message sent), so verified tokens are remembered until they expire: a
 /// repeat costs a hash lookup instead of a signature check.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authenticator {
     keys: Arc<TokenKeys>,
-    /// Token → its subject and expiry. A std lock, never held across `.await`;
-    /// cleared when full, so it stays bounded.
-    verified: Arc<RwLock<HashMap<String, (Subject, u64)>>>,
+    /// Token → its subject and expiry (seconds since the epoch). Bounded, with
+    /// S3-FIFO eviction (`quick_cache`): a burst of tokens seen once does not
+    /// push out the ones callers keep sending. An entry past its expiry is
+    /// never used, and is dropped when next looked up.
+    verified: Arc<quick_cache::sync::Cache<String, (Subject, u64)>>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator").field("verified", &self.verified.len()).finish_non_exhaustive()
+    }
 }
 
 /// How many verified tokens an authenticator remembers.
@@ -261,7 +268,7 @@ const VERIFIED_TOKENS: usize = 10_000;
 
 impl Authenticator {
     pub fn new(keys: Arc<TokenKeys>) -> Self {
-        Self { keys, verified: Arc::default() }
+        Self { keys, verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)) }
     }
 
     fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, Status> {
@@ -269,18 +276,15 @@ impl Authenticator {
         let header = metadata.get("authorization").ok_or_else(missing)?;
         let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(missing)?.trim();
         let now = jsonwebtoken::get_current_timestamp();
-        let remembered = self.verified.read().unwrap_or_else(PoisonError::into_inner).get(token).cloned();
-        if let Some((subject, expires)) = remembered
-            && expires > now
-        {
-            return Ok(subject);
+        match self.verified.get(token) {
+            Some((subject, expires)) if expires > now => return Ok(subject),
+            Some(_) => {
+                self.verified.remove(token);
+            }
+            None => {}
         }
         let (subject, expires) = self.keys.verify_until(token)?;
-        let mut verified = self.verified.write().unwrap_or_else(PoisonError::into_inner);
-        if verified.len() >= VERIFIED_TOKENS {
-            verified.clear();
-        }
-        verified.insert(token.to_owned(), (subject.clone(), expires));
+        self.verified.insert(token.to_owned(), (subject.clone(), expires));
         Ok(subject)
     }
 }
@@ -366,17 +370,40 @@ mod tests {
         let mut metadata = MetadataMap::new();
         metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
         assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
-        assert_eq!(authenticator.verified.read().unwrap().len(), 1, "remembered");
+        assert_eq!(authenticator.verified.len(), 1, "remembered");
         assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
 
         // A remembered token past its expiry is checked again, and refused.
-        authenticator.verified.write().unwrap().insert(token.clone(), (Subject::Service("messaging".into()), 1));
+        authenticator.verified.insert(token.clone(), (Subject::Service("messaging".into()), 1));
         let claims = Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: 1, exp: 2 };
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
-        authenticator.verified.write().unwrap().insert(expired.clone(), (Subject::Service("messaging".into()), 2));
+        authenticator.verified.insert(expired.clone(), (Subject::Service("messaging".into()), 2));
         let mut expired_metadata = MetadataMap::new();
         expired_metadata.insert("authorization", format!("Bearer {expired}").parse().unwrap());
         assert_eq!(authenticator.authenticate(&expired_metadata).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(authenticator.verified.get(&expired), None, "an expired entry is dropped, not kept");
+    }
+
+    #[test]
+    fn a_burst_of_tokens_seen_once_does_not_evict_the_ones_in_use() {
+        let keys = Arc::new(keys());
+        let authenticator = Authenticator::new(keys.clone());
+        let metadata_for = |token: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            metadata
+        };
+        let hot = keys.mint(&Subject::Service("messaging".into()), Duration::from_secs(600)).unwrap();
+        for _ in 0..3 {
+            authenticator.authenticate(&metadata_for(&hot)).unwrap();
+        }
+        for index in 0..VERIFIED_TOKENS * 2 {
+            let once = keys.mint(&Subject::Client(format!("c{index}")), Duration::from_secs(600)).unwrap();
+            authenticator.authenticate(&metadata_for(&once)).unwrap();
+            authenticator.authenticate(&metadata_for(&hot)).unwrap();
+        }
+        assert!(authenticator.verified.len() <= VERIFIED_TOKENS, "bounded: {}", authenticator.verified.len());
+        assert!(authenticator.verified.get(&hot).is_some(), "the token in use stays remembered");
     }
 
     #[test]

@@ -7,14 +7,16 @@
 use std::{
     future::Future,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{
+    Code, Request, Status, metadata::AsciiMetadataValue, service::interceptor::InterceptedService, transport::Channel,
+};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use tower_layer::Layer as _;
@@ -35,26 +37,52 @@ pub struct InvalidPeerUrl {
 }
 
 /// Signs each outgoing call with a short-lived token for this service and sets
-/// its deadline (`grpc-timeout`).
+/// its deadline (`grpc-timeout`). One token serves every call until shortly
+/// before it expires, so the peer verifies it once and then finds it in its
+/// cache of verified tokens.
 #[derive(Debug, Clone)]
 pub struct PeerCredentials {
     keys: Arc<TokenKeys>,
     subject: Subject,
     call_timeout: Duration,
+    /// The current `authorization` header and when to mint the next one.
+    /// Shared by every replica's channel; a std mutex, held only to copy or
+    /// replace the header, never across `.await`.
+    current: Arc<Mutex<Option<(AsciiMetadataValue, Instant)>>>,
 }
 
-/// How long a token minted for one outgoing call stays valid; minting is one
-/// HMAC, so every call gets a fresh one and none expires in flight.
+/// How long a token minted for peer calls stays valid.
 const PEER_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// A token is replaced this long before it expires, so that none expires in
+/// flight (a call's deadline is far shorter).
+const PEER_TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(60);
 
-impl tonic::service::Interceptor for PeerCredentials {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+impl PeerCredentials {
+    fn new(keys: Arc<TokenKeys>, subject: Subject, call_timeout: Duration) -> Self {
+        Self { keys, subject, call_timeout, current: Arc::default() }
+    }
+
+    /// The header to send now: the current token, or a new one once it is due for renewal.
+    fn header(&self) -> Result<AsciiMetadataValue, Status> {
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((header, renew_at)) = current.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(header.clone());
+        }
         let token = self.keys.mint(&self.subject, PEER_TOKEN_TTL).map_err(|err| {
             tracing::error!(error = %err, "cannot sign a call to a peer service");
             crate::error::internal()
         })?;
-        let header = format!("Bearer {token}").parse().map_err(|_| crate::error::internal())?;
-        request.metadata_mut().insert("authorization", header);
+        let header: AsciiMetadataValue = format!("Bearer {token}").parse().map_err(|_| crate::error::internal())?;
+        *current = Some((header.clone(), Instant::now() + (PEER_TOKEN_TTL - PEER_TOKEN_RENEW_BEFORE)));
+        Ok(header)
+    }
+}
+
+impl tonic::service::Interceptor for PeerCredentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.header()?);
         request.set_timeout(self.call_timeout);
         Ok(request)
     }
@@ -89,11 +117,8 @@ struct Replica {
 impl Peer {
     /// Replicas at `urls` (e.g. `http://10.0.0.5:50051`), connected on first use.
     pub fn new(urls: &[String], options: &PeerOptions) -> Result<Self, InvalidPeerUrl> {
-        let credentials = PeerCredentials {
-            keys: options.keys.clone(),
-            subject: Subject::Service(options.caller.clone()),
-            call_timeout: options.call_timeout,
-        };
+        let credentials =
+            PeerCredentials::new(options.keys.clone(), Subject::Service(options.caller.clone()), options.call_timeout);
         let replicas = urls
             .iter()
             .map(|url| {
@@ -264,5 +289,20 @@ mod tests {
         assert!(unreachable(&Status::unavailable("gone")));
         assert!(!unreachable(&Status::cancelled("by the caller")));
         assert!(!unreachable(&Status::not_found("no such WABA")));
+    }
+
+    #[test]
+    fn one_token_serves_every_call_until_it_is_due_for_renewal() {
+        let keys = Arc::new(TokenKeys::from_secret(&[7u8; 32], "partnerhub"));
+        let credentials =
+            PeerCredentials::new(keys.clone(), Subject::Service("partner-change".to_owned()), Duration::from_secs(5));
+        let first = credentials.header().unwrap();
+        assert_eq!(credentials.clone().header().unwrap(), first, "clones share the token");
+        let token = first.to_str().unwrap().strip_prefix("Bearer ").unwrap();
+        assert_eq!(keys.verify(token).unwrap(), Subject::Service("partner-change".to_owned()));
+        // Due for renewal: a new token (with a later expiry) is minted.
+        credentials.current.lock().unwrap().as_mut().unwrap().1 = Instant::now();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_ne!(credentials.header().unwrap(), first);
     }
 }
