@@ -30,7 +30,7 @@ use crate::{
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
     store::{self, Effects, EventDraft, EventScope, ListFilter, ListScope, WriteError},
-    stream::{EventHub, EventStream, Subscription, parse_cursor, watch},
+    stream::{EventHub, StreamItem, Subscription, parse_cursor, watch},
 };
 
 /// The most numbers a submit may name for granting.
@@ -158,6 +158,29 @@ impl PartnerChangeApi {
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
+
+/// `WatchPartnerChangeEvents` as the wire sees it.
+pub type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchPartnerChangeEventsResponse, Status>> + Send>>;
+
+fn watch_response(item: StreamItem) -> pb::WatchPartnerChangeEventsResponse {
+    let kind = match item {
+        StreamItem::Event { cursor, event } => {
+            pb::watch_partner_change_events_response::Kind::Event(pb::PartnerChangeEvent {
+                cursor,
+                r#type: event_type_to_proto(event.event_type).into(),
+                partner_change: Some(to_proto(event.snapshot.clone())),
+                actor: event.actor.clone(),
+                time: Some(to_timestamp(event.time)),
+                reason: event.reason.clone(),
+            })
+        }
+        StreamItem::Heartbeat { time } => {
+            pb::watch_partner_change_events_response::Kind::Heartbeat(pb::Heartbeat { time: Some(to_timestamp(time)) })
+        }
+    };
+    pb::WatchPartnerChangeEventsResponse { kind: Some(kind) }
+}
 
 #[tonic::async_trait]
 impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeApi {
@@ -503,7 +526,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         Ok(Response::new(pb::RetryPartnerChangeResponse { partner_change: Some(to_proto(change)) }))
     }
 
-    type WatchPartnerChangeEventsStream = EventStream;
+    type WatchPartnerChangeEventsStream = WatchStream;
 
     async fn watch_partner_change_events(
         &self,
@@ -534,7 +557,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             Subscription { scope, after },
             self.shutdown.clone(),
         );
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, |item| item.map(watch_response)))))
     }
 }
 
@@ -719,7 +742,7 @@ fn list_scope(
     }
 }
 
-pub(crate) fn state_to_proto(state: State) -> pb::PartnerChangeState {
+fn state_to_proto(state: State) -> pb::PartnerChangeState {
     match state {
         State::PendingApproval => pb::PartnerChangeState::PendingApproval,
         State::Approved => pb::PartnerChangeState::Approved,
@@ -745,7 +768,7 @@ fn state_from_proto(state: pb::PartnerChangeState) -> State {
     }
 }
 
-pub(crate) fn event_type_to_proto(event: EventType) -> pb::PartnerChangeEventType {
+fn event_type_to_proto(event: EventType) -> pb::PartnerChangeEventType {
     match event {
         EventType::Submitted => pb::PartnerChangeEventType::Submitted,
         EventType::Approved => pb::PartnerChangeEventType::Approved,
@@ -776,7 +799,7 @@ fn blocker_to_proto(blocker: Blocker) -> pb::Blocker {
     pb::Blocker { reason: reason.into(), message: blocker.message, missing_fields: blocker.missing_fields }
 }
 
-pub(crate) fn to_proto(change: PartnerChange) -> pb::PartnerChange {
+fn to_proto(change: PartnerChange) -> pb::PartnerChange {
     pb::PartnerChange {
         partner_change_id: change.partner_change_id,
         request_id: change.request_id,

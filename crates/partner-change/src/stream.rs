@@ -16,17 +16,18 @@
 //! whose client stops reading (its buffer stays full for `stall_timeout`) is
 //! ended with RESOURCE_EXHAUSTED and the cursor to resume from. A slow
 //! subscriber never blocks the tailer, the writers or other subscribers.
+//!
+//! Subscribers yield domain items ([`StreamItem`]); `grpc` maps them to the wire.
 
 use std::{pin::Pin, sync::Arc};
 
-use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
     config::StreamSettings,
     error::{ErrorReason, status},
     metrics::metrics,
     outage::Outage,
     pagination::{decode_token, encode_token},
-    time::{now, to_timestamp},
+    time::now,
     validate::Parsed,
 };
 use sea_orm::DatabaseConnection;
@@ -38,12 +39,20 @@ use tracing::Instrument as _;
 
 use crate::{
     domain::Event,
-    grpc::{event_type_to_proto, to_proto},
     store::{self, EVENTS_CHANNEL, EventScope},
 };
 
 /// The stream a `WatchPartnerChangeEvents` call returns.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPartnerChangeEventsResponse, Status>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Status>> + Send>>;
+
+/// What a subscriber is sent; `grpc` maps it to the wire.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// An event in the subscriber's scope, with the cursor to resume after it.
+    Event { cursor: String, event: Arc<Event> },
+    /// Nothing happened for a while; the stream is alive.
+    Heartbeat { time: chrono::DateTime<chrono::Utc> },
+}
 
 /// How many events one catch-up read takes from the log.
 const CATCH_UP_BATCH: u64 = 256;
@@ -205,7 +214,7 @@ struct Subscriber {
     db: DatabaseConnection,
     settings: StreamSettings,
     subscription: Subscription,
-    events: mpsc::Sender<Result<pb::WatchPartnerChangeEventsResponse, Status>>,
+    events: mpsc::Sender<Result<StreamItem, Status>>,
     /// The position of the last event handed to the client's buffer.
     last_delivered: Option<i64>,
 }
@@ -243,7 +252,7 @@ impl Subscriber {
                             last = event.position;
                             if self.subscription.scope.includes(&event) {
                                 heartbeat.reset();
-                                let delivered = self.deliver(&event).await;
+                                let delivered = self.deliver(event.clone()).await;
                                 let lag = (now() - event.time).to_std().unwrap_or_default();
                                 metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
                                 delivered
@@ -257,9 +266,7 @@ impl Subscriber {
                             return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the event tailer stopped"));
                         }
                     },
-                    _ = heartbeat.tick() => self.send(pb::watch_partner_change_events_response::Kind::Heartbeat(pb::Heartbeat {
-                        time: Some(to_timestamp(now())),
-                    })).await,
+                    _ = heartbeat.tick() => self.send(StreamItem::Heartbeat { time: now() }).await,
                 };
                 match outcome {
                     Ok(()) => {}
@@ -286,7 +293,7 @@ impl Subscriber {
             let full = batch.len() as u64 == CATCH_UP_BATCH;
             for event in batch {
                 *last = event.position;
-                self.deliver(&event).await?;
+                self.deliver(Arc::new(event)).await?;
             }
             if !full {
                 return Ok(());
@@ -294,24 +301,16 @@ impl Subscriber {
         }
     }
 
-    async fn deliver(&mut self, event: &Event) -> Result<(), Stop> {
-        let scope = &self.subscription.scope;
-        let message = pb::PartnerChangeEvent {
-            cursor: cursor(event.position, scope),
-            r#type: event_type_to_proto(event.event_type).into(),
-            partner_change: Some(to_proto(event.snapshot.clone())),
-            actor: event.actor.clone(),
-            time: Some(to_timestamp(event.time)),
-            reason: event.reason.clone(),
-        };
-        self.send(pb::watch_partner_change_events_response::Kind::Event(message)).await?;
-        self.last_delivered = Some(event.position);
+    async fn deliver(&mut self, event: Arc<Event>) -> Result<(), Stop> {
+        let position = event.position;
+        let item = StreamItem::Event { cursor: cursor(position, &self.subscription.scope), event };
+        self.send(item).await?;
+        self.last_delivered = Some(position);
         Ok(())
     }
 
-    async fn send(&self, kind: pb::watch_partner_change_events_response::Kind) -> Result<(), Stop> {
-        let message = pb::WatchPartnerChangeEventsResponse { kind: Some(kind) };
-        match self.events.send_timeout(Ok(message), self.settings.stall_timeout).await {
+    async fn send(&self, item: StreamItem) -> Result<(), Stop> {
+        match self.events.send_timeout(Ok(item), self.settings.stall_timeout).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
