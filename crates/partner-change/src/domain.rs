@@ -122,6 +122,36 @@ pub fn next_state(from: State, event: EventType) -> Option<State> {
     }
 }
 
+/// The states in which `event` may happen (to tell a caller what a call needs).
+pub fn states_allowing(event: EventType) -> Vec<State> {
+    State::ALL.into_iter().filter(|state| next_state(*state, event).is_some()).collect()
+}
+
+/// An event to record, before it has a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    pub event_type: EventType,
+    /// The subject that made the step, e.g. `partner:p-1`.
+    pub actor: String,
+    pub reason: String,
+}
+
+/// What a submit records, and the state it leaves the request in: SUBMITTED
+/// by the caller, then APPROVED on the destination's behalf when it approves
+/// every request automatically.
+pub fn submission_events(actor: &str, destination: &PartnerFacts) -> (State, Vec<EventDraft>) {
+    let submitted = EventDraft { event_type: EventType::Submitted, actor: actor.to_owned(), reason: String::new() };
+    if !destination.auto_approve {
+        return (State::PendingApproval, vec![submitted]);
+    }
+    let approved = EventDraft {
+        event_type: EventType::Approved,
+        actor: format!("partner:{}", destination.partner_id),
+        reason: "the destination partner approves every request automatically".to_owned(),
+    };
+    (State::Approved, vec![submitted, approved])
+}
+
 /// Where the migration saga of a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaStep {
@@ -545,5 +575,19 @@ mod tests {
         assert!(schedule_problem(now + day * 15, &pending).unwrap().contains("expires"));
         assert_eq!(schedule_problem(now + day * 15, &approved), None, "an approved request no longer expires");
         assert!(schedule_problem(now + day * 91, &approved).unwrap().contains("90 days"));
+    }
+
+    #[test]
+    fn a_submit_to_an_auto_approving_partner_is_approved_on_its_behalf() {
+        let mut destination = partner();
+        let (state, events) = submission_events("client:c", &destination);
+        assert_eq!(state, State::PendingApproval);
+        assert_eq!(events.iter().map(|event| event.event_type).collect::<Vec<_>>(), [EventType::Submitted]);
+        destination.auto_approve = true;
+        let (state, events) = submission_events("client:c", &destination);
+        assert_eq!(state, State::Approved);
+        let steps: Vec<_> = events.iter().map(|event| (event.event_type, event.actor.as_str())).collect();
+        assert_eq!(steps, [(EventType::Submitted, "client:c"), (EventType::Approved, "partner:p2")]);
+        assert_eq!(states_allowing(EventType::Cancelled), [State::PendingApproval, State::Approved]);
     }
 }

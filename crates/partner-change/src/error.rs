@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    domain::{Blocker, BlockerReason, State},
+    domain::{Blocker, BlockerReason, State, states_allowing},
     store::WriteError,
 };
 
@@ -25,7 +25,7 @@ pub enum PartnerChangeError {
     #[error("request_id {0} was already used for a different partner change")]
     IdempotencyKeyReused(String),
     #[error("partner change {id} is {}; this needs {needed}", .state.as_str())]
-    InvalidState { id: String, state: State, needed: &'static str },
+    InvalidState { id: String, state: State, needed: String },
     #[error("partner change {0} changed while this call ran; read it again and retry")]
     Conflict(String),
     #[error("the account or permissions service failed: {0}")]
@@ -42,10 +42,11 @@ impl From<sea_orm::DbErr> for PartnerChangeError {
 
 impl PartnerChangeError {
     /// A failed conditional write, as the caller should see it.
-    pub fn from_write(err: WriteError, id: &str, current: State, needed: &'static str) -> Self {
+    pub fn from_write(err: WriteError, id: &str) -> Self {
         match err {
-            WriteError::InvalidState { .. } => {
-                PartnerChangeError::InvalidState { id: id.to_owned(), state: current, needed }
+            WriteError::InvalidState { state, event } => {
+                let needed: Vec<&str> = states_allowing(event).into_iter().map(State::as_str).collect();
+                PartnerChangeError::InvalidState { id: id.to_owned(), state, needed: needed.join(" or ") }
             }
             WriteError::Conflict => PartnerChangeError::Conflict(id.to_owned()),
             WriteError::Duplicate(detail) => PartnerChangeError::Store(StoreError::UniqueViolation(detail)),

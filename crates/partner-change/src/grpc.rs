@@ -24,12 +24,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Blocker, BlockerReason, Eligibility, Event, EventType, PartnerChange, SagaStep, ScheduleLimits, State,
-        Submission, blockers, next_state, schedule_blocker, schedule_problem,
+        Blocker, BlockerReason, Eligibility, Event, EventDraft, EventType, PartnerChange, SagaStep, ScheduleLimits,
+        State, Submission, blockers, next_state, schedule_blocker, schedule_problem, submission_events,
     },
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
-    store::{self, Effects, EventDraft, EventScope, ListFilter, ListScope, WriteError},
+    store::{self, Effects, EventScope, ListFilter, ListScope, WriteError},
     stream::{EventHub, StreamItem, Subscription, parse_cursor, watch},
 };
 
@@ -112,23 +112,20 @@ impl PartnerChangeApi {
         }
     }
 
-    /// Applies `event` (with `effects`) to a request the caller may see and act on.
-    #[allow(clippy::too_many_arguments)] // each is one plain fact of the decision
+    /// Applies `draft` (with `effects`) to a request the caller may see and act on.
     async fn decide(
         &self,
         caller: &Subject,
         partner_change_id: &str,
         may_act: impl Fn(&Subject, &PartnerChange) -> bool,
-        event: EventType,
-        reason: String,
+        draft: EventDraft,
         effects: Effects,
-        needed: &'static str,
     ) -> Result<PartnerChange, Status> {
         let change = self.visible(caller, partner_change_id).await?;
         if !may_act(caller, &change) {
             return Err(permission_denied());
         }
-        let draft = EventDraft { event_type: event, actor: caller.to_string(), reason };
+        let event = draft.event_type;
         match store::apply_event(&self.db, &change, draft, effects).await {
             Ok(next) => {
                 self.events.notify_committed();
@@ -142,7 +139,7 @@ impl PartnerChangeApi {
                     Some(_) => WriteError::Conflict,
                     None => WriteError::InvalidState { state: current.state, event },
                 };
-                Err(PartnerChangeError::from_write(err, partner_change_id, current.state, needed).into())
+                Err(PartnerChangeError::from_write(err, partner_change_id).into())
             }
             Err(WriteError::Duplicate(_)) => {
                 let open =
@@ -152,7 +149,7 @@ impl PartnerChangeApi {
                 )])
                 .into())
             }
-            Err(err) => Err(PartnerChangeError::from_write(err, partner_change_id, change.state, needed).into()),
+            Err(err) => Err(PartnerChangeError::from_write(err, partner_change_id).into()),
         }
     }
 }
@@ -269,10 +266,10 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         };
 
         let time = now();
-        let auto_approve = destination.auto_approve;
+        let (state, events) = submission_events(&caller.to_string(), destination);
         let expire_time = self.expire_time_from(time);
         if let Some(at) = submission.migrate_after {
-            let limits = self.schedule_limits((!auto_approve).then_some(expire_time));
+            let limits = self.schedule_limits((state == State::PendingApproval).then_some(expire_time));
             if let Some(problem) = schedule_problem(at, &limits) {
                 return Err(invalid_argument(&[FieldViolation::new("migrate_after", problem)]));
             }
@@ -284,7 +281,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             client_id: world.client_id.clone(),
             source_partner_id: world.current_partner_id.clone(),
             destination_partner_id: submission.destination_partner_id.clone(),
-            state: if auto_approve { State::Approved } else { State::PendingApproval },
+            state,
             phone_numbers: world.phone_numbers.clone(),
             grant_phone_numbers: submission.grant_phone_numbers.clone(),
             skipped_grant_phone_numbers: Vec::new(),
@@ -299,15 +296,6 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             migrate_after: submission.migrate_after,
         };
         record_partner_change_id(&change.partner_change_id);
-        let mut events =
-            vec![EventDraft { event_type: EventType::Submitted, actor: caller.to_string(), reason: String::new() }];
-        if auto_approve {
-            events.push(EventDraft {
-                event_type: EventType::Approved,
-                actor: format!("partner:{}", change.destination_partner_id),
-                reason: "the destination partner approves every request automatically".to_owned(),
-            });
-        }
         let stored = match store::insert_submission(&self.db, &change, &events).await {
             Ok(stored) => stored,
             Err(WriteError::Duplicate(_)) => {
@@ -315,11 +303,11 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
             }
             Err(err) => {
-                return Err(PartnerChangeError::from_write(err, &change.partner_change_id, change.state, "").into());
+                return Err(PartnerChangeError::from_write(err, &change.partner_change_id).into());
             }
         };
         self.events.notify_committed();
-        if auto_approve {
+        if stored.state == State::Approved {
             self.worker_wake.notify_one();
         }
         tracing::info!(
@@ -400,11 +388,9 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 caller,
                 &partner_change_id,
                 is_destination,
-                EventType::Approved,
-                String::new(),
+                EventDraft { event_type: EventType::Approved, actor: caller.to_string(), reason: String::new() },
                 // The migration this sets going continues the approval's trace.
                 Effects { trace_parent: current_traceparent(), ..Effects::default() },
-                "PENDING_APPROVAL",
             )
             .await?;
         self.worker_wake.notify_one();
@@ -426,10 +412,8 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 caller,
                 &partner_change_id,
                 is_destination,
-                EventType::Rejected,
-                reason,
+                EventDraft { event_type: EventType::Rejected, actor: caller.to_string(), reason },
                 Effects::default(),
-                "PENDING_APPROVAL",
             )
             .await?;
         tracing::info!(%partner_change_id, actor = %caller, "partner change rejected");
@@ -450,10 +434,8 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 caller,
                 &partner_change_id,
                 is_owner_or_support,
-                EventType::Cancelled,
-                reason,
+                EventDraft { event_type: EventType::Cancelled, actor: caller.to_string(), reason },
                 Effects::default(),
-                "PENDING_APPROVAL, or APPROVED before its migration starts",
             )
             .await?;
         tracing::info!(%partner_change_id, actor = %caller, "partner change cancelled");
@@ -486,10 +468,12 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 caller,
                 &partner_change_id,
                 is_owner_or_support,
-                EventType::Rescheduled,
-                describe_schedule(migrate_after, current.migrate_after),
+                EventDraft {
+                    event_type: EventType::Rescheduled,
+                    actor: caller.to_string(),
+                    reason: describe_schedule(migrate_after, current.migrate_after),
+                },
                 Effects { migrate_after: Some(migrate_after), ..Effects::default() },
-                "PENDING_APPROVAL or APPROVED, before its migration starts",
             )
             .await?;
         // An earlier time may be due already.
@@ -510,15 +494,13 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 caller,
                 &partner_change_id,
                 support_only,
-                EventType::Retried,
-                String::new(),
+                EventDraft { event_type: EventType::Retried, actor: caller.to_string(), reason: String::new() },
                 // The cause is fixed: the request no longer carries it.
                 Effects {
                     failure_reason: Some(String::new()),
                     trace_parent: current_traceparent(),
                     ..Effects::default()
                 },
-                "FAILED",
             )
             .await?;
         self.worker_wake.notify_one();

@@ -50,9 +50,9 @@ use tonic_types::StatusExt;
 use tracing::Instrument as _;
 
 use crate::{
-    domain::{Blocker, Eligibility, EventType, PartnerChange, SagaStep, State, blockers},
+    domain::{Blocker, Eligibility, EventDraft, EventType, PartnerChange, SagaStep, State, blockers},
     facts::{Accounts, FactsError},
-    store::{self, Effects, EventDraft, WriteError},
+    store::{self, Effects, WriteError},
 };
 
 /// The actor the worker's events name.

@@ -30,7 +30,7 @@ use sea_orm::{
 };
 
 use self::entities::{event, partner_change};
-use crate::domain::{Event, EventType, PartnerChange, SagaStep, State, next_state};
+use crate::domain::{Event, EventDraft, EventType, PartnerChange, SagaStep, State, next_state};
 
 /// The PostgreSQL notification channel that wakes every replica's event tailer.
 pub const EVENTS_CHANNEL: &str = "partnerhub_partner_change_events";
@@ -77,15 +77,6 @@ pub async fn events_after(
 /// The position of the newest event (0 when there is none).
 pub async fn last_position(db: &DatabaseConnection) -> Result<i64, StoreError> {
     Ok(head_position(db, "event_log_head").await?)
-}
-
-/// An event to append, before it has a position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventDraft {
-    pub event_type: EventType,
-    /// The subject that made the step, e.g. `partner:p-1`.
-    pub actor: String,
-    pub reason: String,
 }
 
 /// What a transition changes besides the state.
