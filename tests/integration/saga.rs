@@ -52,9 +52,11 @@ async fn drive_to_the_end(app: &TestApp, worker_name: &str, partner_change_id: &
 }
 
 async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backend: Backend) {
+    // Long enough to outlast the calls between the crash and the check that the
+    // lease still holds, even on a loaded machine.
     let app = TestApp::spawn_with(backend, |settings| {
         settings.partner_change.worker.enabled = false;
-        settings.partner_change.worker.lease = Duration::from_millis(300);
+        settings.partner_change.worker.lease = Duration::from_secs(2);
     })
     .await;
     let s = scenario(&app, false).await;

