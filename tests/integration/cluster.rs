@@ -21,7 +21,7 @@ use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
-use crate::fixtures::{self, unique_number};
+use crate::fixtures;
 
 const CHANGES: usize = 6;
 
@@ -44,12 +44,7 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     let destination =
         fixtures::partner_with(&setup, "Destination", PaymentProcessor::Stripe, fixtures::settings(false)).await;
     let client = fixtures::eligible_client(&setup, "Bakery Ltd").await;
-    let mut wabas = Vec::new();
-    for _ in 0..CHANGES {
-        let numbers = [unique_number(), unique_number()];
-        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-        wabas.push(fixtures::waba(&setup, &client.client_id, &source.partner_id, &numbers).await);
-    }
+    let wabas = fixtures::wabas(&setup, &client.client_id, &source.partner_id, CHANGES).await;
     let all_numbers: Vec<String> = wabas.iter().flat_map(|waba| waba.phone_numbers.clone()).collect();
     let as_client = format!("client:{}", client.client_id);
     let as_destination = format!("partner:{}", destination.partner_id);

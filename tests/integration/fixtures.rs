@@ -35,6 +35,17 @@ pub async fn client(app: &impl Deployment, name: &str) -> pb::Client {
         .unwrap()
 }
 
+/// `count` WABAs of the client at the partner, two new numbers each.
+pub async fn wabas(app: &impl Deployment, client_id: &str, partner_id: &str, count: usize) -> Vec<pb::Waba> {
+    let mut wabas = Vec::with_capacity(count);
+    for _ in 0..count {
+        let numbers = [unique_number(), unique_number()];
+        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        wabas.push(waba(app, client_id, partner_id, &numbers).await);
+    }
+    wabas
+}
+
 pub async fn waba(app: &impl Deployment, client_id: &str, partner_id: &str, numbers: &[&str]) -> pb::Waba {
     let mut account = app.account("support:fixtures");
     let mut waba = account
@@ -156,6 +167,14 @@ pub async fn scenario(app: &impl Deployment, destination_auto_approves: bool) ->
 }
 
 impl Scenario {
+    /// The same client and partners with another WABA (`numbers` new numbers) at the source.
+    pub async fn another_waba(&self, app: &impl Deployment, numbers: usize) -> Scenario {
+        let numbers: Vec<String> = (0..numbers).map(|_| unique_number()).collect();
+        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        let waba = waba(app, &self.client.client_id, &self.source.partner_id, &numbers).await;
+        Scenario { waba, ..self.clone() }
+    }
+
     pub fn client_subject(&self) -> String {
         format!("client:{}", self.client.client_id)
     }

@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use tonic::{Code, Status};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::fixtures::{self, allowed, get_change, history_types, unique_number};
+use crate::fixtures::{self, allowed, get_change, history_types};
 
 const SERVICES: [&str; 3] = [
     "partnerhub.account.v1.AccountService",
@@ -73,12 +73,7 @@ async fn partner_changes_complete_while_the_database_ends_the_servers_sessions()
         fixtures::partner_with(&app, "Destination", pb::PaymentProcessor::Stripe, fixtures::settings(true)).await;
     let client = fixtures::eligible_client(&app, "Bakery Ltd").await;
     let as_client = format!("client:{}", client.client_id);
-    let mut wabas = Vec::new();
-    for _ in 0..CHANGES {
-        let numbers = [unique_number(), unique_number()];
-        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-        wabas.push(fixtures::waba(&app, &client.client_id, &source.partner_id, &numbers).await);
-    }
+    let wabas = fixtures::wabas(&app, &client.client_id, &source.partner_id, CHANGES).await;
     let all_numbers: Vec<String> = wabas.iter().flat_map(|waba| waba.phone_numbers.clone()).collect();
     app.permissions(&as_client)
         .set_partner_permissions(partnerhub_proto::permissions::v1::SetPartnerPermissionsRequest {

@@ -284,26 +284,8 @@ async fn only_the_owner_client_and_support_may_reschedule(backend: Backend) {
 async fn partners_list_what_is_scheduled_to_move_before_a_time(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
     let tonight = scenario(&app, true).await;
-    let next_week = Scenario {
-        waba: crate::fixtures::waba(
-            &app,
-            &tonight.client.client_id,
-            &tonight.source.partner_id,
-            &[&crate::fixtures::unique_number()],
-        )
-        .await,
-        ..tonight.clone()
-    };
-    let unscheduled = Scenario {
-        waba: crate::fixtures::waba(
-            &app,
-            &tonight.client.client_id,
-            &tonight.source.partner_id,
-            &[&crate::fixtures::unique_number()],
-        )
-        .await,
-        ..tonight.clone()
-    };
+    let next_week = tonight.another_waba(&app, 1).await;
+    let unscheduled = tonight.another_waba(&app, 1).await;
     let soon = submit_scheduled(&app, &tonight, "tonight", in_seconds(6 * 3600)).await;
     submit_scheduled(&app, &next_week, "next-week", in_days(7)).await;
     unscheduled.submit(&app, "whenever").await;
