@@ -157,7 +157,10 @@ pub async fn listen_for_notifications(
 /// replicas on different hosts compare: PostgreSQL's `now()`. SQLite lives on
 /// this one host, so there this host's clock is the database's clock.
 pub fn database_now(backend: DbBackend) -> SimpleExpr {
-    database_time_after(backend, Duration::ZERO)
+    match backend {
+        DbBackend::Postgres => Expr::cust("now()"),
+        _ => Expr::value(crate::time::now()),
+    }
 }
 
 /// [`database_now`] plus `after`.
@@ -250,14 +253,6 @@ impl From<DbErr> for StoreError {
             ErrorClass::Conflict => StoreError::Conflict(err),
             ErrorClass::Other => StoreError::Other(err),
         }
-    }
-}
-
-impl StoreError {
-    /// Whether trying again later may succeed (the database was away, or the
-    /// transaction lost a race), as opposed to a constraint or a defect.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
     }
 }
 

@@ -69,11 +69,6 @@ impl Outage {
         }
     }
 
-    /// Whether the last attempt failed.
-    pub fn is_failing(&self) -> bool {
-        self.lock().is_some()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
         // A poisoned lock only means a panic mid-update of two integers; the state is still usable.
         self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -90,15 +85,15 @@ mod tests {
         let clone = outage.clone();
         let failures = || metrics().background_failures.get_or_create(&TaskLabels { task: "test_outage" }).get();
         let failing = || metrics().background_failing.get_or_create(&TaskLabels { task: "test_outage" }).get();
-        assert!(!outage.is_failing());
+        assert!(!outage.lock().is_some());
         outage.failed(&"connection refused");
         clone.failed(&"connection refused");
         outage.failed(&"connection refused");
-        assert!(outage.is_failing(), "clones share one outage");
+        assert!(outage.lock().is_some(), "clones share one outage");
         assert_eq!((failures(), failing()), (3, 1));
         assert_eq!(outage.lock().map(|failing| failing.attempts), Some(3));
         clone.succeeded();
-        assert!(!outage.is_failing());
+        assert!(!outage.lock().is_some());
         assert_eq!((failures(), failing()), (3, 0));
         outage.succeeded();
         assert_eq!(failures(), 3, "a success without an outage changes nothing");

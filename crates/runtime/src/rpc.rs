@@ -129,7 +129,7 @@ impl<S> Observed<S> {
                     partner_change_id = Empty,
                 );
                 let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-                    propagator.extract(&Headers(request.headers_mut()))
+                    propagator.extract(&ReadHeaders(request.headers()))
                 });
                 // Fails only for a span that is disabled (filtered out).
                 let _ = span.set_parent(parent);
@@ -265,23 +265,13 @@ fn new_trace_id() -> TraceId {
     RandomIdGenerator::default().new_trace_id()
 }
 
-/// Request headers, read-only, for extracting trace context.
-struct ReadHeaders<'a>(&'a http::HeaderMap);
-
-impl Extractor for ReadHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
 /// Trace context read from and written to gRPC metadata (HTTP/2 headers).
 struct Headers<'a>(&'a mut http::HeaderMap);
 
-impl Extractor for Headers<'_> {
+/// The same, read-only, for extracting it.
+struct ReadHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for ReadHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(|value| value.to_str().ok())
     }
@@ -329,7 +319,7 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
         headers.insert("traceparent", value);
     }
     let parent =
-        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(&mut headers)));
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&ReadHeaders(&headers)));
     let _ = span.set_parent(parent);
 }
 
