@@ -125,6 +125,19 @@ impl PartnerChangeApi {
         if !may_act(caller, &change) {
             return Err(permission_denied());
         }
+        self.apply(caller, change, draft, effects).await
+    }
+
+    /// Applies `draft` to `change` as the caller read it (visible to it, and
+    /// one it may act on), conditional on the version read.
+    async fn apply(
+        &self,
+        caller: &Subject,
+        change: PartnerChange,
+        draft: EventDraft,
+        effects: Effects,
+    ) -> Result<PartnerChange, Status> {
+        let partner_change_id = change.partner_change_id.as_str();
         let event = draft.event_type;
         match store::apply_event(&self.db, &change, draft, effects).await {
             Ok(next) => {
@@ -461,21 +474,15 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 return Err(invalid_argument(&[FieldViolation::new("migrate_after", problem)]));
             }
         }
-        // Conditional on the version read by `decide`: of a reschedule racing
-        // the worker's claim, exactly one applies.
-        let change = self
-            .decide(
-                caller,
-                &partner_change_id,
-                is_owner_or_support,
-                EventDraft {
-                    event_type: EventType::Rescheduled,
-                    actor: caller.to_string(),
-                    reason: describe_schedule(migrate_after, current.migrate_after),
-                },
-                Effects { migrate_after: Some(migrate_after), ..Effects::default() },
-            )
-            .await?;
+        // Conditional on the version read above: of a reschedule racing the
+        // worker's claim, exactly one applies.
+        let draft = EventDraft {
+            event_type: EventType::Rescheduled,
+            actor: caller.to_string(),
+            reason: describe_schedule(migrate_after, current.migrate_after),
+        };
+        let effects = Effects { migrate_after: Some(migrate_after), ..Effects::default() };
+        let change = self.apply(caller, current, draft, effects).await?;
         // An earlier time may be due already.
         self.worker_wake.notify_one();
         tracing::info!(%partner_change_id, actor = %caller, migrate_after = ?change.migrate_after, "partner change rescheduled");
