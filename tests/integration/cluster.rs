@@ -4,7 +4,14 @@
 //! (SIGKILL) and the database ends every process's sessions mid-way, and the
 //! work still completes, exactly once.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use partnerhub_proto::{
     account::v1::{GetWabaRequest, PaymentProcessor},
@@ -113,19 +120,19 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     // every 200 ms (what a restart or a failover does to them).
     let admin = sea_orm::Database::connect(postgres_admin_url()).await.unwrap();
     let database = cluster.database_name();
-    let ending_sessions = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ending_sessions = Arc::new(AtomicBool::new(true));
+    let sessions_ended = Arc::new(AtomicU64::new(0));
     let session_killer = tokio::spawn({
-        let ending_sessions = ending_sessions.clone();
+        let (ending_sessions, sessions_ended) = (ending_sessions.clone(), sessions_ended.clone());
         async move {
-            let mut ended = 0;
-            while ending_sessions.load(std::sync::atomic::Ordering::Relaxed) {
+            while ending_sessions.load(Ordering::Relaxed) {
                 let statement = format!(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
                 );
-                ended += admin.execute_unprepared(&statement).await.unwrap().rows_affected();
+                let ended = admin.execute_unprepared(&statement).await.unwrap().rows_affected();
+                sessions_ended.fetch_add(ended, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            ended
         }
     });
     let (first_half, second_half) = ids.split_at(CHANGES / 2);
@@ -137,10 +144,16 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     for id in second_half {
         approve(id).await;
     }
-    // The sagas run on while sessions keep ending, then the database calms down.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ending_sessions.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert!(session_killer.await.unwrap() > 0, "no session was ended");
+    // The sagas run on while sessions keep ending (some more of the cluster's
+    // sessions are ended after the last approval), then the database calms down.
+    let ended_by_now = sessions_ended.load(Ordering::Relaxed);
+    eventually("more sessions to be ended while the sagas run", Duration::from_secs(10), || async {
+        (sessions_ended.load(Ordering::Relaxed) > ended_by_now).then_some(())
+    })
+    .await;
+    ending_sessions.store(false, Ordering::Relaxed);
+    session_killer.await.unwrap();
+    assert!(sessions_ended.load(Ordering::Relaxed) > 0, "no session was ended");
 
     let survivor = cluster.view("account-2", "partner-change-2", "permissions-2");
     for id in &ids {

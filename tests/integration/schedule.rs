@@ -72,7 +72,6 @@ async fn a_scheduled_change_waits_for_its_time_and_then_completes(backend: Backe
     assert_eq!(submitted.state(), St::Approved, "the destination approves at once");
     assert_eq!(submitted.migrate_after, Some(at));
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = get_change(&app, &submitted.partner_change_id).await;
     assert_eq!(waiting.state(), St::Approved, "the migration waits for its time");
     assert_eq!(s.waba_now(&app).await.partner_id, s.source.partner_id);
