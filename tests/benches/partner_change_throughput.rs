@@ -14,7 +14,7 @@
 use std::{sync::Arc, time::Duration};
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, bench::auto_approve_world};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, bench::auto_approve_world};
 use tokio::{sync::Semaphore, time::Instant};
 
 fn env_number(name: &str, default: u32) -> u32 {
@@ -32,8 +32,8 @@ async fn main() {
     };
     let app = TestApp::spawn_with(backend, |settings| {
         settings.database.max_connections = 20;
-        settings.partner_change.worker.concurrency = workers;
-        settings.partner_change.worker.poll_interval = Duration::from_millis(20);
+        settings.partner_change().worker.concurrency = workers;
+        settings.partner_change().worker.poll_interval = Duration::from_millis(20);
     })
     .await;
 

@@ -1,7 +1,7 @@
 //! The account RPCs through the real gRPC client, on both databases.
 
 use partnerhub_proto::account::v1 as pb;
-use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -80,7 +80,7 @@ async fn partners_are_created_read_and_updated_through_a_field_mask(backend: Bac
 /// Two partners' tools (or a partner and support) patch different fields at
 /// once: each patch writes only its own fields, so neither undoes the other.
 async fn concurrent_updates_of_different_settings_both_stick(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let partner = fixtures::partner(&app, "Acme BSP", pb::PaymentProcessor::Stripe).await;
     let update = |settings: pb::PartnerSettings, path: &str| pb::UpdatePartnerSettingsRequest {
         partner_id: partner.partner_id.clone(),

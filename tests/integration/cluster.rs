@@ -222,12 +222,12 @@ async fn partner_changes_complete_across_replicas_when_replicas_are_killed() {
     assert_eq!(sample(&metrics_after, approvals), CHANGES as f64);
 
     // Without tracing on, each request's log lines still carry a trace ID
-    // (a new one here: the calls sent none) and the partner change ID.
+    // (a new one here: the calls sent none) and the partner change ID as the resource.
     let log = std::fs::read_to_string(&cluster.member("partner-change-2").log).unwrap();
     let approvals: Vec<&str> = log.lines().filter(|line| line.contains("partner change approved")).collect();
     assert_eq!(approvals.len(), CHANGES, "{log}");
     for line in approvals {
-        assert!(line.contains("rpc{trace_id=") && line.contains("partner_change_id=\"pc-"), "{line}");
+        assert!(line.contains("rpc{trace_id=") && line.contains("resource_id=\"pc-"), "{line}");
     }
 
     // The launcher noticed, and kept the rest running.

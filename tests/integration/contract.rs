@@ -4,7 +4,7 @@
 
 use partnerhub_partner_change::domain::SagaStep;
 use partnerhub_proto::partnerchange::v1::PartnerChangeState as St;
-use partnerhub_tests::{Backend, TestApp, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, on_both_databases};
 use prost_types::Timestamp;
 use sea_orm::{ConnectionTrait, Database, Statement};
 
@@ -13,7 +13,7 @@ use crate::fixtures::{get_change, scenario};
 on_both_databases!(the_published_view_shows_exactly_the_requests_moving_a_waba);
 
 async fn the_published_view_shows_exactly_the_requests_moving_a_waba(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker().replica("worker");
 
     let pending = scenario(&app, false).await.submit(&app, "pending").await;

@@ -3,7 +3,7 @@
 //! client's; list filters and pagination.
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases, violated_fields};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases, violated_fields};
 use pc::PartnerChangeState as St;
 use tonic::Code;
 
@@ -43,7 +43,7 @@ const MATRIX: &[(Rpc, [Code; 7])] = &[
 ];
 
 async fn every_partner_change_rpc_answers_each_subject_as_specified(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let other_client = fixtures::eligible_client(&app, "Other Ltd").await;
     let unrelated = fixtures::partner(&app, "Unrelated", partnerhub_proto::account::v1::PaymentProcessor::Stripe).await;
@@ -138,7 +138,7 @@ async fn every_partner_change_rpc_answers_each_subject_as_specified(backend: Bac
 }
 
 async fn lists_filter_and_page_newest_first(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let (a, b) = (s.source.clone(), s.destination.clone());
     let c = fixtures::partner_with(

@@ -2,7 +2,7 @@
 //! replica that is gone (or never was) costs no call.
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, on_both_databases};
 
 use crate::fixtures::{allowed, scenario, wait_for_state};
 
@@ -21,14 +21,17 @@ fn dead_address() -> String {
 async fn peer_calls_reach_a_replica_that_answers(backend: Backend) {
     // A and C are full replicas without a migration worker; B finds its
     // account and permissions peers at [nowhere, C, A] and runs the migration.
-    let a = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let a = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let c = a.spawn_replica().await;
     let peers = vec![dead_address(), url(&c), url(&a)];
     let b = a
         .spawn_replica_with(|settings| {
-            settings.partner_change.worker.enabled = true;
-            settings.peers.account_urls = peers.clone();
-            settings.peers.permissions_urls = peers.clone();
+            settings.partner_change().worker.enabled = true;
+            settings.peers.urls.insert("account_urls".to_owned(), partnerhub_runtime::config::Addresses(peers.clone()));
+            settings
+                .peers
+                .urls
+                .insert("permissions_urls".to_owned(), partnerhub_runtime::config::Addresses(peers.clone()));
         })
         .await;
     let s = scenario(&a, false).await;

@@ -2,7 +2,7 @@
 //! (all or nothing), idempotent revoke and grant, and who may call what.
 
 use partnerhub_proto::permissions::v1 as perm;
-use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -29,7 +29,7 @@ async fn granted_numbers(app: &TestApp, subject: &str, request: perm::ListPartne
 }
 
 async fn set_replaces_the_whole_set_and_refuses_all_or_nothing(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let (first, second) = (s.waba.phone_numbers[0].clone(), s.waba.phone_numbers[1].clone());
     let mut as_client = app.permissions(&s.client_subject());
@@ -179,7 +179,7 @@ async fn revoke_and_grant_apply_once_per_partner_change(backend: Backend) {
 /// The migration worker may send one call twice at once (a retry to another
 /// replica while the first is still running): every copy succeeds, one applies.
 async fn twenty_identical_concurrent_revokes_and_grants_each_apply_once(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let numbers = s.waba.phone_numbers.clone();
     s.grant(&app, &s.source.partner_id, &numbers).await;
@@ -347,8 +347,8 @@ async fn a_revoke_through_one_replica_reaches_the_others_cache() {
     // brings it news: it never falls back to the database here.
     let b = a
         .spawn_replica_with(|settings| {
-            settings.permissions.cache_poll_interval = std::time::Duration::from_secs(3600);
-            settings.permissions.cache_trust_window = std::time::Duration::from_secs(7200);
+            settings.permissions().cache_poll_interval = std::time::Duration::from_secs(3600);
+            settings.permissions().cache_trust_window = std::time::Duration::from_secs(7200);
         })
         .await;
     assert!(allowed(&b, &source, &numbers[0]).await, "B loaded the grants");

@@ -3,7 +3,7 @@
 //! FAILED_PRECONDITION or ABORTED; the log has exactly one event per transition.
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, on_both_databases, reason};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, on_both_databases, reason};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use tonic::{Code, Status};
 
@@ -34,7 +34,7 @@ async fn join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Ve
 }
 
 async fn of_concurrent_approvals_exactly_one_applies(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let submitted = s.submit(&app, "req").await;
     let handles = (0..8)
@@ -52,7 +52,7 @@ async fn of_concurrent_approvals_exactly_one_applies(backend: Backend) {
 }
 
 async fn approve_racing_cancel_or_reject_applies_exactly_one(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     for (round, rival) in [Ev::Cancelled, Ev::Rejected, Ev::Cancelled, Ev::Rejected].into_iter().enumerate() {
         let submitted = s.submit(&app, &format!("req-{round}")).await;
@@ -110,7 +110,7 @@ async fn move_back(app: &TestApp, s: &crate::fixtures::Scenario) {
 }
 
 async fn of_concurrent_submits_for_one_waba_exactly_one_wins(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let handles = (0..8)
         .map(|i| {

@@ -3,7 +3,7 @@
 //! reason, the WABA left where it was), plus support's retry once the cause is fixed.
 
 use partnerhub_proto::{account::v1 as acc, partnerchange::v1 as pc};
-use partnerhub_tests::{Backend, TestApp, on_both_databases, reason};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, on_both_databases, reason};
 use pc::PartnerChangeState as St;
 use prost_types::FieldMask;
 use tonic::Code;
@@ -288,7 +288,7 @@ async fn preview_reports_every_blocker_together(backend: Backend) {
 }
 
 async fn the_world_is_checked_again_when_the_migration_starts(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker();
     for obstacle in Obstacle::ALL {
         let s = scenario_for(&app, obstacle).await;

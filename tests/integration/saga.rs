@@ -9,13 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use partnerhub_partner_change::settings::WorkerSettings;
 use partnerhub_partner_change::{
     domain::SagaStep,
     worker::{STUCK_AFTER_ATTEMPTS, Step},
 };
 use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as perm};
-use partnerhub_runtime::config::WorkerSettings;
-use partnerhub_tests::{Backend, TestApp, eventually, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, eventually, on_both_databases};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
@@ -55,8 +55,8 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
     // Long enough to outlast the calls between the crash and the check that the
     // lease still holds, even on a loaded machine.
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.partner_change.worker.enabled = false;
-        settings.partner_change.worker.lease = Duration::from_secs(2);
+        settings.partner_change().worker.enabled = false;
+        settings.partner_change().worker.lease = Duration::from_secs(2);
     })
     .await;
     let s = scenario(&app, false).await;
@@ -98,7 +98,7 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
 /// there): the old partner's grants are still stored, yet every replica
 /// denies it the numbers, because they are with the new partner.
 async fn the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let other_replica = app.spawn_replica().await;
     let s = scenario(&app, false).await;
     s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
@@ -122,7 +122,8 @@ async fn the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs(backe
     assert_eq!(still_granted, numbers, "the revoke has not run");
 
     // Within the cache's trust window (1 s by default), on every replica.
-    let trust_window = app.settings.permissions.cache_trust_window;
+    let trust_window =
+        app.settings.section::<partnerhub_permissions::settings::PermissionsSettings>().cache_trust_window;
     for replica in [&app, &other_replica] {
         for number in &s.waba.phone_numbers {
             eventually("the old partner to be denied", trust_window + Duration::from_secs(1), || async {
@@ -144,7 +145,7 @@ async fn the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs(backe
 }
 
 async fn a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker().replica("replica");
     let s = scenario(&app, false).await;
     s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
@@ -209,7 +210,7 @@ async fn a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after(bac
 }
 
 async fn a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_completes(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker().replica("replica");
     let s = scenario(&app, false).await;
     let submitted = s.submit(&app, "req").await;
@@ -233,7 +234,7 @@ async fn a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_
 }
 
 async fn numbers_named_for_the_grant_that_left_the_waba_are_skipped_and_reported(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let (kept, gone) = (s.waba.phone_numbers[0].clone(), s.waba.phone_numbers[1].clone());
     let mut request = s.submit_request("req");
@@ -265,7 +266,7 @@ async fn numbers_named_for_the_grant_that_left_the_waba_are_skipped_and_reported
 /// worker died mid-saga completes on another replica within ten seconds.
 async fn a_dead_workers_migration_completes_on_a_surviving_replica_within_ten_seconds(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.partner_change.worker = WorkerSettings { enabled: false, ..WorkerSettings::default() };
+        settings.partner_change().worker = WorkerSettings { enabled: false, ..WorkerSettings::default() };
     })
     .await;
     let s = scenario(&app, false).await;
@@ -276,7 +277,8 @@ async fn a_dead_workers_migration_completes_on_a_surviving_replica_within_ten_se
     dying.faults().crash_after(SagaStep::Transfer);
     dying.run_once().await.unwrap();
     let died = Instant::now();
-    let survivor = app.spawn_replica_with(|settings| settings.partner_change.worker = WorkerSettings::default()).await;
+    let survivor =
+        app.spawn_replica_with(|settings| settings.partner_change().worker = WorkerSettings::default()).await;
     eventually(
         "the survivor to complete the migration",
         Duration::from_secs(10).saturating_sub(died.elapsed()),

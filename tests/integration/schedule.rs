@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use partnerhub_partner_change::worker::Step;
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, assert_refused, eventually, on_both_databases, reason, violated_fields};
+use partnerhub_tests::{
+    Backend, ServiceSections, TestApp, assert_refused, eventually, on_both_databases, reason, violated_fields,
+};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St, watch_partner_change_events_response::Kind};
 use prost_types::Timestamp;
 use tonic::Code;
@@ -91,7 +93,7 @@ async fn a_scheduled_change_waits_for_its_time_and_then_completes(backend: Backe
 }
 
 async fn a_change_can_be_rescheduled_later_and_earlier_with_an_event_each_time(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker().replica("worker");
     let s = scenario(&app, false).await;
     let submitted = submit_scheduled(&app, &s, "req", in_seconds(3600)).await;
@@ -123,7 +125,7 @@ async fn a_change_can_be_rescheduled_later_and_earlier_with_an_event_each_time(b
 }
 
 async fn of_a_reschedule_racing_the_claim_exactly_one_applies(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     for round in 0..12u64 {
         let s = scenario(&app, true).await;
         // Due now: the worker may claim it while the client moves it an hour on.
@@ -162,7 +164,7 @@ async fn of_a_reschedule_racing_the_claim_exactly_one_applies(backend: Backend) 
 }
 
 async fn an_approved_scheduled_change_can_be_cancelled_and_both_partners_see_it(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, true).await;
     let mut source_stream = app
         .partner_change(&s.source_subject())
@@ -206,7 +208,7 @@ async fn an_approved_scheduled_change_can_be_cancelled_and_both_partners_see_it(
 }
 
 async fn bad_schedules_are_refused_and_previewed_as_blockers(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let mut client = app.partner_change(&s.client_subject());
 
@@ -259,7 +261,7 @@ async fn bad_schedules_are_refused_and_previewed_as_blockers(backend: Backend) {
 }
 
 async fn only_the_owner_client_and_support_may_reschedule(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
     let submitted = submit_scheduled(&app, &s, "req", in_seconds(3600)).await;
     let id = submitted.partner_change_id.clone();
@@ -281,7 +283,7 @@ async fn only_the_owner_client_and_support_may_reschedule(backend: Backend) {
 }
 
 async fn partners_list_what_is_scheduled_to_move_before_a_time(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let tonight = scenario(&app, true).await;
     let next_week = tonight.another_waba(&app, 1).await;
     let unscheduled = tonight.another_waba(&app, 1).await;
@@ -305,7 +307,7 @@ async fn partners_list_what_is_scheduled_to_move_before_a_time(backend: Backend)
 }
 
 async fn permissions_stay_manageable_until_a_scheduled_move_is_due(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| settings.partner_change.worker.enabled = false).await;
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, true).await;
     let submitted = submit_scheduled(&app, &s, "req", in_seconds(3600)).await;
     assert_eq!(submitted.state(), St::Approved);

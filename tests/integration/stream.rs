@@ -8,7 +8,7 @@ use std::{
 };
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, eventually, on_both_databases, reason};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, eventually, on_both_databases, reason};
 use pc::{PartnerChangeEventType as Ev, watch_partner_change_events_response::Kind};
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use tonic::{Code, Status, Streaming};
@@ -112,7 +112,7 @@ fn involves(event: &pc::PartnerChangeEvent, partner_id: &str) -> bool {
 }
 
 fn fast_heartbeats(settings: &mut partnerhub_runtime::config::Settings) {
-    settings.partner_change.stream.heartbeat_interval = Duration::from_millis(300);
+    settings.partner_change().stream.heartbeat_interval = Duration::from_millis(300);
 }
 
 async fn replay_then_live_delivers_every_event_once_in_order_under_concurrent_writers(backend: Backend) {
@@ -284,8 +284,8 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     const EVENTS: usize = 100;
     let app = TestApp::spawn_with(backend, |settings| {
         fast_heartbeats(settings);
-        settings.partner_change.stream.subscriber_buffer = 2;
-        settings.partner_change.stream.stall_timeout = Duration::from_millis(300);
+        settings.partner_change().stream.subscriber_buffer = 2;
+        settings.partner_change().stream.stall_timeout = Duration::from_millis(300);
     })
     .await;
     // Idle: heartbeats, no events.
@@ -343,7 +343,7 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
 async fn a_late_commit_is_never_skipped(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
         fast_heartbeats(settings);
-        settings.partner_change.worker.enabled = false;
+        settings.partner_change().worker.enabled = false;
     })
     .await;
     let s = scenario(&app, false).await;
@@ -434,7 +434,7 @@ async fn an_event_committed_on_one_replica_reaches_a_subscriber_on_another() {
     let a = TestApp::spawn_with(Backend::Postgres, |settings| {
         fast_heartbeats(settings);
         // Far longer than the test waits: delivery must come from the notification.
-        settings.partner_change.stream.poll_interval = Duration::from_secs(3600);
+        settings.partner_change().stream.poll_interval = Duration::from_secs(3600);
     })
     .await;
     let b = a.spawn_replica().await;

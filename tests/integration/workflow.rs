@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
 use pc::{PartnerChangeEventType as Ev, PartnerChangeState as St};
 use tonic::Code;
 
@@ -133,8 +133,8 @@ async fn rejected_cancelled_and_expired_requests_end_there(backend: Backend) {
     // Long enough that the requests meant to be rejected and cancelled cannot
     // expire first, even on a loaded machine; short enough to watch one expire.
     let app = TestApp::spawn_with(backend, |settings| {
-        settings.partner_change.request_ttl = Duration::from_secs(2);
-        settings.partner_change.expiry_sweep_interval = Duration::from_millis(50);
+        settings.partner_change().request_ttl = Duration::from_secs(2);
+        settings.partner_change().expiry_sweep_interval = Duration::from_millis(50);
     })
     .await;
     let s = scenario(&app, false).await;

@@ -120,7 +120,8 @@ impl ServerProcess {
     /// Typed clients for this server, with tokens signed by the key it uses:
     /// `signing_key` (base64) when it was given one, else its data directory's.
     pub fn clients(&self, signing_key: Option<&str>) -> ProcessClients {
-        let mut settings = Settings { data_dir: self.data_dir.clone(), ..Settings::default() };
+        let mut settings = Settings::default();
+        settings.data_dir = self.data_dir.clone();
         settings.auth.signing_key = signing_key.map(|key| SecretString::from(key.to_owned()));
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
         let channel = Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect_lazy();

@@ -199,7 +199,7 @@ pub async fn scrape(url: &str) -> String {
     body.to_owned()
 }
 
-/// The value of one sample in a scrape, e.g. `partnerhub_saga_steps_total{step="transfer",outcome="ok"}`
+/// The value of one sample in a scrape, e.g. `partnerhub_partner_change_saga_steps_total{step="transfer",outcome="ok"}`
 /// (labels in the order they are exported); 0 when absent.
 pub fn sample(scrape: &str, series: &str) -> f64 {
     scrape

@@ -18,8 +18,9 @@ pub mod otlp;
 use std::{net::SocketAddr, time::Duration};
 
 use base64::Engine as _;
-use partnerhub::{Application, ServiceName};
-use partnerhub_partner_change::worker::MigrationWorker;
+use partnerhub::{Application, SERVICES};
+use partnerhub_partner_change::{settings::PartnerChangeSettings, worker::MigrationWorker};
+use partnerhub_permissions::settings::PermissionsSettings;
 use partnerhub_proto::{
     account::v1::account_service_client::AccountServiceClient,
     partnerchange::v1::partner_change_service_client::PartnerChangeServiceClient,
@@ -33,6 +34,22 @@ use secrecy::SecretString;
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
 pub use crate::database::{Backend, TestDatabase};
+
+/// The services' sections of the settings, which tests change often.
+pub trait ServiceSections {
+    fn partner_change(&mut self) -> &mut PartnerChangeSettings;
+    fn permissions(&mut self) -> &mut PermissionsSettings;
+}
+
+impl ServiceSections for Settings {
+    fn partner_change(&mut self) -> &mut PartnerChangeSettings {
+        self.section_mut()
+    }
+
+    fn permissions(&mut self) -> &mut PermissionsSettings {
+        self.section_mut()
+    }
+}
 
 /// A channel that sends `authorization: Bearer <token>` on every call.
 pub type Authed = InterceptedService<Channel, BearerToken>;
@@ -61,18 +78,19 @@ impl TestApp {
         init_test_tracing();
         let database = TestDatabase::create(backend).await;
         let secret = [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat();
-        let mut settings = Settings { data_dir: database.data_dir().to_owned(), ..Settings::default() };
+        let mut settings = Settings::default();
+        settings.data_dir = database.data_dir().to_owned();
         settings.database.url = database.url().map(SecretString::from);
         settings.database.max_connections = 5;
         settings.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         settings.server.shutdown_grace = Duration::from_secs(5);
         settings.auth.signing_key = Some(SecretString::from(base64::engine::general_purpose::STANDARD.encode(&secret)));
-        settings.partner_change.worker.poll_interval = Duration::from_millis(50);
-        settings.partner_change.worker.backoff_initial = Duration::from_millis(10);
-        settings.partner_change.worker.backoff_max = Duration::from_millis(50);
+        settings.partner_change().worker.poll_interval = Duration::from_millis(50);
+        settings.partner_change().worker.backoff_initial = Duration::from_millis(10);
+        settings.partner_change().worker.backoff_max = Duration::from_millis(50);
         configure(&mut settings);
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
-        let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
+        let app = Application::start(&settings, SERVICES).await.unwrap();
         let channel = channel_to(app.local_addr());
         TestApp { settings, app: Some(app), channel, keys, signing_secret: secret, _database: Some(database) }
     }
@@ -87,7 +105,7 @@ impl TestApp {
     pub async fn spawn_replica_with(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = self.settings.clone();
         configure(&mut settings);
-        let app = Application::start(&settings, ServiceName::ALL).await.unwrap();
+        let app = Application::start(&settings, SERVICES).await.unwrap();
         let channel = channel_to(app.local_addr());
         TestApp {
             settings,
@@ -161,13 +179,16 @@ impl TestApp {
     /// The app's migration worker, to drive step by step when the background
     /// one is disabled (`partner_change.worker.enabled = false`).
     pub fn migration_worker(&self) -> &MigrationWorker {
-        self.app.as_ref().and_then(Application::migration_worker).expect("the app runs the partner-change service")
+        self.app
+            .as_ref()
+            .and_then(Application::handle::<MigrationWorker>)
+            .expect("the app runs the partner-change service")
     }
 
     /// Stops the server gracefully and starts it again on the same database.
     pub async fn restart(&mut self) {
         self.app.take().expect("the app is running").stop().await.unwrap();
-        let app = Application::start(&self.settings, ServiceName::ALL).await.unwrap();
+        let app = Application::start(&self.settings, SERVICES).await.unwrap();
         self.channel = channel_to(app.local_addr());
         self.app = Some(app);
     }

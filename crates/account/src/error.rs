@@ -2,9 +2,27 @@
 
 use partnerhub_runtime::{
     db::StoreError,
-    error::{ErrorReason, not_found, status},
+    error::{ErrorReason, Reason, not_found, status},
 };
 use tonic::{Code, Status};
+
+/// The reasons only the account service gives (besides the shared [`ErrorReason`]s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountReason {
+    WabaNotFound,
+    PhoneNumberTaken,
+    SourcePartnerMismatch,
+}
+
+impl Reason for AccountReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountReason::WabaNotFound => "WABA_NOT_FOUND",
+            AccountReason::PhoneNumberTaken => "PHONE_NUMBER_TAKEN",
+            AccountReason::SourcePartnerMismatch => "SOURCE_PARTNER_MISMATCH",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -36,13 +54,16 @@ impl From<AccountError> for Status {
         match err {
             AccountError::ClientNotFound(id) => not_found(ErrorReason::ClientNotFound, "client", "clientId", &id),
             AccountError::PartnerNotFound(id) => not_found(ErrorReason::PartnerNotFound, "partner", "partnerId", &id),
-            AccountError::WabaNotFound(id) => not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", &id),
-            AccountError::PhoneNumberTaken(number) => {
-                status(Code::AlreadyExists, ErrorReason::PhoneNumberTaken, message, [("phoneNumber", number.as_str())])
-            }
+            AccountError::WabaNotFound(id) => not_found(AccountReason::WabaNotFound, "WABA", "wabaId", &id),
+            AccountError::PhoneNumberTaken(number) => status(
+                Code::AlreadyExists,
+                AccountReason::PhoneNumberTaken,
+                message,
+                [("phoneNumber", number.as_str())],
+            ),
             AccountError::SourcePartnerMismatch { waba_id, expected, actual } => status(
                 Code::FailedPrecondition,
-                ErrorReason::SourcePartnerMismatch,
+                AccountReason::SourcePartnerMismatch,
                 message,
                 [
                     ("wabaId", waba_id.as_str()),

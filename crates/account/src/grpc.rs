@@ -7,7 +7,7 @@ use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{FieldViolation, permission_denied},
     pagination::{next_page_token, page_size, page_token},
-    rpc::record_partner_change_id,
+    rpc::record_resource_id,
     time::to_timestamp,
     validate::{MAX_NAME_LEN, Parsed, Validate, id, optional_text, required_enum, required_text},
 };
@@ -224,7 +224,7 @@ impl pb::account_service_server::AccountService for AccountApi {
             id("partner_change_id", &r.partner_change_id),
         )
             .validate()?;
-        record_partner_change_id(&partner_change_id);
+        record_resource_id(&partner_change_id);
         if from_partner_id == to_partner_id {
             return Err(partnerhub_runtime::error::invalid_argument(&[FieldViolation::new(
                 "to_partner_id",

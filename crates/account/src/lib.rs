@@ -5,7 +5,7 @@
 //! - [`grpc`]: the boundary (parse → authorize → store → map);
 //! - [`domain`]: the types and rules, no I/O;
 //! - [`store`]: sea-orm entities, queries and migrations;
-//! - [`error`]: the one error type and its mapping to `Status`.
+//! - [`error`]: the one error type, its own error reasons and its mapping to `Status`.
 
 pub mod domain;
 pub mod error;
@@ -13,18 +13,42 @@ pub mod grpc;
 pub mod store;
 
 use partnerhub_proto::account::v1::account_service_server::AccountServiceServer;
-use partnerhub_runtime::auth::Authenticator;
-use sea_orm::DatabaseConnection;
+use partnerhub_runtime::{
+    config::ServiceSettings,
+    service::{ServiceContext, ServiceDefinition, StartError},
+};
+use sea_orm::{DatabaseConnection, DbErr};
+use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
 
-/// The account service as the host serves it: authenticated, size-limited.
-pub fn service(
-    db: DatabaseConnection,
-    authenticator: Authenticator,
-    max_message_bytes: usize,
-) -> InterceptedService<AccountServiceServer<grpc::AccountApi>, Authenticator> {
-    let server = AccountServiceServer::new(grpc::AccountApi::new(db)).max_decoding_message_size(max_message_bytes);
-    InterceptedService::new(server, authenticator)
+pub use store::migrate;
+
+/// The account service: its API only (it has no background work and calls no peer).
+#[derive(Debug, Clone, Copy)]
+pub struct AccountService;
+
+/// `[account]`: nothing to set yet; the section exists so that a key put
+/// there by mistake is refused rather than ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountSettings {}
+
+impl ServiceSettings for AccountSettings {
+    const SECTION: &'static str = "account";
 }
 
-pub use store::migrate;
+impl ServiceDefinition for AccountService {
+    const NAME: &'static str = "account";
+    type Settings = AccountSettings;
+
+    async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+        store::migrate(db).await
+    }
+
+    async fn start(context: &mut ServiceContext<'_>, _settings: AccountSettings) -> Result<(), StartError> {
+        let server = AccountServiceServer::new(grpc::AccountApi::new(context.db.clone()))
+            .max_decoding_message_size(context.max_message_bytes());
+        context.serve(InterceptedService::new(server, context.authenticator.clone()));
+        Ok(())
+    }
+}

@@ -2,7 +2,7 @@
 
 use partnerhub_runtime::{
     db::StoreError,
-    error::{ERROR_DOMAIN, ErrorReason, not_found, status},
+    error::{ERROR_DOMAIN, ErrorReason, Reason, not_found, status},
     peers::is_transient,
 };
 use tonic::{Code, Status};
@@ -12,6 +12,28 @@ use crate::{
     domain::{Blocker, BlockerReason, State, states_allowing},
     store::WriteError,
 };
+
+/// The reasons only the partner-change service gives (besides the shared
+/// [`ErrorReason`]s and the blockers' own reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerChangeReason {
+    PartnerChangeNotFound,
+    /// The account service's reason, given for the WABA a request names.
+    WabaNotFound,
+    InvalidState,
+    SubscriberTooSlow,
+}
+
+impl Reason for PartnerChangeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            PartnerChangeReason::PartnerChangeNotFound => "PARTNER_CHANGE_NOT_FOUND",
+            PartnerChangeReason::WabaNotFound => "WABA_NOT_FOUND",
+            PartnerChangeReason::InvalidState => "INVALID_STATE",
+            PartnerChangeReason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartnerChangeError {
@@ -60,9 +82,9 @@ impl From<PartnerChangeError> for Status {
         let message = err.to_string();
         match err {
             PartnerChangeError::NotFound(id) => {
-                not_found(ErrorReason::PartnerChangeNotFound, "partner change", "partnerChangeId", &id)
+                not_found(PartnerChangeReason::PartnerChangeNotFound, "partner change", "partnerChangeId", &id)
             }
-            PartnerChangeError::WabaNotFound(id) => not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", &id),
+            PartnerChangeError::WabaNotFound(id) => not_found(PartnerChangeReason::WabaNotFound, "WABA", "wabaId", &id),
             PartnerChangeError::Blocked(blockers) => blocked(&blockers),
             PartnerChangeError::IdempotencyKeyReused(request_id) => status(
                 Code::FailedPrecondition,
@@ -72,7 +94,7 @@ impl From<PartnerChangeError> for Status {
             ),
             PartnerChangeError::InvalidState { id, state, .. } => status(
                 Code::FailedPrecondition,
-                ErrorReason::InvalidState,
+                PartnerChangeReason::InvalidState,
                 message,
                 [("partnerChangeId", id.as_str()), ("state", state.as_str())],
             ),

@@ -9,11 +9,10 @@ use chrono::{DateTime, Utc};
 use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
     auth::{Subject, caller},
-    config::{PartnerChangeSettings, StreamSettings},
     error::{FieldViolation, invalid_argument, permission_denied},
     ids::new_id,
     pagination::{next_page_token, page_size, page_token},
-    rpc::{current_traceparent, record_partner_change_id},
+    rpc::{current_traceparent, record_resource_id},
     time::{from_timestamp, now, to_timestamp},
     validate::{Parsed, PhoneNumber, Validate, id, optional_id, optional_text, required_text},
 };
@@ -29,6 +28,7 @@ use crate::{
     },
     error::PartnerChangeError,
     facts::{Accounts, FactsError, World},
+    settings::{PartnerChangeSettings, StreamSettings},
     store::{self, Effects, EventScope, ListFilter, ListScope, WriteError},
     stream::{EventHub, StreamItem, Subscription, parse_cursor, watch},
 };
@@ -104,7 +104,7 @@ impl PartnerChangeApi {
 
     /// A request the caller may see; any other answers NOT_FOUND.
     async fn visible(&self, caller: &Subject, partner_change_id: &str) -> Result<PartnerChange, Status> {
-        record_partner_change_id(partner_change_id);
+        record_resource_id(partner_change_id);
         let change = store::get(&self.db, partner_change_id).await.map_err(PartnerChangeError::from)?;
         match change {
             Some(change) if can_see(caller, &change) => Ok(change),
@@ -308,7 +308,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             trace_parent: current_traceparent(),
             migrate_after: submission.migrate_after,
         };
-        record_partner_change_id(&change.partner_change_id);
+        record_resource_id(&change.partner_change_id);
         let stored = match store::insert_submission(&self.db, &change, &events).await {
             Ok(stored) => stored,
             Err(WriteError::Duplicate(_)) => {

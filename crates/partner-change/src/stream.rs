@@ -22,9 +22,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use partnerhub_runtime::{
-    config::StreamSettings,
-    error::{ErrorReason, status},
-    metrics::metrics,
+    error::{ErrorReason, Reason, status},
     outage::Outage,
     pagination::{decode_token, encode_token},
     time::now,
@@ -39,6 +37,9 @@ use tracing::Instrument as _;
 
 use crate::{
     domain::Event,
+    error::PartnerChangeReason,
+    metrics::metrics,
+    settings::StreamSettings,
     store::{self, EVENTS_CHANNEL, EventScope},
 };
 
@@ -317,7 +318,7 @@ impl Subscriber {
                 metrics().stream_subscribers_ended_too_slow.inc();
                 Err(Stop::End(self.ending(
                     Code::ResourceExhausted,
-                    ErrorReason::SubscriberTooSlow,
+                    PartnerChangeReason::SubscriberTooSlow,
                     "this subscriber fell too far behind",
                 )))
             }
@@ -325,7 +326,7 @@ impl Subscriber {
     }
 
     /// A status that ends the stream and says where to resume.
-    fn ending(&self, code: Code, reason: ErrorReason, what: &str) -> Status {
+    fn ending(&self, code: Code, reason: impl Reason, what: &str) -> Status {
         let resume = cursor(self.last_delivered.unwrap_or(self.subscription.after), &self.subscription.scope);
         status(
             code,

@@ -34,14 +34,7 @@ use partnerhub_proto::{
         permissions_service_client::PermissionsServiceClient,
     },
 };
-use partnerhub_runtime::{
-    config::WorkerSettings,
-    db::StoreError,
-    metrics::{StateLabels, StepLabels, StepNameLabels, metrics},
-    outage::Outage,
-    peers::Peer,
-    rpc::continue_trace,
-};
+use partnerhub_runtime::{db::StoreError, outage::Outage, peers::Peer, rpc::continue_trace};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +45,8 @@ use tracing::Instrument as _;
 use crate::{
     domain::{Blocker, Eligibility, EventDraft, EventType, PartnerChange, SagaStep, State, blockers},
     facts::{Accounts, FactsError},
+    metrics::{StateLabels, StepLabels, StepNameLabels, metrics},
+    settings::WorkerSettings,
     store::{self, Effects, WriteError},
 };
 
@@ -662,10 +657,7 @@ pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdow
                 metrics().migrations_stuck.set(stuck);
                 for state in State::ALL {
                     let count = counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, count)| *count);
-                    metrics()
-                        .partner_changes
-                        .get_or_create(&StateLabels { state: state.as_str().to_owned() })
-                        .set(count);
+                    metrics().requests.get_or_create(&StateLabels { state: state.as_str().to_owned() }).set(count);
                 }
             }
             Err(err) => outage.failed(&err),

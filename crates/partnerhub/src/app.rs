@@ -4,63 +4,48 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use partnerhub_partner_change::{
-    facts::Accounts,
-    grpc::PartnerChangeApi,
-    stream::{EventHub, run_tailer},
-    worker::MigrationWorker,
-};
-use partnerhub_permissions::cache::{CacheSettings, PermissionCache};
+use partnerhub_account::AccountService;
+use partnerhub_partner_change::PartnerChangeService;
+use partnerhub_permissions::PermissionsService;
 use partnerhub_runtime::{
     auth::{Authenticator, KeyError, TokenKeys},
-    config::Settings,
+    config::{ConfigError, PeerSettings, SectionReader, Settings},
     db,
-    ids::new_id,
     metrics::serve_metrics,
-    peers::{InvalidPeerUrl, Peer, PeerOptions},
     server::{Host, ServeError, bind},
+    service::{PeerDirectory, Service, ServiceContext, StartError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// How often the requests-by-state gauge counts the request table.
-const STATE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Every service this binary has, in the order their migrations run (and a
+/// process serves them). Adding a service is one crate and one line here.
+pub const SERVICES: &[&dyn Service] = &[&AccountService, &PartnerChangeService, &PermissionsService];
 
-/// A service this binary can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum ServiceName {
-    Account,
-    PartnerChange,
-    Permissions,
+/// The service named `name` (`partner-change`), if this binary has it.
+pub fn service_named(name: &str) -> Option<&'static dyn Service> {
+    SERVICES.iter().copied().find(|service| service.name() == name)
 }
 
-impl ServiceName {
-    pub const ALL: &[ServiceName] = &[ServiceName::Account, ServiceName::PartnerChange, ServiceName::Permissions];
+/// Every service's settings section, for [`Settings::load`].
+pub fn section_readers() -> Vec<&'static dyn SectionReader> {
+    SERVICES.iter().map(|service| *service as &dyn SectionReader).collect()
+}
 
-    /// How a process running `services` is named in traces: `partnerhub-<service>`
-    /// for one service, `partnerhub` for several.
-    pub fn process_name(services: &[ServiceName]) -> String {
-        match services {
-            [one] => format!("partnerhub-{}", one.subject_name()),
-            _ => "partnerhub".to_owned(),
-        }
-    }
-
-    /// The subject this service's calls to its peers carry.
-    pub(crate) fn subject_name(self) -> &'static str {
-        match self {
-            ServiceName::Account => "account",
-            ServiceName::PartnerChange => "partner-change",
-            ServiceName::Permissions => "permissions",
-        }
+/// How a process running `services` is named in traces: `partnerhub-<service>`
+/// for one service, `partnerhub` for several.
+pub fn process_name(services: &[&dyn Service]) -> String {
+    match services {
+        [one] => format!("partnerhub-{}", one.name()),
+        _ => "partnerhub".to_owned(),
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
-    Config(#[from] partnerhub_runtime::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot open the database: {0}")]
@@ -71,8 +56,8 @@ pub enum StartupError {
     Serve(#[from] ServeError),
     #[error("cannot read the bound address: {0}")]
     LocalAddr(std::io::Error),
-    #[error(transparent)]
-    Peer(#[from] InvalidPeerUrl),
+    #[error("cannot start the {service} service: {source}")]
+    Service { service: &'static str, source: Box<StartError> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +78,10 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The gRPC server; it returns once shutdown is requested and calls have drained.
     server: JoinHandle<Result<(), ServeError>>,
-    /// The migration worker loops, the expiry sweeper, the event tailer and the
-    /// permission cache's follower; stopped by `shutdown`.
+    /// Every service's background tasks, and the process's own; stopped by `shutdown`.
     tasks: TaskTracker,
-    /// This process's migration worker, when it serves the partner-change service.
-    migration_worker: Option<MigrationWorker>,
+    /// What the services exposed of themselves (see [`Application::handle`]).
+    handles: http::Extensions,
     shutdown_grace: Duration,
 }
 
@@ -105,47 +89,31 @@ pub struct Application {
 /// single service's process also finds the shared tables it reads.
 pub async fn open_database(settings: &Settings) -> Result<DatabaseConnection, StartupError> {
     let db = db::connect(settings).await.map_err(StartupError::Database)?;
-    partnerhub_account::migrate(&db).await.map_err(StartupError::Migration)?;
-    partnerhub_partner_change::migrate(&db).await.map_err(StartupError::Migration)?;
-    partnerhub_permissions::migrate(&db).await.map_err(StartupError::Migration)?;
+    for service in SERVICES {
+        service.migrate(&db).await.map_err(StartupError::Migration)?;
+    }
     Ok(db)
 }
 
-/// Where this process's peers are: configured, or this process itself.
-struct Peers {
-    keys: Arc<TokenKeys>,
-    own_url: String,
-    settings: Settings,
-}
-
-impl Peers {
-    fn peer(&self, configured: &[String], caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
-        let options = PeerOptions {
-            keys: self.keys.clone(),
-            caller: caller.subject_name().to_owned(),
-            call_timeout: self.settings.peers.call_timeout,
-        };
-        if configured.is_empty() {
-            Peer::new(std::slice::from_ref(&self.own_url), &options)
-        } else {
-            Peer::new(configured, &options)
-        }
-    }
-
-    fn account(&self, caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
-        self.peer(&self.settings.peers.account_urls, caller)
-    }
-
-    fn permissions(&self, caller: ServiceName) -> Result<Peer, InvalidPeerUrl> {
-        self.peer(&self.settings.peers.permissions_urls, caller)
+/// Refuses `peers.<name>_urls` for a service this binary does not have.
+fn check_peer_names(settings: &Settings) -> Result<(), ConfigError> {
+    let unknown = settings
+        .peers
+        .urls
+        .keys()
+        .find(|key| !SERVICES.iter().any(|service| PeerSettings::urls_key(service.name()) == **key));
+    match unknown {
+        Some(key) => Err(ConfigError::invalid(format!("peers.{key}"), "names no service of this binary")),
+        None => Ok(()),
     }
 }
 
 impl Application {
     /// Starts serving `services` as `settings` say, and returns once the port is bound.
-    pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Self, StartupError> {
+    pub async fn start(settings: &Settings, services: &[&'static dyn Service]) -> Result<Self, StartupError> {
         // Settings built in code (tests, embedders) are checked as a file's would be.
         settings.validate()?;
+        check_peer_names(settings)?;
         let keys = Arc::new(TokenKeys::load_or_generate(settings)?);
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
@@ -161,69 +129,27 @@ impl Application {
         };
         let loopback = SocketAddr::from(([127, 0, 0, 1], local_addr.port()));
         let own_addr = if local_addr.ip().is_unspecified() { loopback } else { local_addr };
-        let peers = Peers { keys: keys.clone(), own_url: format!("http://{own_addr}"), settings: settings.clone() };
+        let peers = PeerDirectory { keys: keys.clone(), own_url: format!("http://{own_addr}") };
 
         let authenticator = Authenticator::new(keys);
-        let max_message_bytes = settings.server.max_message_bytes;
-        let worker_wake = Arc::new(Notify::new());
-        let events = EventHub::new(4096);
         let shutdown = CancellationToken::new();
-        let mut migration_worker = None;
-        let mut permission_cache = None;
-        let mut watched_peers = Vec::new();
-        let mut host = Host::new(max_message_bytes)?;
+        let tasks = TaskTracker::new();
+        let mut handles = http::Extensions::new();
+        let mut host = Host::new(settings.server.max_message_bytes)?;
         for service in services {
-            match service {
-                ServiceName::Account => {
-                    host.add_service(partnerhub_account::service(db.clone(), authenticator.clone(), max_message_bytes));
-                }
-                ServiceName::PartnerChange => {
-                    let account = peers.account(*service)?;
-                    let permissions = peers.permissions(*service)?;
-                    watched_peers.extend([account.clone(), permissions.clone()]);
-                    let accounts = Accounts::new(account);
-                    let api = PartnerChangeApi::new(
-                        db.clone(),
-                        accounts.clone(),
-                        &settings.partner_change,
-                        worker_wake.clone(),
-                        events.clone(),
-                        shutdown.clone(),
-                    );
-                    host.add_service(partnerhub_partner_change::service(api, authenticator.clone(), max_message_bytes));
-                    migration_worker = Some(MigrationWorker::new(
-                        db.clone(),
-                        accounts,
-                        permissions,
-                        settings.partner_change.worker.clone(),
-                        new_id("worker"),
-                        worker_wake.clone(),
-                        events.committed(),
-                    ));
-                }
-                ServiceName::Permissions => {
-                    let account = peers.account(*service)?;
-                    watched_peers.push(account.clone());
-                    let cache = PermissionCache::new(
-                        db.clone(),
-                        CacheSettings {
-                            poll_interval: settings.permissions.cache_poll_interval,
-                            trust_window: settings.permissions.cache_trust_window,
-                        },
-                    );
-                    // Load the grants before serving, so the first checks come from memory.
-                    if let Err(err) = cache.sync().await {
-                        tracing::warn!(error = %err, "cannot load the permission cache yet; checks go to the database");
-                    }
-                    permission_cache = Some(cache.clone());
-                    host.add_service(partnerhub_permissions::service(
-                        db.clone(),
-                        account,
-                        cache,
-                        authenticator.clone(),
-                        max_message_bytes,
-                    ));
-                }
+            let mut context = ServiceContext::new(
+                db.clone(),
+                settings,
+                authenticator.clone(),
+                &tasks,
+                shutdown.clone(),
+                &mut host,
+                &peers,
+                &mut handles,
+            );
+            if let Err(source) = service.start(&mut context).await {
+                shutdown.cancel();
+                return Err(StartupError::Service { service: service.name(), source: Box::new(source) });
             }
         }
 
@@ -239,7 +165,6 @@ impl Application {
                 served
             }
         });
-        let tasks = TaskTracker::new();
         tasks.spawn(db::watch_database(db.clone(), settings.database.clone(), database_ready, shutdown.clone()));
         if let Some(listener) = metrics_listener {
             let shutdown = shutdown.clone();
@@ -249,49 +174,9 @@ impl Application {
                 }
             });
         }
-        for peer in watched_peers {
-            tasks.spawn(peer.watch_health(settings.peers.health_check_interval, shutdown.clone()));
-        }
-        if let Some(worker) = &migration_worker {
-            let postgres_url = (!settings.uses_embedded_database()).then(|| settings.database_url());
-            tasks.spawn(run_tailer(
-                db.clone(),
-                events.clone(),
-                settings.partner_change.stream.clone(),
-                postgres_url,
-                shutdown.clone(),
-            ));
-            tasks.spawn(partnerhub_partner_change::worker::run_state_gauge(
-                db.clone(),
-                STATE_GAUGE_INTERVAL,
-                shutdown.clone(),
-            ));
-            tasks.spawn(partnerhub_partner_change::worker::run_expiry_sweeper(
-                db.clone(),
-                settings.partner_change.expiry_sweep_interval,
-                events.committed(),
-                shutdown.clone(),
-            ));
-            if settings.partner_change.worker.enabled {
-                for slot in 0..settings.partner_change.worker.concurrency {
-                    let owner = format!("{}-{slot}", new_id("worker"));
-                    tasks.spawn(worker.replica(&owner).run(shutdown.clone()));
-                }
-            }
-        }
-        if let Some(cache) = permission_cache {
-            let postgres_url = (!settings.uses_embedded_database()).then(|| settings.database_url());
-            tasks.spawn(cache.follow(postgres_url, shutdown.clone()));
-        }
-        tracing::info!(%local_addr, ?services, "serving");
-        Ok(Self {
-            local_addr,
-            shutdown,
-            server,
-            tasks,
-            migration_worker,
-            shutdown_grace: settings.server.shutdown_grace,
-        })
+        let names: Vec<&str> = services.iter().map(|service| service.name()).collect();
+        tracing::info!(%local_addr, services = ?names, "serving");
+        Ok(Self { local_addr, shutdown, server, tasks, handles, shutdown_grace: settings.server.shutdown_grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -303,9 +188,10 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// This process's migration worker (to drive it step by step in tests).
-    pub fn migration_worker(&self) -> Option<&MigrationWorker> {
-        self.migration_worker.as_ref()
+    /// A handle a started service exposed (the partner-change service's
+    /// migration worker, for one), to drive its background work in tests.
+    pub fn handle<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.handles.get::<T>()
     }
 
     /// Serves until SIGINT/SIGTERM (or until the server fails), then stops gracefully.

@@ -9,7 +9,7 @@ use partnerhub_runtime::{
     telemetry::init_tracing,
 };
 
-use crate::app::{Application, ServiceName, open_database};
+use crate::app::{Application, SERVICES, open_database, process_name, section_readers, service_named};
 
 #[derive(Debug, Parser)]
 #[command(name = "partnerhub", version, about = "Partner Hub: move WhatsApp Business Accounts between partners")]
@@ -26,8 +26,8 @@ pub enum Command {
     /// Run services (all of them, in one process, unless --service is given).
     Serve {
         /// Run only this service; repeat to run several.
-        #[arg(long = "service", value_enum)]
-        services: Vec<ServiceName>,
+        #[arg(long = "service", value_parser = service_names())]
+        services: Vec<String>,
     },
     /// Run a local cluster: every service as its own processes (two replicas
     /// each by default) on a local PostgreSQL database, until Ctrl-C.
@@ -63,12 +63,22 @@ pub enum CliError {
     Token(#[from] partnerhub_runtime::auth::TokenError),
 }
 
+/// The names `--service` accepts: every service this binary has.
+fn service_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(SERVICES.iter().map(|service| service.name()))
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let settings = Settings::load(cli.config.as_deref(), &section_readers())?;
     match cli.command {
         Command::Serve { services } => {
-            let services = if services.is_empty() { ServiceName::ALL.to_vec() } else { services };
-            let telemetry = init_tracing(&settings.log, &settings.telemetry, &ServiceName::process_name(&services))?;
+            let services: Vec<_> = if services.is_empty() {
+                SERVICES.to_vec()
+            } else {
+                // clap has checked every name against the same list.
+                services.iter().filter_map(|name| service_named(name)).collect()
+            };
+            let telemetry = init_tracing(&settings.log, &settings.telemetry, &process_name(&services))?;
             let stopped = match Application::start(&settings, &services).await {
                 Ok(app) => app.run_until_stopped().await.map_err(CliError::from),
                 Err(err) => Err(err.into()),

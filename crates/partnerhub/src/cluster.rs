@@ -16,13 +16,16 @@ use std::{
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
-use partnerhub_runtime::{auth::generate_key_file, config::Settings};
+use partnerhub_runtime::{
+    auth::generate_key_file,
+    config::{PeerSettings, Settings},
+};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::app::{ServiceName, open_database};
+use crate::app::{SERVICES, open_database, section_readers};
 
 /// How the cluster is laid out.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,38 +101,41 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
     create_database(&options.database_url).await?;
     let config = write_config(dir, &options.database_url)?;
     // Migrate once up front rather than racing six processes for the lock.
-    let settings = Settings::load(Some(&config))?;
+    let settings = Settings::load(Some(&config), &section_readers())?;
     open_database(&settings).await?;
 
-    let services = [ServiceName::Account, ServiceName::Permissions, ServiceName::PartnerChange];
+    let services = SERVICES;
     let count = services.len() * usize::from(options.replicas);
     let ports = ports(options.base_port, count)?;
-    let urls_of = |service: ServiceName| -> Vec<String> {
-        let index = services.iter().position(|candidate| *candidate == service).unwrap_or_default();
-        let first = index * usize::from(options.replicas);
-        ports[first..first + usize::from(options.replicas)]
-            .iter()
-            .map(|(grpc, _)| format!("http://127.0.0.1:{grpc}"))
-            .collect()
-    };
-    let (account_urls, permissions_urls) =
-        (urls_of(ServiceName::Account).join(","), urls_of(ServiceName::Permissions).join(","));
+    // Every process is told where every service's replicas are (`PARTNERHUB__PEERS__<SERVICE>_URLS`).
+    let peer_addresses: Vec<(String, String)> = services
+        .iter()
+        .enumerate()
+        .map(|(index, service)| {
+            let first = index * usize::from(options.replicas);
+            let urls: Vec<String> = ports[first..first + usize::from(options.replicas)]
+                .iter()
+                .map(|(grpc, _)| format!("http://127.0.0.1:{grpc}"))
+                .collect();
+            let key = PeerSettings::urls_key(service.name()).to_uppercase();
+            (format!("PARTNERHUB__PEERS__{key}"), urls.join(","))
+        })
+        .collect();
 
     let mut children: Vec<(Member, Child)> = Vec::with_capacity(count);
     let started = async {
         for (index, (grpc_port, metrics_port)) in ports.iter().enumerate() {
             let service = services[index / usize::from(options.replicas)];
-            let name = format!("{}-{}", service.subject_name(), index % usize::from(options.replicas) + 1);
+            let name = format!("{}-{}", service.name(), index % usize::from(options.replicas) + 1);
             let log = dir.join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log).map_err(io(format!("cannot create {}", log.display())))?;
             let child = Command::new(std::env::current_exe().map_err(io("cannot find this executable"))?)
                 .arg("--config")
                 .arg(&config)
-                .args(["serve", "--service", service.subject_name()])
+                .args(["serve", "--service", service.name()])
                 .env("PARTNERHUB__SERVER__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}"))
                 .env("PARTNERHUB__TELEMETRY__METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
-                .env("PARTNERHUB__PEERS__ACCOUNT_URLS", &account_urls)
-                .env("PARTNERHUB__PEERS__PERMISSIONS_URLS", &permissions_urls)
+                .envs(peer_addresses.iter().map(|(key, urls)| (key, urls)))
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().map_err(io("cannot share a log file"))?)
                 .stderr(log_file)
@@ -139,7 +145,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
                 pid: child.id().unwrap_or_default(),
                 url: format!("http://127.0.0.1:{grpc_port}"),
                 metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
-                service: service.subject_name().to_owned(),
+                service: service.name().to_owned(),
                 name,
                 log,
             };

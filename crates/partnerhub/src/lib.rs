@@ -6,4 +6,4 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 
-pub use app::{Application, ServiceName};
+pub use app::{Application, SERVICES, service_named};

@@ -15,24 +15,14 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
-use partnerhub_runtime::{metrics::metrics, outage::Outage};
+use partnerhub_runtime::outage::Outage;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::store;
-
-/// How the cache keeps itself current.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheSettings {
-    /// The log is read at least this often.
-    pub poll_interval: Duration,
-    /// The cache answers only if its last sync started less than this ago.
-    pub trust_window: Duration,
-}
+use crate::{metrics::metrics, settings::PermissionsSettings, store};
 
 /// Every grant of the deployment, as of `position` in the permission log.
 #[derive(Debug, Default)]
@@ -55,7 +45,7 @@ struct Grants {
 #[derive(Debug)]
 pub struct PermissionCache {
     db: DatabaseConnection,
-    settings: CacheSettings,
+    settings: PermissionsSettings,
     /// A std lock: held only for a lookup or for applying a batch, never across `.await`.
     grants: RwLock<Grants>,
     /// One sync at a time, so batches are applied in order.
@@ -71,7 +61,7 @@ pub struct Untrusted;
 const SYNC_BATCH: u64 = 10_000;
 
 impl PermissionCache {
-    pub fn new(db: DatabaseConnection, settings: CacheSettings) -> Arc<Self> {
+    pub fn new(db: DatabaseConnection, settings: PermissionsSettings) -> Arc<Self> {
         Arc::new(Self {
             db,
             settings,
@@ -85,7 +75,7 @@ impl PermissionCache {
     pub fn check(&self, partner_id: &str, number: &str) -> Result<bool, Untrusted> {
         let grants = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match grants.synced_at {
-            Some(synced_at) if synced_at.elapsed() < self.settings.trust_window => {}
+            Some(synced_at) if synced_at.elapsed() < self.settings.cache_trust_window => {}
             _ => return Err(Untrusted),
         }
         let granted = grants.by_partner.get(partner_id).is_some_and(|numbers| numbers.contains(number));
@@ -119,7 +109,7 @@ impl PermissionCache {
             for entry in entries {
                 // How long after its commit this change reached this replica's answers.
                 let delay = (applied_at - entry.time).to_std().unwrap_or_default();
-                metrics().permission_cache_invalidation_seconds.observe(delay.as_secs_f64());
+                metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
                 let numbers = grants.by_partner.entry(entry.partner_id).or_default();
                 if entry.allowed {
                     numbers.insert(entry.phone_number);
@@ -166,7 +156,7 @@ impl PermissionCache {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.changed.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = tokio::time::sleep(self.settings.cache_poll_interval) => {}
             }
         }
     }
@@ -178,6 +168,8 @@ impl PermissionCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
     use super::*;
@@ -220,10 +212,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_answers_only_while_it_has_read_the_log_recently() {
         let db = database().await;
-        let cache = PermissionCache::new(
-            db.clone(),
-            CacheSettings { poll_interval: Duration::from_millis(250), trust_window: Duration::from_secs(1) },
-        );
+        let cache = PermissionCache::new(db.clone(), PermissionsSettings::default());
         assert_eq!(cache.check("p", "+4915100000001"), Err(Untrusted), "nothing loaded yet");
 
         grant(&db, 1, "+4915100000001", true).await;
@@ -263,7 +252,7 @@ mod tests {
         let db = database().await;
         let cache = PermissionCache::new(
             db.clone(),
-            CacheSettings { poll_interval: Duration::from_millis(250), trust_window: Duration::from_secs(5) },
+            PermissionsSettings { cache_trust_window: Duration::from_secs(5), ..PermissionsSettings::default() },
         );
         grant(&db, 1, "+4915100000001", true).await;
         grant(&db, 2, "+4915100000002", true).await;

@@ -2,10 +2,28 @@
 
 use partnerhub_runtime::{
     db::StoreError,
-    error::{ErrorReason, status},
+    error::{Reason, status},
     peers::is_transient,
 };
 use tonic::{Code, Status};
+
+/// The reasons only the permissions service gives (besides the shared ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionsReason {
+    NumberNotWithPartner,
+    MigrationInProgress,
+    ConcurrentMigration,
+}
+
+impl Reason for PermissionsReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            PermissionsReason::NumberNotWithPartner => "NUMBER_NOT_WITH_PARTNER",
+            PermissionsReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
+            PermissionsReason::ConcurrentMigration => "CONCURRENT_MIGRATION",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PermissionsError {
@@ -33,17 +51,19 @@ impl From<PermissionsError> for Status {
         match err {
             PermissionsError::NumberNotWithPartner(numbers) => status(
                 Code::FailedPrecondition,
-                ErrorReason::NumberNotWithPartner,
+                PermissionsReason::NumberNotWithPartner,
                 message,
                 [("phoneNumbers", numbers.join(",").as_str())],
             ),
             PermissionsError::MigrationInProgress(id) => status(
                 Code::FailedPrecondition,
-                ErrorReason::MigrationInProgress,
+                PermissionsReason::MigrationInProgress,
                 message,
                 [("partnerChangeId", id.as_str())],
             ),
-            PermissionsError::MovedWhileSaving => status(Code::Aborted, ErrorReason::ConcurrentMigration, message, []),
+            PermissionsError::MovedWhileSaving => {
+                status(Code::Aborted, PermissionsReason::ConcurrentMigration, message, [])
+            }
             PermissionsError::Account(peer) if is_transient(&peer) => {
                 tracing::warn!(status = ?peer, "the account service is unavailable");
                 partnerhub_runtime::error::unavailable()

@@ -8,10 +8,9 @@ use partnerhub_proto::{
 use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{ErrorReason, FieldViolation, invalid_argument, not_found, permission_denied},
-    metrics::{AnswerLabels, metrics},
     pagination::{next_page_token, page_size, page_token},
     peers::Peer,
-    rpc::record_partner_change_id,
+    rpc::record_resource_id,
     time::{now, to_timestamp},
     validate::{PhoneNumber, Validate, id, optional_id},
 };
@@ -24,6 +23,7 @@ use crate::{
     cache::{PermissionCache, Untrusted},
     domain::{Grant, GrantFilter, page_key, parse_page_key},
     error::PermissionsError,
+    metrics::{AnswerLabels, metrics},
     store,
 };
 
@@ -171,7 +171,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         allow(caller.is_service())?;
         let answer = self.cache.check(&partner_id, number.as_str());
         let answered_from = if answer.is_ok() { "cache" } else { "database" };
-        metrics().permission_checks.get_or_create(&AnswerLabels { answered_from }).inc();
+        metrics().checks.get_or_create(&AnswerLabels { answered_from }).inc();
         let allowed = match answer {
             Ok(allowed) => allowed,
             // The cache may be stale: ask the database, and fail closed if it does not answer.
@@ -192,7 +192,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             PhoneNumber::parse_list("phone_numbers", &r.phone_numbers, MAX_NUMBERS_PER_CALL),
         )
             .validate()?;
-        record_partner_change_id(&partner_change_id);
+        record_resource_id(&partner_change_id);
         allow(caller.is_service())?;
         let (revoked_count, already_applied) =
             store::revoke(&self.db, &caller.to_string(), &partner_change_id, &partner_id, &numbers).await?;
@@ -214,7 +214,7 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             PhoneNumber::parse_list("phone_numbers", &r.phone_numbers, MAX_NUMBERS_PER_CALL),
         )
             .validate()?;
-        record_partner_change_id(&partner_change_id);
+        record_resource_id(&partner_change_id);
         allow(caller.is_service())?;
         // A repeat answers from the record, even if the world has moved on since.
         if store::find_application(&self.db, &partner_change_id, store::Action::Grant)

@@ -5,30 +5,51 @@
 //! - [`cache`]: every grant in memory, following the permission log, for `CheckPermission`;
 //! - [`domain`]: the types, no I/O;
 //! - [`store`]: grants, fences, idempotency records and the audit log;
-//! - [`error`]: the one error type and its mapping to `Status`.
+//! - [`error`]: the one error type, its own error reasons and its mapping to `Status`;
+//! - [`settings`] and [`metrics`]: its section of the settings tree and its series.
 
 pub mod cache;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
+pub mod settings;
 pub mod store;
 
 use partnerhub_proto::permissions::v1::permissions_service_server::PermissionsServiceServer;
-use partnerhub_runtime::{auth::Authenticator, peers::Peer};
-use sea_orm::DatabaseConnection;
+use partnerhub_runtime::service::{ServiceContext, ServiceDefinition, StartError};
+use sea_orm::{DatabaseConnection, DbErr};
 use tonic::service::interceptor::InterceptedService;
 
-/// The permissions service as the host serves it: authenticated, size-limited.
-pub fn service(
-    db: DatabaseConnection,
-    account: Peer,
-    cache: std::sync::Arc<cache::PermissionCache>,
-    authenticator: Authenticator,
-    max_message_bytes: usize,
-) -> InterceptedService<PermissionsServiceServer<grpc::PermissionsApi>, Authenticator> {
-    let server = PermissionsServiceServer::new(grpc::PermissionsApi::new(db, account, cache))
-        .max_decoding_message_size(max_message_bytes);
-    InterceptedService::new(server, authenticator)
-}
+use crate::{cache::PermissionCache, grpc::PermissionsApi, settings::PermissionsSettings};
 
 pub use store::migrate;
+
+/// The permissions service: its API, and the cache of every grant that
+/// follows the permission log on every replica.
+#[derive(Debug, Clone, Copy)]
+pub struct PermissionsService;
+
+impl ServiceDefinition for PermissionsService {
+    const NAME: &'static str = "permissions";
+    type Settings = PermissionsSettings;
+
+    async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+        store::migrate(db).await
+    }
+
+    async fn start(context: &mut ServiceContext<'_>, settings: PermissionsSettings) -> Result<(), StartError> {
+        metrics::metrics();
+        let account = context.peer("account")?;
+        let cache = PermissionCache::new(context.db.clone(), settings);
+        // Load the grants before serving, so the first checks come from memory.
+        if let Err(err) = cache.sync().await {
+            tracing::warn!(error = %err, "cannot load the permission cache yet; checks go to the database");
+        }
+        context.tasks.spawn(cache.clone().follow(context.notification_url(), context.shutdown.clone()));
+        let api = PermissionsApi::new(context.db.clone(), account, cache);
+        let server = PermissionsServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
+        context.serve(InterceptedService::new(server, context.authenticator.clone()));
+        Ok(())
+    }
+}

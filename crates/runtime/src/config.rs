@@ -2,19 +2,28 @@
 //! optional TOML file, then `PARTNERHUB__SECTION__KEY` environment variables.
 //! It is loaded once in `main` and passed down explicitly; nothing below reads
 //! the environment.
+//!
+//! The runtime defines the sections every process shares (`server`,
+//! `database`, `auth`, `log`, `telemetry`, `peers`). Every other top-level
+//! section belongs to a service, which declares its type ([`ServiceSettings`]);
+//! the loader hands each section to its service and refuses a section no
+//! service claims, as it refuses an unknown key inside a section.
 
 use std::{
+    any::Any,
+    collections::BTreeMap,
+    fmt::Debug,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 
 /// Everything a Partner Hub process can be told.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Settings {
     /// Where the embedded database and the generated signing key live.
     pub data_dir: PathBuf,
@@ -24,23 +33,72 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub peers: PeerSettings,
-    pub partner_change: PartnerChangeSettings,
-    pub permissions: PermissionsSettings,
+    /// Every other top-level table as read, until its service claims it.
+    #[serde(flatten)]
+    unclaimed: BTreeMap<String, config::Value>,
+    /// The services' own sections, typed.
+    #[serde(skip)]
+    sections: Sections,
 }
 
-/// The permissions service's in-memory cache for `CheckPermission`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PermissionsSettings {
-    /// The permission log is read at least this often (a missed PostgreSQL
-    /// notification costs at most this).
-    #[serde(with = "humantime_serde")]
-    pub cache_poll_interval: Duration,
-    /// The cache answers only if it read the log less than this ago; otherwise
-    /// checks go to the database (and fail closed if it is unreachable). This
-    /// bounds how long any replica can answer from data older than a change.
-    #[serde(with = "humantime_serde")]
-    pub cache_trust_window: Duration,
+/// A service's own section of the settings tree (`[partner_change]`), with its
+/// defaults and its checks.
+pub trait ServiceSettings: DeserializeOwned + Default + Clone + Debug + Send + Sync + 'static {
+    /// The section's name, a top-level key of the tree.
+    const SECTION: &'static str;
+
+    /// Refuses values the service cannot run with (defaults must pass).
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// Reads one service's section: what the loader needs of a service, without its type.
+pub trait SectionReader: Sync {
+    /// The section's name.
+    fn section(&self) -> &'static str;
+    /// Deserializes and checks the section as read.
+    fn read_section(&self, raw: config::Value) -> Result<Box<dyn Section>, ConfigError>;
+}
+
+/// A typed section, stored without its type.
+pub trait Section: Any + Debug + Send + Sync {
+    fn clone_box(&self) -> Box<dyn Section>;
+    fn validate_section(&self) -> Result<(), ConfigError>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: ServiceSettings> Section for T {
+    fn clone_box(&self) -> Box<dyn Section> {
+        Box::new(self.clone())
+    }
+    fn validate_section(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Reads the section of type `T` (for a service's [`SectionReader`]).
+pub fn read_section<T: ServiceSettings>(raw: config::Value) -> Result<Box<dyn Section>, ConfigError> {
+    let section: T = raw.try_deserialize().map_err(|err| ConfigError::invalid(T::SECTION, err.to_string()))?;
+    section.validate()?;
+    Ok(Box::new(section))
+}
+
+/// The services' sections by name.
+#[derive(Debug, Default)]
+struct Sections(BTreeMap<&'static str, Box<dyn Section>>);
+
+impl Clone for Sections {
+    fn clone(&self) -> Self {
+        Self(self.0.iter().map(|(name, section)| (*name, section.clone_box())).collect())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,13 +173,11 @@ pub struct TelemetrySettings {
 /// a comma-separated string (`http://10.0.0.5:50051,http://10.0.0.6:50051`).
 /// Empty: this process's own listen address, which is right when all services
 /// run in one process.
+// Not `deny_unknown_fields`: every other key is a peer's `<service>_urls`,
+// and `Settings::validate` refuses one that is not.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PeerSettings {
-    #[serde(deserialize_with = "addresses")]
-    pub account_urls: Vec<String>,
-    #[serde(deserialize_with = "addresses")]
-    pub permissions_urls: Vec<String>,
     /// The deadline of every call to a peer.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
@@ -129,80 +185,41 @@ pub struct PeerSettings {
     /// that fails is tried last until it passes again.
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// `<service>_urls` (`account_urls`, `permissions_urls`, …): every replica of that service.
+    #[serde(flatten)]
+    pub urls: BTreeMap<String, Addresses>,
+}
+
+impl PeerSettings {
+    /// The key naming `service`'s replicas: `partner-change` → `partner_change_urls`.
+    pub fn urls_key(service: &str) -> String {
+        format!("{}_urls", service.replace('-', "_"))
+    }
+
+    /// The configured replicas of `service`; empty when none are configured.
+    pub fn urls_of(&self, service: &str) -> &[String] {
+        self.urls.get(&Self::urls_key(service)).map_or(&[], |addresses| &addresses.0)
+    }
 }
 
 /// A list, or one string of comma-separated items (what an environment variable can hold).
-fn addresses<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Addresses {
-        List(Vec<String>),
-        CommaSeparated(String),
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<String>),
+            CommaSeparated(String),
+        }
+        let items = match Form::deserialize(deserializer)? {
+            Form::List(items) => items,
+            Form::CommaSeparated(joined) => joined.split(',').map(str::to_owned).collect(),
+        };
+        Ok(Self(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect()))
     }
-    let items = match Addresses::deserialize(deserializer)? {
-        Addresses::List(items) => items,
-        Addresses::CommaSeparated(joined) => joined.split(',').map(str::to_owned).collect(),
-    };
-    Ok(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
-}
-
-/// The partner change workflow: request expiry and the migration worker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PartnerChangeSettings {
-    /// How long a request may wait for the destination partner before it expires.
-    #[serde(with = "humantime_serde")]
-    pub request_ttl: Duration,
-    /// How often the expiry sweeper looks for requests past their expire_time.
-    #[serde(with = "humantime_serde")]
-    pub expiry_sweep_interval: Duration,
-    /// How far ahead a migration may be scheduled (`migrate_after`).
-    #[serde(with = "humantime_serde")]
-    pub max_schedule_ahead: Duration,
-    pub worker: WorkerSettings,
-    pub stream: StreamSettings,
-}
-
-/// The event stream (`WatchPartnerChangeEvents`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamSettings {
-    /// An idle stream gets a heartbeat this often.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// How often the event log is read even without a wake-up (a missed
-    /// PostgreSQL notification is caught up within this).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Events buffered for one subscriber before it counts as not reading.
-    pub subscriber_buffer: usize,
-    /// A subscriber whose buffer stays full this long is ended, told where to resume.
-    #[serde(with = "humantime_serde")]
-    pub stall_timeout: Duration,
-}
-
-/// The migration worker. Any number of replicas may run it: a request is
-/// claimed with a lease, and a lapsed lease lets another replica resume it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorkerSettings {
-    /// Off: this process never migrates (another replica must).
-    pub enabled: bool,
-    /// How many requests this process migrates at once (each a claim loop of its own).
-    pub concurrency: u32,
-    /// How often an idle worker looks for approved requests.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// How long a claim lasts before another worker may resume the request
-    /// (judged by the database's clock). It is renewed every third of it while
-    /// a step runs, so a worker that dies loses its requests within one lease.
-    #[serde(with = "humantime_serde")]
-    pub lease: Duration,
-    /// The first retry delay after a transient error; it doubles up to `backoff_max`.
-    #[serde(with = "humantime_serde")]
-    pub backoff_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
 }
 
 impl Default for Settings {
@@ -215,8 +232,8 @@ impl Default for Settings {
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
             peers: PeerSettings::default(),
-            partner_change: PartnerChangeSettings::default(),
-            permissions: PermissionsSettings::default(),
+            unclaimed: BTreeMap::new(),
+            sections: Sections::default(),
         }
     }
 }
@@ -252,52 +269,9 @@ impl Default for AuthSettings {
 impl Default for PeerSettings {
     fn default() -> Self {
         Self {
-            account_urls: Vec::new(),
-            permissions_urls: Vec::new(),
+            urls: BTreeMap::new(),
             call_timeout: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Default for PartnerChangeSettings {
-    fn default() -> Self {
-        Self {
-            request_ttl: Duration::from_secs(14 * 24 * 60 * 60),
-            expiry_sweep_interval: Duration::from_secs(30),
-            max_schedule_ahead: Duration::from_secs(90 * 24 * 60 * 60),
-            worker: WorkerSettings::default(),
-            stream: StreamSettings::default(),
-        }
-    }
-}
-
-impl Default for PermissionsSettings {
-    fn default() -> Self {
-        Self { cache_poll_interval: Duration::from_millis(250), cache_trust_window: Duration::from_secs(1) }
-    }
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(15),
-            poll_interval: Duration::from_secs(1),
-            subscriber_buffer: 256,
-            stall_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            concurrency: 4,
-            poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(5),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(60),
         }
     }
 }
@@ -313,88 +287,104 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid { field: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), problem: problem.into() }
+    }
+}
+
+/// Refuses the first of `durations` (named by their full key) that is zero.
+pub fn require_nonzero(durations: &[(&str, Duration)]) -> Result<(), ConfigError> {
+    match durations.iter().find(|(_, duration)| duration.is_zero()) {
+        Some((field, _)) => Err(ConfigError::invalid(*field, "must be longer than zero")),
+        None => Ok(()),
+    }
 }
 
 impl Settings {
-    /// Defaults, then `file` if given (it must exist), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Defaults, then `file` if given (it must exist), then the environment;
+    /// each service section is read by its reader in `services`.
+    pub fn load(file: Option<&Path>, services: &[&dyn SectionReader]) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
         builder =
             builder.add_source(config::Environment::with_prefix("PARTNERHUB").prefix_separator("__").separator("__"));
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        Self::from_config(builder.build()?, services)
+    }
+
+    fn from_config(config: config::Config, services: &[&dyn SectionReader]) -> Result<Self, ConfigError> {
+        let mut settings: Settings = config.try_deserialize()?;
+        settings.claim_sections(services)?;
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Hands every section read but not yet claimed to its service's reader;
+    /// a section no service claims is refused (a typo, or a service this
+    /// binary does not have).
+    pub fn claim_sections(&mut self, services: &[&dyn SectionReader]) -> Result<(), ConfigError> {
+        for (name, raw) in std::mem::take(&mut self.unclaimed) {
+            let Some(reader) = services.iter().find(|reader| reader.section() == name) else {
+                let known: Vec<&str> = services.iter().map(|reader| reader.section()).collect();
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("unknown section (besides the shared ones, the services' are: {})", known.join(", ")),
+                ));
+            };
+            self.sections.0.insert(reader.section(), reader.read_section(raw)?);
+        }
+        Ok(())
+    }
+
+    /// The section of type `T`: as configured, or its defaults.
+    pub fn section<T: ServiceSettings>(&self) -> T {
+        self.sections
+            .0
+            .get(T::SECTION)
+            .and_then(|section| section.as_any().downcast_ref::<T>())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The section of type `T` to change (settings built in code: tests, embedders).
+    #[allow(clippy::expect_used)] // the slot holds a `T`: it was checked or replaced just before
+    pub fn section_mut<T: ServiceSettings>(&mut self) -> &mut T {
+        let section = self.sections.0.entry(T::SECTION).or_insert_with(|| Box::new(T::default()));
+        if !section.as_any().is::<T>() {
+            *section = Box::new(T::default());
+        }
+        section.as_any_mut().downcast_mut::<T>().expect("the section was just made a T")
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(name) = self.unclaimed.keys().next() {
+            return Err(ConfigError::invalid(name.clone(), "no service claims this section"));
+        }
         if self.server.max_message_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                field: "server.max_message_bytes",
-                problem: "must be at least 1024".to_owned(),
-            });
+            return Err(ConfigError::invalid("server.max_message_bytes", "must be at least 1024"));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                field: "database.max_connections",
-                problem: "must be at least 1".to_owned(),
-            });
+            return Err(ConfigError::invalid("database.max_connections", "must be at least 1"));
         }
-        let durations = [
+        require_nonzero(&[
             ("database.health_check_interval", self.database.health_check_interval),
             ("database.not_serving_after", self.database.not_serving_after),
             ("peers.call_timeout", self.peers.call_timeout),
             ("peers.health_check_interval", self.peers.health_check_interval),
-            ("partner_change.request_ttl", self.partner_change.request_ttl),
-            ("partner_change.expiry_sweep_interval", self.partner_change.expiry_sweep_interval),
-            ("partner_change.max_schedule_ahead", self.partner_change.max_schedule_ahead),
-            ("partner_change.worker.poll_interval", self.partner_change.worker.poll_interval),
-            ("partner_change.worker.lease", self.partner_change.worker.lease),
-            ("partner_change.worker.backoff_initial", self.partner_change.worker.backoff_initial),
-            ("partner_change.stream.heartbeat_interval", self.partner_change.stream.heartbeat_interval),
-            ("partner_change.stream.poll_interval", self.partner_change.stream.poll_interval),
-            ("partner_change.stream.stall_timeout", self.partner_change.stream.stall_timeout),
-            ("permissions.cache_poll_interval", self.permissions.cache_poll_interval),
-            ("permissions.cache_trust_window", self.permissions.cache_trust_window),
-        ];
-        if let Some((field, _)) = durations.iter().find(|(_, duration)| duration.is_zero()) {
-            return Err(ConfigError::Invalid { field, problem: "must be longer than zero".to_owned() });
-        }
-        if self.partner_change.worker.lease < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid {
-                field: "partner_change.worker.lease",
-                problem: "must be at least 100ms (it is renewed every third of it while a step runs)".to_owned(),
-            });
-        }
-        if self.partner_change.worker.backoff_max < self.partner_change.worker.backoff_initial {
-            return Err(ConfigError::Invalid {
-                field: "partner_change.worker.backoff_max",
-                problem: "must not be shorter than backoff_initial".to_owned(),
-            });
-        }
-        if self.permissions.cache_poll_interval >= self.permissions.cache_trust_window {
-            return Err(ConfigError::Invalid {
-                field: "permissions.cache_poll_interval",
-                problem: "must be shorter than cache_trust_window, or the cache would never be trusted".to_owned(),
-            });
-        }
-        if self.partner_change.stream.subscriber_buffer < 2 {
-            return Err(ConfigError::Invalid {
-                field: "partner_change.stream.subscriber_buffer",
-                problem: "must be at least 2".to_owned(),
-            });
-        }
-        if self.partner_change.worker.concurrency == 0 {
-            return Err(ConfigError::Invalid {
-                field: "partner_change.worker.concurrency",
-                problem: "must be at least 1 (use worker.enabled = false to stop migrating)".to_owned(),
-            });
+        ])?;
+        if let Some(key) = self.peers.urls.keys().find(|key| !key.ends_with("_urls")) {
+            return Err(ConfigError::invalid(format!("peers.{key}"), "unknown key (peers are named `<service>_urls`)"));
         }
         if self.auth.issuer.is_empty() {
-            return Err(ConfigError::Invalid { field: "auth.issuer", problem: "must not be empty".to_owned() });
+            return Err(ConfigError::invalid("auth.issuer", "must not be empty"));
+        }
+        for section in self.sections.0.values() {
+            section.validate_section()?;
         }
         Ok(())
     }
@@ -423,41 +413,96 @@ mod tests {
         Settings::default().validate().unwrap();
     }
 
+    /// A service's section, as a service crate would declare it.
+    #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct ExampleSettings {
+        count: u32,
+        #[serde(with = "humantime_serde")]
+        interval: Duration,
+    }
+
+    impl ServiceSettings for ExampleSettings {
+        const SECTION: &'static str = "example";
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.count > 10 {
+                return Err(ConfigError::invalid("example.count", "must be at most 10"));
+            }
+            Ok(())
+        }
+    }
+
+    struct Example;
+
+    impl SectionReader for Example {
+        fn section(&self) -> &'static str {
+            ExampleSettings::SECTION
+        }
+        fn read_section(&self, raw: config::Value) -> Result<Box<dyn Section>, ConfigError> {
+            read_section::<ExampleSettings>(raw)
+        }
+    }
+
+    fn parse(toml: &str) -> Result<Settings, ConfigError> {
+        let config =
+            config::Config::builder().add_source(config::File::from_str(toml, config::FileFormat::Toml)).build()?;
+        Settings::from_config(config, &[&Example])
+    }
+
+    #[test]
+    fn a_service_section_is_read_as_its_own_type_and_checked_by_it() {
+        // A number as a string is what an environment variable gives.
+        let settings = parse("[example]\ncount = \"4\"\ninterval = \"2s\"\n").unwrap();
+        assert_eq!(
+            settings.section::<ExampleSettings>(),
+            ExampleSettings { count: 4, interval: Duration::from_secs(2) }
+        );
+        assert_eq!(parse("").unwrap().section::<ExampleSettings>(), ExampleSettings::default());
+
+        let err = parse("[example]\ncuont = 4\n").expect_err("a typo inside a section must be refused");
+        assert!(err.to_string().contains("cuont"), "{err}");
+        let err = parse("[exmaple]\ncount = 4\n").expect_err("a section no service claims must be refused");
+        assert!(err.to_string().contains("exmaple") && err.to_string().contains("example"), "{err}");
+        let err = parse("[example]\ncount = 11\n").expect_err("the service's own check must run");
+        assert!(err.to_string().contains("example.count"), "{err}");
+
+        let mut settings = Settings::default();
+        settings.section_mut::<ExampleSettings>().count = 11;
+        let err = settings.validate().expect_err("settings built in code are checked the same way");
+        assert!(err.to_string().contains("example.count"), "{err}");
+    }
+
     #[test]
     fn a_file_overrides_defaults_and_a_typo_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("partnerhub-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
         std::fs::write(&good, "[server]\nlisten_addr = \"127.0.0.1:6000\"\nshutdown_grace = \"3s\"\n").unwrap();
-        let settings = Settings::load(Some(&good)).unwrap();
+        let settings = Settings::load(Some(&good), &[]).unwrap();
         assert_eq!(settings.server.listen_addr.port(), 6000);
         assert_eq!(settings.server.shutdown_grace, Duration::from_secs(3));
 
         let typo = dir.join("typo.toml");
         std::fs::write(&typo, "[server]\nlisten_adr = \"127.0.0.1:6000\"\n").unwrap();
-        let err = Settings::load(Some(&typo)).expect_err("unknown key must be refused");
+        let err = Settings::load(Some(&typo), &[]).expect_err("unknown key must be refused");
         assert!(err.to_string().contains("listen_adr"), "{err}");
 
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[server]\nmax_message_bytes = 10\n").unwrap();
-        let err = Settings::load(Some(&bad)).expect_err("tiny message limit must be refused");
+        let err = Settings::load(Some(&bad), &[]).expect_err("tiny message limit must be refused");
         assert!(err.to_string().contains("server.max_message_bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn peer_addresses_are_a_list_or_a_comma_separated_string() {
-        let parse = |toml: &str| -> Settings {
-            config::Config::builder()
-                .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-                .build()
-                .and_then(config::Config::try_deserialize)
-                .unwrap()
-        };
-        let listed = parse("[peers]\naccount_urls = [\"http://a:1\", \"http://b:2\"]\n");
-        assert_eq!(listed.peers.account_urls, ["http://a:1", "http://b:2"]);
-        let joined = parse("[peers]\naccount_urls = \" http://a:1, http://b:2,\"\n");
-        assert_eq!(joined.peers.account_urls, ["http://a:1", "http://b:2"]);
-        assert!(joined.peers.permissions_urls.is_empty());
+        let listed = parse("[peers]\naccount_urls = [\"http://a:1\", \"http://b:2\"]\n").unwrap();
+        assert_eq!(listed.peers.urls_of("account"), ["http://a:1", "http://b:2"]);
+        let joined = parse("[peers]\npartner_change_urls = \" http://a:1, http://b:2,\"\n").unwrap();
+        assert_eq!(joined.peers.urls_of("partner-change"), ["http://a:1", "http://b:2"]);
+        assert!(joined.peers.urls_of("account").is_empty());
+        let err =
+            parse("[peers]\naccount_url = \"http://a:1\"\n").expect_err("a key that names no peer must be refused");
+        assert!(err.to_string().contains("peers.account_url"), "{err}");
     }
 }

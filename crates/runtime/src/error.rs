@@ -10,7 +10,15 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub const ERROR_DOMAIN: &str = "partnerhub";
 
-/// Every `ErrorInfo.reason` Partner Hub sends. Clients may match on these: they never change.
+/// An `ErrorInfo.reason`: a stable upper-case name clients may match on.
+/// The runtime defines the reasons every service may give ([`ErrorReason`]);
+/// each service defines its own beside its error type.
+pub trait Reason: Copy {
+    fn as_str(self) -> &'static str;
+}
+
+/// The reasons every service may give: about the call itself, the callers'
+/// own resources (clients and partners, the subjects of tokens) and the server. They never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorReason {
     InvalidRequest,
@@ -20,25 +28,16 @@ pub enum ErrorReason {
     SubjectNotAllowed,
     ClientNotFound,
     PartnerNotFound,
-    WabaNotFound,
-    PartnerChangeNotFound,
-    PhoneNumberTaken,
-    SourcePartnerMismatch,
     IdempotencyKeyReused,
     MessageTooLarge,
-    NumberNotWithPartner,
-    MigrationInProgress,
-    ConcurrentMigration,
     ConcurrentUpdate,
-    InvalidState,
-    SubscriberTooSlow,
     ServerShuttingDown,
     Internal,
     Unavailable,
 }
 
-impl ErrorReason {
-    pub fn as_str(self) -> &'static str {
+impl Reason for ErrorReason {
+    fn as_str(self) -> &'static str {
         match self {
             ErrorReason::InvalidRequest => "INVALID_REQUEST",
             ErrorReason::MissingCredentials => "MISSING_CREDENTIALS",
@@ -47,18 +46,9 @@ impl ErrorReason {
             ErrorReason::SubjectNotAllowed => "SUBJECT_NOT_ALLOWED",
             ErrorReason::ClientNotFound => "CLIENT_NOT_FOUND",
             ErrorReason::PartnerNotFound => "PARTNER_NOT_FOUND",
-            ErrorReason::WabaNotFound => "WABA_NOT_FOUND",
-            ErrorReason::PartnerChangeNotFound => "PARTNER_CHANGE_NOT_FOUND",
-            ErrorReason::PhoneNumberTaken => "PHONE_NUMBER_TAKEN",
-            ErrorReason::SourcePartnerMismatch => "SOURCE_PARTNER_MISMATCH",
             ErrorReason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorReason::MessageTooLarge => "MESSAGE_TOO_LARGE",
-            ErrorReason::NumberNotWithPartner => "NUMBER_NOT_WITH_PARTNER",
-            ErrorReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
-            ErrorReason::ConcurrentMigration => "CONCURRENT_MIGRATION",
             ErrorReason::ConcurrentUpdate => "CONCURRENT_UPDATE",
-            ErrorReason::InvalidState => "INVALID_STATE",
-            ErrorReason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
             ErrorReason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             ErrorReason::Internal => "INTERNAL",
             ErrorReason::Unavailable => "UNAVAILABLE",
@@ -70,24 +60,13 @@ impl ErrorReason {
 /// (lowerCamel keys, e.g. `wabaId`).
 pub fn status<'a>(
     code: Code,
-    reason: ErrorReason,
-    message: impl Into<String>,
-    metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Status {
-    status_with_reason(code, reason.as_str(), message, metadata)
-}
-
-/// Like [`status`], for reasons that a service defines itself (e.g. a
-/// partner-change blocker such as `LEGACY_ACCOUNT`).
-pub fn status_with_reason<'a>(
-    code: Code,
-    reason: &str,
+    reason: impl Reason,
     message: impl Into<String>,
     metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Status {
     let metadata: HashMap<String, String> =
         metadata.into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata))
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata))
 }
 
 /// A field of a request that is not acceptable, and why.
@@ -118,7 +97,7 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
 
 /// `NOT_FOUND`, worded the same whether the resource does not exist or belongs
 /// to another tenant.
-pub fn not_found(reason: ErrorReason, what: &str, id_key: &str, id: &str) -> Status {
+pub fn not_found(reason: impl Reason, what: &str, id_key: &str, id: &str) -> Status {
     status(Code::NotFound, reason, format!("{what} {id} not found"), [(id_key, id)])
 }
 
@@ -155,12 +134,22 @@ mod tests {
         assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_REQUEST", "partnerhub"));
     }
 
+    /// A reason a service defines for itself.
+    #[derive(Debug, Clone, Copy)]
+    struct WidgetNotFound;
+
+    impl Reason for WidgetNotFound {
+        fn as_str(self) -> &'static str {
+            "WIDGET_NOT_FOUND"
+        }
+    }
+
     #[test]
-    fn not_found_names_the_id_in_metadata() {
-        let status = not_found(ErrorReason::WabaNotFound, "WABA", "wabaId", "waba-1");
+    fn not_found_names_the_id_in_metadata_with_the_services_own_reason() {
+        let status = not_found(WidgetNotFound, "widget", "widgetId", "widget-1");
         let info = status.get_error_details().error_info().cloned().unwrap();
-        assert_eq!(info.reason, "WABA_NOT_FOUND");
-        assert_eq!(info.metadata.get("wabaId").map(String::as_str), Some("waba-1"));
-        assert_eq!(status.message(), "WABA waba-1 not found");
+        assert_eq!(info.reason, "WIDGET_NOT_FOUND");
+        assert_eq!(info.metadata.get("widgetId").map(String::as_str), Some("widget-1"));
+        assert_eq!(status.message(), "widget widget-1 not found");
     }
 }

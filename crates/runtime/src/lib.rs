@@ -1,5 +1,8 @@
-//! What every Partner Hub service shares, written once:
+//! What every Partner Hub service shares, written once. It knows no service:
+//! services plug in through [`service`] and keep their own settings section,
+//! error reasons and metrics.
 //!
+//! - [`service`]: what a service is to the process (name, settings, migrations, start);
 //! - [`config`]: the one settings tree (defaults → file → `PARTNERHUB__…` environment);
 //! - [`telemetry`]: the `tracing` subscriber (human or JSON logs, OTLP traces);
 //! - [`rpc`]: a span, trace context and metrics for every gRPC call, served or made;
@@ -26,6 +29,39 @@ pub mod pagination;
 pub mod peers;
 pub mod rpc;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod time;
 pub mod validate;
+
+#[cfg(test)]
+mod tests {
+    /// ARCHITECTURE.md's invariant "the runtime knows no service": no line of
+    /// its code (comments and tests aside) names a service or a service's
+    /// concept, and it depends on no service crate.
+    #[test]
+    fn the_runtime_knows_no_service() {
+        let names = ["partner_change", "partner-change", "partnerchange", "permissions", "account", "waba"];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir.join("src")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (number, line) in code.lines().enumerate() {
+                let line = line.split("//").next().unwrap_or_default().to_lowercase();
+                if let Some(name) = names.iter().find(|name| line.contains(*name)) {
+                    found.push(format!("{}:{}: {name}", path.display(), number + 1));
+                }
+            }
+        }
+        assert!(found.is_empty(), "the runtime names services:\n{}", found.join("\n"));
+
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let crates: Vec<&str> = manifest
+            .lines()
+            .filter(|line| line.starts_with("partnerhub-") && !line.starts_with("partnerhub-proto"))
+            .collect();
+        assert!(crates.is_empty(), "the runtime depends on {crates:?}");
+    }
+}

@@ -1,10 +1,11 @@
 //! The process's metrics, in the Prometheus registry that `/metrics` renders
 //! (OpenMetrics text) on `telemetry.metrics_listen_addr`.
 //!
-//! Every service records into the one process-wide [`Metrics`]; a process that
-//! does not run a service simply never moves that service's series.
+//! The runtime's own series (RPCs served and made, background tasks, the
+//! database) are in [`Metrics`]; each service registers its own series under
+//! its prefix with [`register`], once, when it first uses them.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -33,92 +34,50 @@ pub struct MethodLabels {
     pub method: String,
 }
 
-/// A migration saga step and how it ended: `ok`, `retry` (transient) or `failed` (permanent).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
-    pub step: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepNameLabels {
-    pub step: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: String,
-}
-
-/// Where a `CheckPermission` was answered: `cache` (a hit) or `database` (a miss).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AnswerLabels {
-    pub answered_from: &'static str,
-}
-
 /// A kind of background task (`migration_worker`, `event_tailer`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
     pub task: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// Every series Partner Hub exports.
+/// The series every process exports, whatever services it runs.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Every series of the process, the services' included.
+    registry: Mutex<Registry>,
     pub rpc_server_calls: Family<RpcLabels, Counter>,
     pub rpc_server_seconds: HistogramFamily<MethodLabels>,
     pub rpc_client_calls: Family<RpcLabels, Counter>,
     pub rpc_client_seconds: HistogramFamily<MethodLabels>,
-    pub saga_steps: Family<StepLabels, Counter>,
-    pub saga_step_seconds: HistogramFamily<StepNameLabels>,
-    pub partner_changes: Family<StateLabels, Gauge>,
-    pub stream_subscribers: Gauge,
-    pub stream_delivery_lag_seconds: Histogram,
-    pub stream_subscribers_ended_too_slow: Counter,
-    pub permission_checks: Family<AnswerLabels, Counter>,
-    pub permission_cache_invalidation_seconds: Histogram,
     pub background_failures: Family<TaskLabels, Counter>,
     pub background_failing: Family<TaskLabels, Gauge>,
     pub database_reachable: Gauge,
-    pub migrations_stuck: Gauge,
-    pub migrations_scheduled: Gauge,
 }
 
 /// 0.5 ms to about 16 s.
-fn latency_histogram() -> Histogram {
+pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Metrics {
     fn new() -> Self {
         let metrics = Self {
-            registry: Registry::with_prefix("partnerhub"),
+            registry: Mutex::new(Registry::with_prefix("partnerhub")),
             rpc_server_calls: Family::default(),
             rpc_server_seconds: Family::new_with_constructor(latency_histogram),
             rpc_client_calls: Family::default(),
             rpc_client_seconds: Family::new_with_constructor(latency_histogram),
-            saga_steps: Family::default(),
-            saga_step_seconds: Family::new_with_constructor(latency_histogram),
-            partner_changes: Family::default(),
-            stream_subscribers: Gauge::default(),
-            stream_delivery_lag_seconds: latency_histogram(),
-            stream_subscribers_ended_too_slow: Counter::default(),
-            permission_checks: Family::default(),
-            permission_cache_invalidation_seconds: latency_histogram(),
             background_failures: Family::default(),
             background_failing: Family::default(),
             database_reachable: Gauge::default(),
-            migrations_stuck: Gauge::default(),
-            migrations_scheduled: Gauge::default(),
         };
         metrics.register()
     }
 
-    fn register(mut self) -> Self {
-        let registry = &mut self.registry;
+    fn register(self) -> Self {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         registry.register("rpc_server_calls", "gRPC calls served, by method and status", self.rpc_server_calls.clone());
         registry.register(
             "rpc_server_duration_seconds",
@@ -130,42 +89,6 @@ impl Metrics {
             "rpc_client_duration_seconds",
             "Time peer services took to answer",
             self.rpc_client_seconds.clone(),
-        );
-        registry.register("saga_steps", "Migration saga steps, by outcome", self.saga_steps.clone());
-        registry.register(
-            "saga_step_duration_seconds",
-            "Migration saga step durations",
-            self.saga_step_seconds.clone(),
-        );
-        registry.register(
-            "partner_change_requests",
-            "Partner change requests by state (read from the database periodically)",
-            self.partner_changes.clone(),
-        );
-        registry.register(
-            "event_stream_subscribers",
-            "Open WatchPartnerChangeEvents streams",
-            self.stream_subscribers.clone(),
-        );
-        registry.register(
-            "event_stream_delivery_lag_seconds",
-            "From an event's commit to its sending to a live subscriber",
-            self.stream_delivery_lag_seconds.clone(),
-        );
-        registry.register(
-            "event_stream_subscribers_ended_too_slow",
-            "Subscribers ended with SUBSCRIBER_TOO_SLOW",
-            self.stream_subscribers_ended_too_slow.clone(),
-        );
-        registry.register(
-            "permission_checks",
-            "CheckPermission answers, from the cache (hits) or the database (misses)",
-            self.permission_checks.clone(),
-        );
-        registry.register(
-            "permission_cache_invalidation_delay_seconds",
-            "From a permission change's commit to this replica's cache applying it",
-            self.permission_cache_invalidation_seconds.clone(),
         );
         registry.register(
             "background_task_failures",
@@ -182,16 +105,7 @@ impl Metrics {
             "1 while this process's database answers its readiness check",
             self.database_reachable.clone(),
         );
-        registry.register(
-            "partner_change_migrations_stuck",
-            "Migrating partner changes whose steps have failed repeatedly and are still being retried",
-            self.migrations_stuck.clone(),
-        );
-        registry.register(
-            "partner_change_migrations_scheduled",
-            "Approved partner changes waiting for their scheduled time (migrate_after)",
-            self.migrations_scheduled.clone(),
-        );
+        drop(registry);
         self
     }
 
@@ -199,7 +113,8 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
     }
 }
@@ -208,6 +123,12 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// Registers a service's series under `partnerhub_<prefix>_`.
+pub fn register(prefix: &str, register: impl FnOnce(&mut Registry)) {
+    let mut registry = metrics().registry.lock().unwrap_or_else(PoisonError::into_inner);
+    register(registry.sub_registry_with_prefix(prefix));
 }
 
 /// The name gRPC gives `code`, as used in labels.

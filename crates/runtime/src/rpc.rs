@@ -1,7 +1,7 @@
 //! One span and one set of metrics per gRPC call, on both sides.
 //!
 //! - [`ServerRpcLayer`] wraps the whole server: each call gets an `rpc` span
-//!   (carrying `trace_id`, and `partner_change_id` once a handler records it)
+//!   (carrying `trace_id`, and `resource_id` once a handler records what the call is about)
 //!   whose parent is the caller's W3C `traceparent`, and is counted and timed
 //!   by method and status.
 //! - [`ClientRpcLayer`] wraps every peer channel: each outgoing call gets a
@@ -126,7 +126,7 @@ impl<S> Observed<S> {
                     otel.kind = "server",
                     rpc.grpc.status_code = Empty,
                     trace_id = Empty,
-                    partner_change_id = Empty,
+                    resource_id = Empty,
                 );
                 let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
                     propagator.extract(&ReadHeaders(request.headers()))
@@ -142,7 +142,7 @@ impl<S> Observed<S> {
             // them is most of what a span costs on the CheckPermission path.
             Side::Server => {
                 let trace_id = caller_trace_id(request.headers()).unwrap_or_else(new_trace_id);
-                tracing::info_span!("rpc", trace_id = %trace_id, partner_change_id = Empty)
+                tracing::info_span!("rpc", trace_id = %trace_id, resource_id = Empty)
             }
             Side::Client => {
                 let span = tracing::info_span!(
@@ -289,10 +289,10 @@ impl Injector for Headers<'_> {
     }
 }
 
-/// Names the partner change the current call is about, on the call's span, so
-/// that every line it logs carries it.
-pub fn record_partner_change_id(partner_change_id: &str) {
-    Span::current().record("partner_change_id", partner_change_id);
+/// Names the resource the current call is about (its prefixed ID, e.g.
+/// `pc-…`), on the call's span, so that every line it logs carries it.
+pub fn record_resource_id(id: &str) {
+    Span::current().record("resource_id", id);
 }
 
 /// The current span's trace context as a W3C `traceparent`, to be stored with

@@ -62,7 +62,7 @@ pub fn init_tracing(
     let env_filter = EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter { filter, source })?;
     let human = (log.format == LogFormat::Human)
         .then(|| fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())));
-    // Every enclosing span's fields (trace_id, partner_change_id, …) go with each line.
+    // Every enclosing span's fields (trace_id, resource_id, …) go with each line.
     let json = (log.format == LogFormat::Json)
         .then(|| fmt::layer().json().flatten_event(true).with_current_span(false).with_span_list(true));
 
