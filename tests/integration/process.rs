@@ -12,6 +12,15 @@ fn run_grpcurl(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The harness finds the binary where Cargo says it built it for these tests.
+#[test]
+fn the_harness_runs_the_binary_cargo_built_for_these_tests() {
+    assert_eq!(
+        partnerhub_tests::binary::partnerhub_binary(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_partnerhub-under-test"))
+    );
+}
+
 #[test]
 fn grpcurl_lists_describes_checks_health_and_calls_with_a_minted_token() {
     let data_dir = std::env::temp_dir().join(format!("partnerhub-process-{}", uuid::Uuid::new_v4().simple()));
@@ -115,6 +124,9 @@ fn migrate_applies_the_schema_once_and_one_service_serves_alone_with_json_logs()
         assert!(object.get("level").is_some() && object.get("timestamp").is_some(), "{line}");
     }
     assert!(log.contains(r#""message":"serving""#), "{log}");
+    // The address line goes to stderr, apart from the JSON on stdout.
+    let announced = std::fs::read_to_string(&server.stderr_file).unwrap();
+    assert_eq!(announced.trim(), format!("partnerhub: serving on {} (account)", server.addr), "{announced}");
     assert!(!log.contains("Applying migration"), "migrate already applied everything:\n{log}");
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -23,23 +23,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The path of the `partnerhub` binary, built once per test run (cargo builds
-/// binaries only for tests of their own package).
+/// The binary under test: this package's `partnerhub-under-test` target (the
+/// `partnerhub` program), which Cargo builds before this package's tests and
+/// benchmarks, beside the directory of their executables (`target/<profile>/deps/`).
+/// Cargo tells the tests where it is as `CARGO_BIN_EXE_partnerhub-under-test`,
+/// but only while compiling them, not this library; a test checks that both agree.
 pub fn partnerhub_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        // This test (or bench) binary lives in target/<profile>/deps/; build the
-        // server in the same profile.
         let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-        let profile_dir = deps.parent().unwrap().to_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "partnerhub", "--bin", "partnerhub"]);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
-            build.arg("--release");
-        }
-        assert!(build.status().expect("cargo runs").success(), "building the partnerhub binary failed");
-        profile_dir.join("partnerhub")
+        let binary = deps.parent().unwrap().join(format!("partnerhub-under-test{}", std::env::consts::EXE_SUFFIX));
+        assert!(binary.exists(), "{} is missing: run the tests with cargo, which builds it", binary.display());
+        binary
     })
 }
 
@@ -48,7 +43,10 @@ pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Its stdout: the log lines.
     pub log_file: PathBuf,
+    /// Its stderr: the line announcing the address, and any error.
+    pub stderr_file: PathBuf,
 }
 
 impl ServerProcess {
@@ -58,22 +56,29 @@ impl ServerProcess {
     }
 
     /// Starts `partnerhub <args>` with extra environment variables, and waits
-    /// until it logs the address it serves on.
+    /// until it prints the address it serves on.
     pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_file = data_dir.join("serve.log");
         let log = std::fs::File::create(&log_file).unwrap();
+        let stderr_file = data_dir.join("serve.stderr");
+        let stderr = std::fs::File::create(&stderr_file).unwrap();
         let child = Command::new(partnerhub_binary())
             .args(args)
             .envs(environment(data_dir))
             .envs(env.iter().copied())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(log)
+            .stderr(stderr)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut server =
-            ServerProcess { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), data_dir: data_dir.to_owned(), log_file };
+        let mut server = ServerProcess {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            data_dir: data_dir.to_owned(),
+            log_file,
+            stderr_file,
+        };
         server.addr = server.wait_for_address();
         server
     }
@@ -81,25 +86,20 @@ impl ServerProcess {
     fn wait_for_address(&mut self) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
-            // Human lines say `local_addr=127.0.0.1:1234`, JSON lines `"local_addr":"127.0.0.1:1234"`.
-            let addr = log.lines().filter(|line| line.contains("serving")).find_map(|line| {
-                let rest = line.split("local_addr").nth(1)?;
-                let start = rest.find(|c: char| c.is_ascii_digit())?;
-                rest[start..].split(|c: char| c == '"' || c.is_whitespace()).next()?.parse().ok()
+            let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
+            // The line `serve` prints on purpose: `partnerhub: serving on 127.0.0.1:1234 (account, …)`.
+            let addr = stderr.lines().find_map(|line| {
+                line.strip_prefix(partnerhub::cli::SERVING_ON)?.split_whitespace().next()?.parse().ok()
             });
             if let Some(addr) = addr {
                 return addr;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("partnerhub serve exited with {status} before serving:\n{log}");
+                panic!("partnerhub serve exited with {status} before serving:\n{stderr}\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "partnerhub serve did not start within 60 s:\n{}",
-            std::fs::read_to_string(&self.log_file).unwrap_or_default()
-        );
+        panic!("partnerhub serve did not start within 60 s:\n{}", self.log());
     }
 
     /// Runs `partnerhub <args>` against the same configuration and returns its stdout.

@@ -63,9 +63,32 @@ pub enum CliError {
     Token(#[from] partnerhub_runtime::auth::TokenError),
 }
 
+/// The one line `serve` prints on purpose once it accepts calls (on stderr, so
+/// that JSON logs on stdout stay one object per line): for scripts and tests
+/// that start it on port 0 and need its address.
+pub const SERVING_ON: &str = "partnerhub: serving on ";
+
+fn announce(addr: std::net::SocketAddr, services: &[&dyn partnerhub_runtime::service::Service]) {
+    let names: Vec<&str> = services.iter().map(|service| service.name()).collect();
+    eprintln!("{SERVING_ON}{addr} ({})", names.join(", "));
+}
+
 /// The names `--service` accepts: every service this binary has.
 fn service_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(SERVICES.iter().map(|service| service.name()))
+}
+
+/// The whole program: parse the command line, run it, report a failure on
+/// stderr. Both the `partnerhub` binary and the test suite's copy of it call this.
+pub async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("partnerhub: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -80,7 +103,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             let telemetry = init_tracing(&settings.log, &settings.telemetry, &process_name(&services))?;
             let stopped = match Application::start(&settings, &services).await {
-                Ok(app) => app.run_until_stopped().await.map_err(CliError::from),
+                Ok(app) => {
+                    announce(app.local_addr(), &services);
+                    app.run_until_stopped().await.map_err(CliError::from)
+                }
                 Err(err) => Err(err.into()),
             };
             telemetry.shutdown();
