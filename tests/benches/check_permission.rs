@@ -228,7 +228,7 @@ async fn main() {
     let key = base64::engine::general_purpose::STANDARD.encode(secret);
     let partnerhub = ServerProcess::start_with(
         &data_dir,
-        &["serve"],
+        &[],
         &[("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str()), ("RUST_LOG", "warn,partnerhub::app=info")],
     );
     pin(partnerhub.pid());

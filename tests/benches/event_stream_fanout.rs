@@ -65,7 +65,7 @@ async fn main() {
     if !url.is_empty() {
         env.push(("PARTNERHUB__DATABASE__URL", url.as_str()));
     }
-    let server = ServerProcess::start_with(database.data_dir(), &["serve"], &env);
+    let server = ServerProcess::start_with(database.data_dir(), &[], &env);
     let keys = TokenKeys::from_secret(&secret, "partnerhub");
     let token = |subject: &str| keys.mint(&subject.parse::<Subject>().unwrap(), Duration::from_secs(3600)).unwrap();
     let channel =

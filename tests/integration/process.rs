@@ -106,7 +106,7 @@ fn migrate_applies_the_schema_once_and_one_service_serves_alone_with_json_logs()
 
     let server = ServerProcess::start_with(
         &data_dir,
-        &["serve", "--service", "account"],
+        &["--service", "account"],
         &[("RUST_LOG", ""), ("PARTNERHUB__LOG__FORMAT", "json")],
     );
     let (ok, health) = run_grpcurl(&[

@@ -35,7 +35,7 @@ async fn a_process_restarted_after_sigkill_completes_its_unfinished_migration_wi
     let hanging_permissions = format!("http://{}", black_hole().await);
     let server = ServerProcess::start_with(
         &data_dir,
-        &["serve"],
+        &[],
         &[("PARTNERHUB__PEERS__PERMISSIONS_URLS", hanging_permissions.as_str())],
     );
     let clients = server.clients(None);
@@ -84,7 +84,7 @@ async fn a_database_outage_is_reported_once_per_task_and_flips_readiness() {
     let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
     let server = ServerProcess::start_with(
         database.data_dir(),
-        &["serve"],
+        &[],
         &[("PARTNERHUB__DATABASE__URL", url.as_str()), ("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str())],
     );
     assert!(services_status(server.addr).await.iter().all(|status| *status == ServingStatus::Serving));

@@ -8,6 +8,7 @@ use std::{
 };
 
 use partnerhub_proto::partnerchange::v1 as pc;
+use partnerhub_runtime::pagination::TokenSeal;
 use partnerhub_tests::{Backend, ServiceSections, TestApp, eventually, on_both_databases, reason};
 use pc::{PartnerChangeEventType as Ev, watch_partner_change_events_response::Kind};
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
@@ -272,9 +273,15 @@ async fn each_subscriber_gets_only_its_own_events_and_bad_cursors_are_refused(ba
         let refused = as_partner.watch_partner_change_events(watch_request(bad)).await.unwrap_err();
         assert_eq!((refused.code(), reason(&refused).as_str()), (Code::InvalidArgument, "INVALID_REQUEST"), "{bad}");
     }
-    let ahead = partnerhub_runtime::pagination::encode_token("999999", "events:All");
+    let seal = TokenSeal::derived_from(&app.signing_secret());
+    let ahead = seal.seal("999999", "events:All");
     let refused = app.partner_change("support:s").watch_partner_change_events(watch_request(&ahead)).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
+    // A cursor sealed with any other key (a forgery) is refused, even for a position that exists.
+    let forged = TokenSeal::derived_from(&[0; 32]).seal("1", "events:All");
+    let refused =
+        app.partner_change("support:s").watch_partner_change_events(watch_request(&forged)).await.unwrap_err();
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::InvalidArgument, "INVALID_REQUEST"));
     // A partner's own cursor resumes after that event.
     let resumed = watch(&app, &mine.destination_subject(), &partner_events[0].cursor).await.wait_until_idle().await;
     assert!(resumed.is_empty());

@@ -1,7 +1,9 @@
 //! Malformed input gets INVALID_ARGUMENT with `BadRequest` field violations
 //! naming every bad field, and changes nothing.
 
+use base64::Engine as _;
 use partnerhub_proto::account::v1 as pb;
+use partnerhub_runtime::pagination::TokenSeal;
 use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases, violated_fields};
 use prost_types::FieldMask;
 use tonic::{Code, Status};
@@ -80,6 +82,19 @@ async fn malformed_requests_name_every_bad_field_and_change_nothing(backend: Bac
     };
     assert_invalid(support.list_wabas(list(-1, "")).await, &["page_size"]);
     assert_invalid(support.list_wabas(list(10, "garbage")).await, &["page_token"]);
+    // A token for the right filters, made without the deployment's key, is refused:
+    // sealed with another key, or in the unkeyed form the first releases issued.
+    let scope = format!("client={}", client.client_id);
+    let forged = TokenSeal::derived_from(&[0; 32]).next_page_token("waba-0", &scope);
+    assert_invalid(support.list_wabas(list(10, &forged)).await, &["page_token"]);
+    let fnv = scope
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    let unkeyed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("1{fnv:016x}waba-0"));
+    assert_invalid(support.list_wabas(list(10, &unkeyed)).await, &["page_token"]);
+    // The deployment's own seal opens: the same key on every replica.
+    let sealed = TokenSeal::derived_from(&app.signing_secret()).next_page_token("waba-0", &scope);
+    assert!(support.list_wabas(list(10, &sealed)).await.is_ok());
     assert_invalid(
         support.list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, page_token: String::new() }).await,
         &["owner"],

@@ -50,21 +50,22 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `partnerhub serve` on a free port and waits until it logs that it serves.
+    /// Starts `partnerhub serve` on a free port and waits until it serves.
     pub fn start(data_dir: &Path) -> ServerProcess {
-        Self::start_with(data_dir, &["serve"], &[])
+        Self::start_with(data_dir, &[], &[])
     }
 
-    /// Starts `partnerhub <args>` with extra environment variables, and waits
-    /// until it prints the address it serves on.
-    pub fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    /// Starts `partnerhub serve <serve_args>` with extra environment variables,
+    /// and waits until it announces the address it serves on.
+    pub fn start_with(data_dir: &Path, serve_args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_file = data_dir.join("serve.log");
         let log = std::fs::File::create(&log_file).unwrap();
         let stderr_file = data_dir.join("serve.stderr");
         let stderr = std::fs::File::create(&stderr_file).unwrap();
         let child = Command::new(partnerhub_binary())
-            .args(args)
+            .args(["serve", "--announce-address"])
+            .args(serve_args)
             .envs(environment(data_dir))
             .envs(env.iter().copied())
             .stdout(log)
@@ -87,7 +88,7 @@ impl ServerProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
-            // The line `serve` prints on purpose: `partnerhub: serving on 127.0.0.1:1234 (account, …)`.
+            // The line `serve --announce-address` prints on purpose: `partnerhub: serving on 127.0.0.1:1234 (account, …)`.
             let addr = stderr.lines().find_map(|line| {
                 line.strip_prefix(partnerhub::cli::SERVING_ON)?.split_whitespace().next()?.parse().ok()
             });

@@ -2,48 +2,29 @@
 //! `grpc` parses into these types, `store` persists them.
 
 use chrono::{DateTime, Utc};
+use sea_orm::{DeriveActiveEnum, EnumIter, sea_query::StringLen};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The enums below are stored by name; the derives hold each one's stored
+// names (the one table of them), and a name no variant has fails to decode.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum PaymentProcessor {
+    #[sea_orm(string_value = "STRIPE")]
     Stripe,
+    #[sea_orm(string_value = "ADYEN")]
     Adyen,
+    #[sea_orm(string_value = "BRAINTREE")]
     Braintree,
 }
 
-impl PaymentProcessor {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentProcessor::Stripe => "STRIPE",
-            PaymentProcessor::Adyen => "ADYEN",
-            PaymentProcessor::Braintree => "BRAINTREE",
-        }
-    }
-
-    pub fn from_stored(name: &str) -> Option<Self> {
-        [PaymentProcessor::Stripe, PaymentProcessor::Adyen, PaymentProcessor::Braintree]
-            .into_iter()
-            .find(|processor| processor.as_str() == name)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum PaymentMethodType {
+    #[sea_orm(string_value = "CARD")]
     Card,
+    #[sea_orm(string_value = "BANK_ACCOUNT")]
     BankAccount,
-}
-
-impl PaymentMethodType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentMethodType::Card => "CARD",
-            PaymentMethodType::BankAccount => "BANK_ACCOUNT",
-        }
-    }
-
-    pub fn from_stored(name: &str) -> Option<Self> {
-        [PaymentMethodType::Card, PaymentMethodType::BankAccount].into_iter().find(|kind| kind.as_str() == name)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

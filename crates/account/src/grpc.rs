@@ -6,7 +6,7 @@ use partnerhub_proto::account::v1 as pb;
 use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{FieldViolation, permission_denied},
-    pagination::{next_page_token, page_size, page_token},
+    pagination::{TokenSeal, page_size},
     rpc::record_resource_id,
     time::to_timestamp,
     validate::{MAX_NAME_LEN, Parsed, Validate, id, optional_text, required_enum, required_text},
@@ -27,11 +27,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AccountApi {
     db: DatabaseConnection,
+    /// Seals list page tokens.
+    pages: TokenSeal,
 }
 
 impl AccountApi {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, pages: TokenSeal) -> Self {
+        Self { db, pages }
     }
 }
 
@@ -202,10 +204,10 @@ impl pb::account_service_server::AccountService for AccountApi {
         };
         let (named_owner, size) = (named_owner, page_size(r.page_size)).validate()?;
         let owner = list_owner(caller, named_owner)?;
-        let after = page_token(&r.page_token, &owner.page_scope()).validate()?;
+        let after = self.pages.page_token(&r.page_token, &owner.page_scope()).validate()?;
         let (wabas, more) = store::list_wabas(&self.db, &owner, after.as_deref(), size).await?;
         let next_page_token = match wabas.last() {
-            Some(last) if more => next_page_token(&last.waba_id, &owner.page_scope()),
+            Some(last) if more => self.pages.next_page_token(&last.waba_id, &owner.page_scope()),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListWabasResponse {

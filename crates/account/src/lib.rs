@@ -46,7 +46,7 @@ impl ServiceDefinition for AccountService {
     }
 
     async fn start(context: &mut ServiceContext<'_>, _settings: AccountSettings) -> Result<(), StartError> {
-        let server = AccountServiceServer::new(grpc::AccountApi::new(context.db.clone()))
+        let server = AccountServiceServer::new(grpc::AccountApi::new(context.db.clone(), context.token_seal()))
             .max_decoding_message_size(context.max_message_bytes());
         context.serve(InterceptedService::new(server, context.authenticator.clone()));
         Ok(())

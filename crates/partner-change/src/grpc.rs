@@ -11,7 +11,7 @@ use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{FieldViolation, invalid_argument, permission_denied},
     ids::new_id,
-    pagination::{next_page_token, page_size, page_token},
+    pagination::{TokenSeal, page_size},
     rpc::{current_traceparent, record_resource_id},
     time::{from_timestamp, now, to_timestamp},
     validate::{Parsed, PhoneNumber, Validate, id, optional_id, optional_text, required_text},
@@ -30,7 +30,7 @@ use crate::{
     facts::{Accounts, FactsError, World},
     settings::{PartnerChangeSettings, StreamSettings},
     store::{self, Effects, EventScope, ListFilter, ListScope, WriteError},
-    stream::{EventHub, StreamItem, Subscription, parse_cursor, watch},
+    stream::{EventHub, StreamItem, Subscription, watch},
 };
 
 /// The most numbers a submit may name for granting.
@@ -54,6 +54,8 @@ pub struct PartnerChangeApi {
     stream_settings: StreamSettings,
     /// Ends open streams when the process stops.
     shutdown: CancellationToken,
+    /// Seals list page tokens.
+    pages: TokenSeal,
 }
 
 impl PartnerChangeApi {
@@ -64,6 +66,7 @@ impl PartnerChangeApi {
         worker_wake: Arc<Notify>,
         events: EventHub,
         shutdown: CancellationToken,
+        pages: TokenSeal,
     ) -> Self {
         Self {
             db,
@@ -74,6 +77,7 @@ impl PartnerChangeApi {
             events,
             stream_settings: settings.stream.clone(),
             shutdown,
+            pages,
         }
     }
 
@@ -377,11 +381,11 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
         let direction = direction(r.direction).validate()?;
         let scope = list_scope(caller, client_id, partner_id, direction)?;
         let filter = ListFilter { scope, states, other_party_id, created_after, created_before, scheduled_before };
-        let after = page_token(&r.page_token, &filter.page_scope()).validate()?;
+        let after = self.pages.page_token(&r.page_token, &filter.page_scope()).validate()?;
         let (changes, more) =
             store::list(&self.db, &filter, after.as_deref(), size).await.map_err(PartnerChangeError::from)?;
         let next_page_token = match changes.last() {
-            Some(last) if more => next_page_token(&last.partner_change_id, &filter.page_scope()),
+            Some(last) if more => self.pages.next_page_token(&last.partner_change_id, &filter.page_scope()),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListPartnerChangesResponse {
@@ -533,7 +537,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             }
         };
         let scope = event_scope(caller, named.validate()?)?;
-        let after = parse_cursor(&r.after_cursor, &scope).validate()?;
+        let after = self.events.parse_cursor(&r.after_cursor, &scope).validate()?;
         let head = store::last_position(&self.db).await.map_err(PartnerChangeError::from)?;
         if after > head {
             return Err(invalid_argument(&[FieldViolation::new("after_cursor", "is ahead of this event log")]));

@@ -61,7 +61,7 @@ impl ServiceDefinition for PartnerChangeService {
         let accounts = Accounts::new(context.peer("account")?);
         let permissions = context.peer("permissions")?;
         let worker_wake = Arc::new(Notify::new());
-        let events = EventHub::new(EVENT_HUB_CAPACITY);
+        let events = EventHub::new(EVENT_HUB_CAPACITY, context.token_seal());
         let (db, shutdown, tasks) = (context.db.clone(), context.shutdown.clone(), context.tasks);
 
         let api = PartnerChangeApi::new(
@@ -71,6 +71,7 @@ impl ServiceDefinition for PartnerChangeService {
             worker_wake.clone(),
             events.clone(),
             shutdown.clone(),
+            context.token_seal(),
         );
         let server = PartnerChangeServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
         context.serve(InterceptedService::new(server, context.authenticator.clone()));

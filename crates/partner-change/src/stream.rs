@@ -22,9 +22,10 @@
 use std::{pin::Pin, sync::Arc};
 
 use partnerhub_runtime::{
+    error::FieldViolation,
     error::{ErrorReason, Reason, status},
     outage::Outage,
-    pagination::{decode_token, encode_token},
+    pagination::TokenSeal,
     time::now,
     validate::Parsed,
 };
@@ -66,14 +67,38 @@ pub struct EventHub {
     published: broadcast::Sender<Arc<Event>>,
     /// Rung by this process's writers after each commit that appends events.
     committed: Arc<Notify>,
+    /// Seals the cursors it issues.
+    cursors: TokenSeal,
 }
 
 impl EventHub {
     /// `capacity`: events a subscriber may fall behind the tailer before it
-    /// must catch up from the log.
-    pub fn new(capacity: usize) -> Self {
+    /// must catch up from the log. `cursors` seals the cursors of every replica.
+    pub fn new(capacity: usize, cursors: TokenSeal) -> Self {
         let (published, _) = broadcast::channel(capacity.max(16));
-        Self { published, committed: Arc::new(Notify::new()) }
+        Self { published, committed: Arc::new(Notify::new()), cursors }
+    }
+
+    /// The cursor of `position` for subscribers of `scope`.
+    pub fn cursor(&self, position: i64, scope: &EventScope) -> String {
+        self.cursors.seal(&position.to_string(), &cursor_scope(scope))
+    }
+
+    /// The position a cursor stands for, if it was issued for `scope`: a
+    /// sealed cursor, or an unsealed one of the first releases (subscribers
+    /// store cursors durably; one names only a position in the caller's own
+    /// scope, so accepting them gives nobody more than a replay from 0 would).
+    pub fn parse_cursor(&self, cursor: &str, scope: &EventScope) -> Parsed<i64> {
+        let field = "after_cursor";
+        let scope = cursor_scope(scope);
+        let key = self
+            .cursors
+            .open(field, cursor, &scope)
+            .or_else(|sealed| TokenSeal::open_legacy(field, cursor, &scope).map_err(|_| sealed))?;
+        match key {
+            None => Ok(0),
+            Some(key) => key.parse().map_err(|_| FieldViolation::new(field, "is not a valid cursor")),
+        }
     }
 
     /// For writers that hold on to it: ring after a commit that appended events.
@@ -164,22 +189,6 @@ fn cursor_scope(scope: &EventScope) -> String {
     }
 }
 
-/// The cursor of `position` for subscribers of `scope`.
-pub fn cursor(position: i64, scope: &EventScope) -> String {
-    encode_token(&position.to_string(), &cursor_scope(scope))
-}
-
-/// The position a cursor stands for, if it was issued for `scope`.
-pub fn parse_cursor(cursor: &str, scope: &EventScope) -> Parsed<i64> {
-    let key = decode_token("after_cursor", cursor, &cursor_scope(scope))?;
-    match key {
-        None => Ok(0),
-        Some(key) => key
-            .parse()
-            .map_err(|_| partnerhub_runtime::error::FieldViolation::new("after_cursor", "is not a valid cursor")),
-    }
-}
-
 /// Starts a subscriber and returns its stream. The subscriber lives until its
 /// client goes away, it is too slow, or `shutdown`.
 pub fn watch(
@@ -194,11 +203,12 @@ pub fn watch(
     let (end, end_out) = mpsc::channel(1);
     // Subscribe before the replay reads the log: see the module documentation.
     let live = hub.published.subscribe();
+    let hub = hub.clone();
     // The subscriber's lines belong to the call that started it (its trace ID).
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
-            let mut subscriber = Subscriber { db, settings, subscription, events, last_delivered: None };
+            let mut subscriber = Subscriber { db, hub, settings, subscription, events, last_delivered: None };
             metrics().stream_subscribers.inc();
             let ended = subscriber.run(live, shutdown).await;
             metrics().stream_subscribers.dec();
@@ -213,6 +223,8 @@ pub fn watch(
 
 struct Subscriber {
     db: DatabaseConnection,
+    /// Issues the cursors of the events it delivers.
+    hub: EventHub,
     settings: StreamSettings,
     subscription: Subscription,
     events: mpsc::Sender<Result<StreamItem, Status>>,
@@ -304,7 +316,7 @@ impl Subscriber {
 
     async fn deliver(&mut self, event: Arc<Event>) -> Result<(), Stop> {
         let position = event.position;
-        let item = StreamItem::Event { cursor: cursor(position, &self.subscription.scope), event };
+        let item = StreamItem::Event { cursor: self.hub.cursor(position, &self.subscription.scope), event };
         self.send(item).await?;
         self.last_delivered = Some(position);
         Ok(())
@@ -327,7 +339,7 @@ impl Subscriber {
 
     /// A status that ends the stream and says where to resume.
     fn ending(&self, code: Code, reason: impl Reason, what: &str) -> Status {
-        let resume = cursor(self.last_delivered.unwrap_or(self.subscription.after), &self.subscription.scope);
+        let resume = self.hub.cursor(self.last_delivered.unwrap_or(self.subscription.after), &self.subscription.scope);
         status(
             code,
             reason,
@@ -343,14 +355,32 @@ mod tests {
 
     /// Cursors as the first releases issued them (kept verbatim): they must
     /// keep working, whatever the Rust types are called now.
+    fn hub(key: u8) -> EventHub {
+        EventHub::new(16, TokenSeal::derived_from(&[key; 32]))
+    }
+
     #[test]
     fn cursors_issued_by_earlier_releases_still_resume() {
+        let hub = hub(1);
         let partner = EventScope::Partner("partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".to_owned());
-        assert_eq!(parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &partner).unwrap(), 42);
-        assert_eq!(parse_cursor("MTQwMmU3OGUyY2JmN2VjODE3", &EventScope::All).unwrap(), 7);
-        assert_eq!(parse_cursor("MTgwNDA1YTlmNzkzNWMyZDcz", &EventScope::Client("client-1".to_owned())).unwrap(), 3);
+        assert_eq!(hub.parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &partner).unwrap(), 42);
+        assert_eq!(hub.parse_cursor("MTQwMmU3OGUyY2JmN2VjODE3", &EventScope::All).unwrap(), 7);
+        assert_eq!(
+            hub.parse_cursor("MTgwNDA1YTlmNzkzNWMyZDcz", &EventScope::Client("client-1".to_owned())).unwrap(),
+            3
+        );
         // Bound to its scope: another subscriber's scope refuses it.
-        assert!(parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &EventScope::Partner("partner-2".to_owned())).is_err());
-        assert_eq!(cursor(42, &partner), "MWFhZjRkMGY3NzU4YWY4OGY0Mg", "today's cursors are the same");
+        assert!(hub.parse_cursor("MWFhZjRkMGY3NzU4YWY4OGY0Mg", &EventScope::Partner("partner-2".to_owned())).is_err());
+    }
+
+    #[test]
+    fn todays_cursors_are_sealed_for_their_scope_and_deployment() {
+        let partner = EventScope::Partner("partner-1".to_owned());
+        let cursor = hub(1).cursor(42, &partner);
+        assert_ne!(cursor, "MWFhZjRkMGY3NzU4YWY4OGY0Mg", "no longer the unkeyed form");
+        assert_eq!(hub(1).parse_cursor(&cursor, &partner).unwrap(), 42, "any replica of the deployment opens it");
+        assert!(hub(1).parse_cursor(&cursor, &EventScope::Partner("partner-2".to_owned())).is_err());
+        assert!(hub(2).parse_cursor(&cursor, &partner).is_err(), "another key's cursor is refused");
+        assert_eq!(hub(1).parse_cursor("", &partner).unwrap(), 0);
     }
 }

@@ -28,6 +28,11 @@ pub enum Command {
         /// Run only this service; repeat to run several.
         #[arg(long = "service", value_parser = service_names())]
         services: Vec<String>,
+        /// Once calls are accepted, print `partnerhub: serving on <address> (<services>)`
+        /// on stderr: for scripts and tests that listen on port 0. Off by
+        /// default, so that a log collector reading both streams sees only log lines.
+        #[arg(long)]
+        announce_address: bool,
     },
     /// Run a local cluster: every service as its own processes (two replicas
     /// each by default) on a local PostgreSQL database, until Ctrl-C.
@@ -63,9 +68,9 @@ pub enum CliError {
     Token(#[from] partnerhub_runtime::auth::TokenError),
 }
 
-/// The one line `serve` prints on purpose once it accepts calls (on stderr, so
-/// that JSON logs on stdout stay one object per line): for scripts and tests
-/// that start it on port 0 and need its address.
+/// The one line `serve --announce-address` prints on purpose once it accepts
+/// calls (on stderr, apart from the logs on stdout): for scripts and tests that
+/// start it on port 0 and need its address.
 pub const SERVING_ON: &str = "partnerhub: serving on ";
 
 fn announce(addr: std::net::SocketAddr, services: &[&dyn partnerhub_runtime::service::Service]) {
@@ -94,7 +99,7 @@ pub async fn main() -> std::process::ExitCode {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = Settings::load(cli.config.as_deref(), &section_readers())?;
     match cli.command {
-        Command::Serve { services } => {
+        Command::Serve { services, announce_address } => {
             let services: Vec<_> = if services.is_empty() {
                 SERVICES.to_vec()
             } else {
@@ -104,7 +109,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let telemetry = init_tracing(&settings.log, &settings.telemetry, &process_name(&services))?;
             let stopped = match Application::start(&settings, &services).await {
                 Ok(app) => {
-                    announce(app.local_addr(), &services);
+                    if announce_address {
+                        announce(app.local_addr(), &services);
+                    }
                     app.run_until_stopped().await.map_err(CliError::from)
                 }
                 Err(err) => Err(err.into()),

@@ -8,7 +8,7 @@ use partnerhub_proto::{
 use partnerhub_runtime::{
     auth::{Subject, caller},
     error::{ErrorReason, FieldViolation, invalid_argument, not_found, permission_denied},
-    pagination::{next_page_token, page_size, page_token},
+    pagination::{TokenSeal, page_size},
     peers::Peer,
     rpc::record_resource_id,
     time::{now, to_timestamp},
@@ -38,11 +38,13 @@ pub struct PermissionsApi {
     account: Peer,
     /// Answers `CheckPermission`; told about every change this replica makes.
     cache: Arc<PermissionCache>,
+    /// Seals list page tokens.
+    pages: TokenSeal,
 }
 
 impl PermissionsApi {
-    pub fn new(db: DatabaseConnection, account: Peer, cache: Arc<PermissionCache>) -> Self {
-        Self { db, account, cache }
+    pub fn new(db: DatabaseConnection, account: Peer, cache: Arc<PermissionCache>, pages: TokenSeal) -> Self {
+        Self { db, account, cache, pages }
     }
 
     /// Checks that every number is on a WABA of `client_id` that is with
@@ -146,12 +148,12 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
                 .validate()?;
         let filter = list_filter(caller, client_id, partner_id)?;
         let scope = filter.page_scope();
-        let after = page_token(&r.page_token, &scope).validate()?;
+        let after = self.pages.page_token(&r.page_token, &scope).validate()?;
         let after = after.as_deref().map(|key| parse_page_key(key).ok_or_else(bad_token)).transpose()?;
         let (grants, more) =
             store::list_grants(&self.db, &filter, after, size).await.map_err(PermissionsError::from)?;
         let next_page_token = match grants.last() {
-            Some(last) if more => next_page_token(&page_key(last), &scope),
+            Some(last) if more => self.pages.next_page_token(&page_key(last), &scope),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListPartnerPermissionsResponse {

@@ -47,7 +47,7 @@ impl ServiceDefinition for PermissionsService {
             tracing::warn!(error = %err, "cannot load the permission cache yet; checks go to the database");
         }
         context.tasks.spawn(cache.clone().follow(context.notification_url(), context.shutdown.clone()));
-        let api = PermissionsApi::new(context.db.clone(), account, cache);
+        let api = PermissionsApi::new(context.db.clone(), account, cache, context.token_seal());
         let server = PermissionsServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
         context.serve(InterceptedService::new(server, context.authenticator.clone()));
         Ok(())

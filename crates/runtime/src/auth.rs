@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status, metadata::MetadataMap};
 
-use crate::{config::Settings, error::ErrorReason};
+use crate::{config::Settings, error::ErrorReason, pagination::TokenSeal};
 
 /// The one party a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,6 +112,8 @@ pub struct TokenKeys {
     decoding: DecodingKey,
     validation: Validation,
     issuer: String,
+    /// Page tokens and cursors are sealed with a key derived from this one.
+    seal: TokenSeal,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -156,7 +158,13 @@ impl TokenKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             issuer: issuer.to_owned(),
+            seal: TokenSeal::derived_from(secret),
         }
+    }
+
+    /// The seal of this deployment's page tokens and cursors.
+    pub fn token_seal(&self) -> &TokenSeal {
+        &self.seal
     }
 
     /// The configured key: `auth.signing_key`, else the key file, else (embedded

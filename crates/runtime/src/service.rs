@@ -14,6 +14,7 @@ use tonic::server::NamedService;
 use crate::{
     auth::{Authenticator, TokenKeys},
     config::{ConfigError, Section, SectionReader, ServiceSettings, Settings, read_section},
+    pagination::TokenSeal,
     peers::{InvalidPeerUrl, Peer, PeerOptions},
     server::Host,
 };
@@ -170,6 +171,11 @@ impl<'a> ServiceContext<'a> {
         };
         self.tasks.spawn(peer.clone().watch_health(self.settings.peers.health_check_interval, self.shutdown.clone()));
         Ok(peer)
+    }
+
+    /// The seal of page tokens and cursors (every replica shares it).
+    pub fn token_seal(&self) -> TokenSeal {
+        self.peers.keys.token_seal().clone()
     }
 
     /// Where PostgreSQL notifications are listened for; `None` on SQLite,

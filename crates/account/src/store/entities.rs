@@ -4,13 +4,15 @@
 pub mod partner {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::PaymentProcessor;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "partners")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub partner_id: String,
         pub display_name: String,
-        pub payment_processor: String,
+        pub payment_processor: PaymentProcessor,
         pub auto_approve: bool,
         pub accepting_changes: bool,
         pub terms_version: String,
@@ -28,13 +30,15 @@ pub mod partner {
 pub mod client {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::PaymentProcessor;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "clients")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub client_id: String,
         pub display_name: String,
-        pub payment_processor: String,
+        pub payment_processor: PaymentProcessor,
         pub legal_name: String,
         pub address_line: String,
         pub city: String,
@@ -55,13 +59,15 @@ pub mod client {
 pub mod payment_method {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::PaymentMethodType;
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "payment_methods")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub payment_method_id: String,
         pub client_id: String,
-        pub r#type: String,
+        pub r#type: PaymentMethodType,
         pub last4: String,
         pub create_time: DateTimeUtc,
     }

@@ -33,7 +33,7 @@ pub async fn create_partner(db: &DatabaseConnection, new: NewPartner) -> Result<
     let model = partner::ActiveModel {
         partner_id: Set(new_id("partner")),
         display_name: Set(new.display_name),
-        payment_processor: Set(new.payment_processor.as_str().to_owned()),
+        payment_processor: Set(new.payment_processor),
         auto_approve: Set(new.settings.auto_approve),
         accepting_changes: Set(new.settings.accepting_changes),
         terms_version: Set(new.settings.terms_version),
@@ -43,12 +43,12 @@ pub async fn create_partner(db: &DatabaseConnection, new: NewPartner) -> Result<
     }
     .insert(db)
     .await?;
-    partner_from_model(model)
+    Ok(partner_from_model(model))
 }
 
 pub async fn get_partner(db: &impl ConnectionTrait, partner_id: &str) -> Result<Partner, AccountError> {
     let model = partner::Entity::find_by_id(partner_id).one(db).await?;
-    partner_from_model(model.ok_or_else(|| AccountError::PartnerNotFound(partner_id.to_owned()))?)
+    Ok(partner_from_model(model.ok_or_else(|| AccountError::PartnerNotFound(partner_id.to_owned()))?))
 }
 
 /// Writes only the fields the patch names (one conditional `UPDATE`), so two
@@ -79,7 +79,7 @@ pub async fn update_partner_settings(
         update = update.col_expr(partner::Column::RequiresPaymentMethod, Expr::value(requires_payment_method));
     }
     if let Some(payment_processor) = payment_processor {
-        update = update.col_expr(partner::Column::PaymentProcessor, Expr::value(payment_processor.as_str()));
+        update = update.col_expr(partner::Column::PaymentProcessor, Expr::value(payment_processor));
     }
     let tx = begin_write(db).await?;
     let updated = update.filter(partner::Column::PartnerId.eq(partner_id)).exec(&tx).await?;
@@ -100,7 +100,7 @@ pub async fn create_client(
     let model = client::ActiveModel {
         client_id: Set(new_id("client")),
         display_name: Set(display_name),
-        payment_processor: Set(payment_processor.as_str().to_owned()),
+        payment_processor: Set(payment_processor),
         legal_name: Set(String::new()),
         address_line: Set(String::new()),
         city: Set(String::new()),
@@ -113,7 +113,7 @@ pub async fn create_client(
     }
     .insert(db)
     .await?;
-    client_from_models(model, Vec::new())
+    Ok(client_from_models(model, Vec::new()))
 }
 
 pub async fn get_client(db: &impl ConnectionTrait, client_id: &str) -> Result<Client, AccountError> {
@@ -126,7 +126,7 @@ pub async fn get_client(db: &impl ConnectionTrait, client_id: &str) -> Result<Cl
         .order_by_asc(payment_method::Column::PaymentMethodId)
         .all(db)
         .await?;
-    client_from_models(model, methods)
+    Ok(client_from_models(model, methods))
 }
 
 pub async fn update_company_info(
@@ -181,7 +181,7 @@ pub async fn add_payment_method(
     let model = payment_method::ActiveModel {
         payment_method_id: Set(new_id("pm")),
         client_id: Set(client_id.to_owned()),
-        r#type: Set(kind.as_str().to_owned()),
+        r#type: Set(kind),
         last4: Set(last4),
         create_time: Set(now()),
     }
@@ -189,7 +189,7 @@ pub async fn add_payment_method(
     .await?;
     let client = get_client(&tx, client_id).await?;
     tx.commit().await?;
-    Ok((payment_method_from_model(model)?, client))
+    Ok((payment_method_from_model(model), client))
 }
 
 pub async fn create_waba(
@@ -383,17 +383,11 @@ async fn with_numbers(db: &impl ConnectionTrait, models: Vec<waba::Model>) -> Re
         .collect())
 }
 
-fn corrupt(what: &str, value: &str) -> AccountError {
-    AccountError::Store(StoreError::Other(DbErr::Custom(format!("unknown stored {what} {value:?}"))))
-}
-
-fn partner_from_model(model: partner::Model) -> Result<Partner, AccountError> {
-    let payment_processor = PaymentProcessor::from_stored(&model.payment_processor)
-        .ok_or_else(|| corrupt("payment processor", &model.payment_processor))?;
-    Ok(Partner {
+fn partner_from_model(model: partner::Model) -> Partner {
+    Partner {
         partner_id: model.partner_id,
         display_name: model.display_name,
-        payment_processor,
+        payment_processor: model.payment_processor,
         settings: PartnerSettings {
             auto_approve: model.auto_approve,
             accepting_changes: model.accepting_changes,
@@ -402,16 +396,14 @@ fn partner_from_model(model: partner::Model) -> Result<Partner, AccountError> {
         },
         create_time: model.create_time,
         update_time: model.update_time,
-    })
+    }
 }
 
-fn client_from_models(model: client::Model, methods: Vec<payment_method::Model>) -> Result<Client, AccountError> {
-    let payment_processor = PaymentProcessor::from_stored(&model.payment_processor)
-        .ok_or_else(|| corrupt("payment processor", &model.payment_processor))?;
-    Ok(Client {
+fn client_from_models(model: client::Model, methods: Vec<payment_method::Model>) -> Client {
+    Client {
         client_id: model.client_id,
         display_name: model.display_name,
-        payment_processor,
+        payment_processor: model.payment_processor,
         company_info: CompanyInfo {
             legal_name: model.legal_name,
             address_line: model.address_line,
@@ -420,22 +412,20 @@ fn client_from_models(model: client::Model, methods: Vec<payment_method::Model>)
             country_code: model.country_code,
             tax_id: model.tax_id,
         },
-        payment_methods: methods.into_iter().map(payment_method_from_model).collect::<Result<_, _>>()?,
+        payment_methods: methods.into_iter().map(payment_method_from_model).collect(),
         legacy: model.legacy,
         create_time: model.create_time,
         update_time: model.update_time,
-    })
+    }
 }
 
-fn payment_method_from_model(model: payment_method::Model) -> Result<PaymentMethod, AccountError> {
-    let kind =
-        PaymentMethodType::from_stored(&model.r#type).ok_or_else(|| corrupt("payment method type", &model.r#type))?;
-    Ok(PaymentMethod {
+fn payment_method_from_model(model: payment_method::Model) -> PaymentMethod {
+    PaymentMethod {
         payment_method_id: model.payment_method_id,
-        kind,
+        kind: model.r#type,
         last4: model.last4,
         create_time: model.create_time,
-    })
+    }
 }
 
 fn waba_from_model(model: waba::Model, phone_numbers: Vec<String>) -> Waba {
