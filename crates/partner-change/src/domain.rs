@@ -3,102 +3,78 @@
 //! protobuf here: `grpc` and `worker` gather the facts, these functions decide.
 
 use chrono::{DateTime, Utc};
+use sea_orm::{ActiveEnum, DeriveActiveEnum, EnumIter, Iterable, sea_query::StringLen};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// The stored enums below hold their stored names in their derives (the one
+// table of them); a stored name no variant has fails to decode. Other services
+// read only the published view, never these names.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum State {
+    #[sea_orm(string_value = "PENDING_APPROVAL")]
     PendingApproval,
+    #[sea_orm(string_value = "APPROVED")]
     Approved,
+    #[sea_orm(string_value = "MIGRATING")]
     Migrating,
+    #[sea_orm(string_value = "COMPLETED")]
     Completed,
+    #[sea_orm(string_value = "REJECTED")]
     Rejected,
+    #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
+    #[sea_orm(string_value = "EXPIRED")]
     Expired,
+    #[sea_orm(string_value = "FAILED")]
     Failed,
 }
 
+/// Shown by its stored name (`MIGRATING`): in messages, logs and metric labels.
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_value())
+    }
+}
+
+/// Shown by its stored name (`TRANSFER`), in logs and metric labels.
+impl std::fmt::Display for SagaStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_value())
+    }
+}
+
 impl State {
-    pub const ALL: [State; 8] = [
-        State::PendingApproval,
-        State::Approved,
-        State::Migrating,
-        State::Completed,
-        State::Rejected,
-        State::Cancelled,
-        State::Expired,
-        State::Failed,
-    ];
-
-    /// The stored name; other services read it from the shared request table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::PendingApproval => "PENDING_APPROVAL",
-            State::Approved => "APPROVED",
-            State::Migrating => "MIGRATING",
-            State::Completed => "COMPLETED",
-            State::Rejected => "REJECTED",
-            State::Cancelled => "CANCELLED",
-            State::Expired => "EXPIRED",
-            State::Failed => "FAILED",
-        }
-    }
-
-    pub fn from_stored(name: &str) -> Option<Self> {
-        State::ALL.into_iter().find(|state| state.as_str() == name)
-    }
-
     /// An open request holds its WABA: no second request may be opened for it.
     pub fn is_open(self) -> bool {
         matches!(self, State::PendingApproval | State::Approved | State::Migrating)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum EventType {
+    #[sea_orm(string_value = "SUBMITTED")]
     Submitted,
+    #[sea_orm(string_value = "APPROVED")]
     Approved,
+    #[sea_orm(string_value = "REJECTED")]
     Rejected,
+    #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
+    #[sea_orm(string_value = "EXPIRED")]
     Expired,
+    #[sea_orm(string_value = "MIGRATION_STARTED")]
     MigrationStarted,
+    #[sea_orm(string_value = "COMPLETED")]
     Completed,
+    #[sea_orm(string_value = "FAILED")]
     Failed,
+    #[sea_orm(string_value = "RETRIED")]
     Retried,
     /// `migrate_after` changed; the state stays.
+    #[sea_orm(string_value = "RESCHEDULED")]
     Rescheduled,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 10] = [
-        EventType::Submitted,
-        EventType::Approved,
-        EventType::Rejected,
-        EventType::Cancelled,
-        EventType::Expired,
-        EventType::MigrationStarted,
-        EventType::Completed,
-        EventType::Failed,
-        EventType::Retried,
-        EventType::Rescheduled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Submitted => "SUBMITTED",
-            EventType::Approved => "APPROVED",
-            EventType::Rejected => "REJECTED",
-            EventType::Cancelled => "CANCELLED",
-            EventType::Expired => "EXPIRED",
-            EventType::MigrationStarted => "MIGRATION_STARTED",
-            EventType::Completed => "COMPLETED",
-            EventType::Failed => "FAILED",
-            EventType::Retried => "RETRIED",
-            EventType::Rescheduled => "RESCHEDULED",
-        }
-    }
-
-    pub fn from_stored(name: &str) -> Option<Self> {
-        EventType::ALL.into_iter().find(|event| event.as_str() == name)
-    }
 }
 
 /// The state an event moves a request to from `from`, if the event may happen there.
@@ -124,7 +100,7 @@ pub fn next_state(from: State, event: EventType) -> Option<State> {
 
 /// The states in which `event` may happen (to tell a caller what a call needs).
 pub fn states_allowing(event: EventType) -> Vec<State> {
-    State::ALL.into_iter().filter(|state| next_state(*state, event).is_some()).collect()
+    State::iter().filter(|state| next_state(*state, event).is_some()).collect()
 }
 
 /// An event to record, before it has a position.
@@ -153,25 +129,15 @@ pub fn submission_events(actor: &str, destination: &PartnerFacts) -> (State, Vec
 }
 
 /// Where the migration saga of a request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum SagaStep {
     /// Re-check eligibility, then move the WABA in the account service.
+    #[sea_orm(string_value = "TRANSFER")]
     Transfer,
     /// Revoke the old partner's permissions and grant the named numbers.
+    #[sea_orm(string_value = "PERMISSIONS")]
     Permissions,
-}
-
-impl SagaStep {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStep::Transfer => "TRANSFER",
-            SagaStep::Permissions => "PERMISSIONS",
-        }
-    }
-
-    pub fn from_stored(name: &str) -> Option<Self> {
-        [SagaStep::Transfer, SagaStep::Permissions].into_iter().find(|step| step.as_str() == name)
-    }
 }
 
 /// A partner change request as stored.
@@ -543,25 +509,30 @@ mod tests {
             (S::Migrating, E::Failed, S::Failed),
             (S::Failed, E::Retried, S::Approved),
         ];
-        for from in State::ALL {
-            for event in EventType::ALL {
+        for from in State::iter() {
+            for event in EventType::iter() {
                 let expected = allowed.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
                 assert_eq!(next_state(from, event), expected, "{from:?} + {event:?}");
             }
         }
         for terminal in [S::Completed, S::Rejected, S::Cancelled, S::Expired] {
-            assert!(EventType::ALL.iter().all(|event| next_state(terminal, *event).is_none()), "{terminal:?}");
+            assert!(EventType::iter().all(|event| next_state(terminal, event).is_none()), "{terminal:?}");
         }
     }
 
+    /// The stored names are a contract with every row already written.
     #[test]
-    fn stored_names_round_trip() {
-        for state in State::ALL {
-            assert_eq!(State::from_stored(state.as_str()), Some(state));
+    fn stored_names_stay_as_written() {
+        let states: Vec<String> = State::iter().map(|state| state.to_value()).collect();
+        let expected =
+            ["PENDING_APPROVAL", "APPROVED", "MIGRATING", "COMPLETED", "REJECTED", "CANCELLED", "EXPIRED", "FAILED"];
+        assert_eq!(states, expected);
+        let steps: Vec<String> = SagaStep::iter().map(|step| step.to_value()).collect();
+        assert_eq!(steps, ["TRANSFER", "PERMISSIONS"]);
+        for event in EventType::iter() {
+            assert_eq!(EventType::try_from_value(&event.to_value()).ok(), Some(event));
         }
-        for event in EventType::ALL {
-            assert_eq!(EventType::from_stored(event.as_str()), Some(event));
-        }
+        assert!(State::try_from_value(&"PENDING".to_owned()).is_err());
     }
 
     #[test]

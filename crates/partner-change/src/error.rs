@@ -46,7 +46,7 @@ pub enum PartnerChangeError {
     Blocked(Vec<Blocker>),
     #[error("request_id {0} was already used for a different partner change")]
     IdempotencyKeyReused(String),
-    #[error("partner change {id} is {}; this needs {needed}", .state.as_str())]
+    #[error("partner change {id} is {state}; this needs {needed}")]
     InvalidState { id: String, state: State, needed: String },
     #[error("partner change {0} changed while this call ran; read it again and retry")]
     Conflict(String),
@@ -67,7 +67,7 @@ impl PartnerChangeError {
     pub fn from_write(err: WriteError, id: &str) -> Self {
         match err {
             WriteError::InvalidState { state, event } => {
-                let needed: Vec<&str> = states_allowing(event).into_iter().map(State::as_str).collect();
+                let needed: Vec<String> = states_allowing(event).into_iter().map(|state| state.to_string()).collect();
                 PartnerChangeError::InvalidState { id: id.to_owned(), state, needed: needed.join(" or ") }
             }
             WriteError::Conflict => PartnerChangeError::Conflict(id.to_owned()),
@@ -96,7 +96,7 @@ impl From<PartnerChangeError> for Status {
                 Code::FailedPrecondition,
                 PartnerChangeReason::InvalidState,
                 message,
-                [("partnerChangeId", id.as_str()), ("state", state.as_str())],
+                [("partnerChangeId", id.as_str()), ("state", state.to_string().as_str())],
             ),
             PartnerChangeError::Conflict(id) => {
                 status(Code::Aborted, ErrorReason::ConcurrentUpdate, message, [("partnerChangeId", id.as_str())])

@@ -332,7 +332,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             waba_id = %stored.waba_id,
             source_partner_id = %stored.source_partner_id,
             destination_partner_id = %stored.destination_partner_id,
-            state = stored.state.as_str(),
+            state = %stored.state,
             "partner change submitted"
         );
         Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(stored)) }))

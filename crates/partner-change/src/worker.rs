@@ -35,7 +35,7 @@ use partnerhub_proto::{
     },
 };
 use partnerhub_runtime::{db::StoreError, outage::Outage, peers::Peer, rpc::continue_trace};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, Iterable};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -278,7 +278,7 @@ impl MigrationWorker {
                     if candidate.state == State::Approved {
                         self.events_committed.notify_one();
                     }
-                    tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = change.saga_step.as_str(), "migration claimed");
+                    tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = %change.saga_step, "migration claimed");
                     return Ok(Some(change));
                 }
                 // Another worker took it first.
@@ -320,7 +320,7 @@ impl MigrationWorker {
                 }
             };
             if self.faults.take_crash(step) {
-                tracing::warn!(partner_change_id = %change.partner_change_id, step = step.as_str(), "injected crash");
+                tracing::warn!(partner_change_id = %change.partner_change_id, step = %step, "injected crash");
                 return Ok(());
             }
             let next = match step {
@@ -533,18 +533,18 @@ impl MigrationWorker {
             Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail).into()),
             Err(WriteError::Store(err)) => return Err(err.into()),
         }
-        let (id, step) = (&change.partner_change_id, change.saga_step.as_str());
+        let (id, step) = (&change.partner_change_id, change.saga_step);
         match retried {
             STUCK_AFTER_ATTEMPTS => tracing::error!(
-                partner_change_id = %id, step, attempts = retried, %reason, retry_in = ?delay,
+                partner_change_id = %id, %step, attempts = retried, %reason, retry_in = ?delay,
                 "partner change is stuck: its migration step keeps failing; still retrying until it succeeds"
             ),
             _ if retried < STUCK_AFTER_ATTEMPTS => tracing::warn!(
-                partner_change_id = %id, step, attempts = retried, %reason, retry_in = ?delay,
+                partner_change_id = %id, %step, attempts = retried, %reason, retry_in = ?delay,
                 "migration step will be retried"
             ),
             _ => {
-                tracing::debug!(partner_change_id = %id, step, attempts = retried, %reason, "migration step will be retried")
+                tracing::debug!(partner_change_id = %id, %step, attempts = retried, %reason, "migration step will be retried")
             }
         }
         Ok(())
@@ -655,9 +655,9 @@ pub async fn run_state_gauge(db: DatabaseConnection, interval: Duration, shutdow
             Ok((counts, stuck)) => {
                 outage.succeeded();
                 metrics().migrations_stuck.set(stuck);
-                for state in State::ALL {
+                for state in State::iter() {
                     let count = counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, count)| *count);
-                    metrics().requests.get_or_create(&StateLabels { state: state.as_str().to_owned() }).set(count);
+                    metrics().requests.get_or_create(&StateLabels { state: state.to_string() }).set(count);
                 }
             }
             Err(err) => outage.failed(&err),

@@ -132,7 +132,13 @@ pub async fn listen_for_notifications(
             outage.succeeded();
             wake.notify_one();
             loop {
-                listener.recv().await?;
+                // `try_recv`, not `recv`: after a lost connection `recv` quietly
+                // reconnects, and whatever was notified meanwhile is never told.
+                // `None` says the connection was lost (the next call
+                // reconnects), so wake the follower: it may have missed news.
+                if listener.try_recv().await?.is_none() {
+                    tracing::debug!(channel, "the notification connection was lost; reconnecting");
+                }
                 wake.notify_one();
             }
             #[allow(unreachable_code)] // the loop only ends with an error

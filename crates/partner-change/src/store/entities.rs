@@ -3,6 +3,8 @@
 pub mod partner_change {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{SagaStep, State};
+
     /// The shared partner change request table: written only by the
     /// partner-change service, read by all three.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -15,7 +17,7 @@ pub mod partner_change {
         pub client_id: String,
         pub source_partner_id: String,
         pub destination_partner_id: String,
-        pub state: String,
+        pub state: State,
         /// Comma-separated E.164 numbers.
         pub phone_numbers: String,
         pub grant_phone_numbers: String,
@@ -23,7 +25,7 @@ pub mod partner_change {
         pub skipped_grant_phone_numbers: String,
         pub accepted_terms_version: String,
         pub failure_reason: String,
-        pub saga_step: String,
+        pub saga_step: SagaStep,
         pub version: i64,
         /// Retries of the migration after transient errors, since the last claim from APPROVED.
         pub attempts: i32,
@@ -50,6 +52,8 @@ pub mod partner_change {
 pub mod event {
     use sea_orm::entity::prelude::*;
 
+    use crate::domain::{EventType, State};
+
     /// The event log: one row per transition, written in the transaction that
     /// makes the transition (transactional outbox).
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -60,8 +64,8 @@ pub mod event {
         #[sea_orm(primary_key, auto_increment = false)]
         pub position: i64,
         pub partner_change_id: String,
-        pub event_type: String,
-        pub state: String,
+        pub event_type: EventType,
+        pub state: State,
         pub actor: String,
         pub reason: String,
         pub time: DateTimeUtc,

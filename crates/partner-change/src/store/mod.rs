@@ -136,13 +136,13 @@ pub async fn insert_submission(
         client_id: Set(change.client_id.clone()),
         source_partner_id: Set(change.source_partner_id.clone()),
         destination_partner_id: Set(change.destination_partner_id.clone()),
-        state: Set(change.state.as_str().to_owned()),
+        state: Set(change.state),
         phone_numbers: Set(change.phone_numbers.join(",")),
         grant_phone_numbers: Set(change.grant_phone_numbers.join(",")),
         skipped_grant_phone_numbers: Set(change.skipped_grant_phone_numbers.join(",")),
         accepted_terms_version: Set(change.accepted_terms_version.clone()),
         failure_reason: Set(String::new()),
-        saga_step: Set(change.saga_step.as_str().to_owned()),
+        saga_step: Set(change.saga_step),
         version: Set(change.version),
         attempts: Set(0),
         lease_owner: Set(None),
@@ -207,10 +207,10 @@ pub async fn apply_event(
     let backend = db.get_database_backend();
     let tx = begin_write(db).await?;
     let mut update = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::State, Expr::value(state.as_str()))
+        .col_expr(partner_change::Column::State, Expr::value(state))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
         .col_expr(partner_change::Column::FailureReason, Expr::value(next.failure_reason.clone()))
-        .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step.as_str()))
+        .col_expr(partner_change::Column::SagaStep, Expr::value(next.saga_step))
         .col_expr(partner_change::Column::TraceParent, Expr::value(next.trace_parent.clone()))
         .col_expr(
             partner_change::Column::SkippedGrantPhoneNumbers,
@@ -229,7 +229,7 @@ pub async fn apply_event(
             .col_expr(partner_change::Column::LeaseExpireTime, Expr::value(None::<DateTime<Utc>>))
             .col_expr(partner_change::Column::Attempts, Expr::value(0));
     }
-    let still_in_state = Condition::all().add(partner_change::Column::State.eq(expected.state.as_str()));
+    let still_in_state = Condition::all().add(partner_change::Column::State.eq(expected.state));
     update_if_unchanged(&tx, expected, update, still_in_state).await?;
     append_events(&tx, &[(&draft, next.clone())]).await?;
     tx.commit().await?;
@@ -249,8 +249,7 @@ pub async fn take_lease(
     let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.to_owned())))
         .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(backend, lease));
-    let lapsed =
-        Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed(backend));
+    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating)).add(lease_lapsed(backend));
     update_if_unchanged(db, expected, update, lapsed).await?;
     Ok(PartnerChange { version: expected.version + 1, ..expected.clone() })
 }
@@ -268,7 +267,7 @@ pub async fn renew_lease(
     let renewed = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(db.get_database_backend(), lease))
         .filter(partner_change::Column::PartnerChangeId.eq(partner_change_id))
-        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .filter(partner_change::Column::State.eq(State::Migrating))
         .filter(held_by(owner))
         .exec(db)
         .await?;
@@ -284,7 +283,7 @@ pub async fn record_progress(
 ) -> Result<PartnerChange, WriteError> {
     let update_time = now();
     let update = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::SagaStep, Expr::value(step.as_str()))
+        .col_expr(partner_change::Column::SagaStep, Expr::value(step))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(update_time));
     update_if_unchanged(db, expected, update, held_by(owner)).await?;
     Ok(PartnerChange { version: expected.version + 1, saga_step: step, update_time, ..expected.clone() })
@@ -370,9 +369,8 @@ pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Resul
 /// has come by the database's clock, and migrating ones whose lease lapsed.
 pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
     let backend = db.get_database_backend();
-    let lapsed =
-        Condition::all().add(partner_change::Column::State.eq(State::Migrating.as_str())).add(lease_lapsed(backend));
-    let due = Condition::all().add(partner_change::Column::State.eq(State::Approved.as_str())).add(
+    let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating)).add(lease_lapsed(backend));
+    let due = Condition::all().add(partner_change::Column::State.eq(State::Approved)).add(
         Condition::any()
             .add(partner_change::Column::MigrateAfter.is_null())
             .add(Expr::col(partner_change::Column::MigrateAfter).lte(database_now(backend))),
@@ -389,7 +387,7 @@ pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<Partne
 /// Pending requests past their expire time.
 pub async fn due_to_expire(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
     let models = partner_change::Entity::find()
-        .filter(partner_change::Column::State.eq(State::PendingApproval.as_str()))
+        .filter(partner_change::Column::State.eq(State::PendingApproval))
         .filter(partner_change::Column::ExpireTime.lte(now()))
         .order_by_asc(partner_change::Column::ExpireTime)
         .limit(limit)
@@ -467,7 +465,7 @@ impl ListFilter {
             ListScope::Outgoing(id) => format!("outgoing:{id}"),
             ListScope::Partner(id) => format!("partner:{id}"),
         };
-        let states: Vec<&str> = self.states.iter().map(|state| state.as_str()).collect();
+        let states: Vec<String> = self.states.iter().map(State::to_string).collect();
         let time =
             |time: Option<DateTime<Utc>>| time.map(|time| time.timestamp_micros().to_string()).unwrap_or_default();
         format!(
@@ -522,7 +520,7 @@ pub async fn list(
     };
     let mut query = partner_change::Entity::find().filter(scope);
     if !filter.states.is_empty() {
-        query = query.filter(C::State.is_in(filter.states.iter().map(|state| state.as_str())));
+        query = query.filter(C::State.is_in(filter.states.iter().copied()));
     }
     if let Some(after) = filter.created_after {
         query = query.filter(C::CreateTime.gt(after));
@@ -556,8 +554,8 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
         event::ActiveModel {
             position: Set(last - offset),
             partner_change_id: Set(snapshot.partner_change_id.clone()),
-            event_type: Set(draft.event_type.as_str().to_owned()),
-            state: Set(snapshot.state.as_str().to_owned()),
+            event_type: Set(draft.event_type),
+            state: Set(snapshot.state),
             actor: Set(draft.actor.clone()),
             reason: Set(draft.reason.clone()),
             time: Set(snapshot.update_time),
@@ -572,18 +570,14 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
     Ok(())
 }
 
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Other(DbErr::Custom(format!("unknown stored {what} {value:?}")))
-}
-
 fn split_numbers(text: &str) -> Vec<String> {
     if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
 }
 
 fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError> {
     Ok(PartnerChange {
-        state: State::from_stored(&model.state).ok_or_else(|| corrupt("state", &model.state))?,
-        saga_step: SagaStep::from_stored(&model.saga_step).ok_or_else(|| corrupt("saga step", &model.saga_step))?,
+        state: model.state,
+        saga_step: model.saga_step,
         phone_numbers: split_numbers(&model.phone_numbers),
         grant_phone_numbers: split_numbers(&model.grant_phone_numbers),
         skipped_grant_phone_numbers: split_numbers(&model.skipped_grant_phone_numbers),
@@ -607,9 +601,8 @@ fn from_model(model: partner_change::Model) -> Result<PartnerChange, StoreError>
 fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
     Ok(Event {
         position: model.position,
-        event_type: EventType::from_stored(&model.event_type)
-            .ok_or_else(|| corrupt("event type", &model.event_type))?,
-        state: State::from_stored(&model.state).ok_or_else(|| corrupt("state", &model.state))?,
+        event_type: model.event_type,
+        state: model.state,
         snapshot: snapshot::decode(&model.snapshot).map_err(|err| {
             StoreError::Other(DbErr::Custom(format!("event {} of {}: {err}", model.position, model.partner_change_id)))
         })?,
@@ -622,7 +615,7 @@ fn event_from_model(model: event::Model) -> Result<Event, StoreError> {
 
 /// How many requests are in each state (states with none are left out).
 pub async fn count_by_state(db: &DatabaseConnection) -> Result<Vec<(State, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> = partner_change::Entity::find()
+    let rows: Vec<(State, i64)> = partner_change::Entity::find()
         .select_only()
         .column(partner_change::Column::State)
         .column_as(partner_change::Column::PartnerChangeId.count(), "count")
@@ -630,15 +623,13 @@ pub async fn count_by_state(db: &DatabaseConnection) -> Result<Vec<(State, i64)>
         .into_tuple()
         .all(db)
         .await?;
-    rows.into_iter()
-        .map(|(state, count)| Ok((State::from_stored(&state).ok_or_else(|| corrupt("state", &state))?, count)))
-        .collect()
+    Ok(rows)
 }
 
 /// How many approved requests wait for their scheduled time (by the database's clock).
 pub async fn count_waiting_for_schedule(db: &DatabaseConnection) -> Result<i64, StoreError> {
     let count = partner_change::Entity::find()
-        .filter(partner_change::Column::State.eq(State::Approved.as_str()))
+        .filter(partner_change::Column::State.eq(State::Approved))
         .filter(Expr::col(partner_change::Column::MigrateAfter).gt(database_now(db.get_database_backend())))
         .count(db)
         .await?;
@@ -648,7 +639,7 @@ pub async fn count_waiting_for_schedule(db: &DatabaseConnection) -> Result<i64, 
 /// How many migrating requests have been retried at least `attempts` times in a row.
 pub async fn count_stuck(db: &DatabaseConnection, attempts: i32) -> Result<i64, StoreError> {
     let count = partner_change::Entity::find()
-        .filter(partner_change::Column::State.eq(State::Migrating.as_str()))
+        .filter(partner_change::Column::State.eq(State::Migrating))
         .filter(partner_change::Column::Attempts.gte(attempts))
         .count(db)
         .await?;

@@ -11,6 +11,7 @@
 //!   names it used are frozen here. `fixtures/snapshot_v1.json` is such a row.
 
 use chrono::{DateTime, Utc};
+use sea_orm::ActiveEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{PartnerChange, SagaStep, State};
@@ -66,14 +67,14 @@ pub fn encode(change: &PartnerChange) -> Result<String, serde_json::Error> {
         client_id: change.client_id.clone(),
         source_partner_id: change.source_partner_id.clone(),
         destination_partner_id: change.destination_partner_id.clone(),
-        state: change.state.as_str().to_owned(),
+        state: change.state.to_string(),
         phone_numbers: change.phone_numbers.clone(),
         grant_phone_numbers: change.grant_phone_numbers.clone(),
         skipped_grant_phone_numbers: change.skipped_grant_phone_numbers.clone(),
         accepted_terms_version: change.accepted_terms_version.clone(),
         migrate_after: change.migrate_after,
         failure_reason: change.failure_reason.clone(),
-        saga_step: Some(change.saga_step.as_str().to_owned()),
+        saga_step: Some(change.saga_step.to_string()),
         version: change.version,
         create_time: change.create_time,
         update_time: change.update_time,
@@ -86,11 +87,11 @@ pub fn encode(change: &PartnerChange) -> Result<String, serde_json::Error> {
 pub fn decode(json: &str) -> Result<PartnerChange, UnreadableSnapshot> {
     let stored: Stored = serde_json::from_str(json).map_err(|err| UnreadableSnapshot(err.to_string()))?;
     let legacy = stored.v < 2;
-    let state = if legacy { legacy_state(&stored.state) } else { State::from_stored(&stored.state) }
+    let state = if legacy { legacy_state(&stored.state) } else { State::try_from_value(&stored.state).ok() }
         .ok_or_else(|| UnreadableSnapshot(format!("unknown state {:?}", stored.state)))?;
     let saga_step = match stored.saga_step.as_deref() {
         None => SagaStep::Transfer,
-        Some(step) => if legacy { legacy_saga_step(step) } else { SagaStep::from_stored(step) }
+        Some(step) => if legacy { legacy_saga_step(step) } else { SagaStep::try_from_value(&step.to_owned()).ok() }
             .ok_or_else(|| UnreadableSnapshot(format!("unknown saga step {step:?}")))?,
     };
     Ok(PartnerChange {

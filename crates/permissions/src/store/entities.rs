@@ -47,6 +47,8 @@ pub mod fence {
 pub mod application {
     use sea_orm::entity::prelude::*;
 
+    use crate::store::Action;
+
     /// What a partner change applied (`REVOKE` or `GRANT`): the idempotency record.
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "permission_applications")]
@@ -54,7 +56,7 @@ pub mod application {
         #[sea_orm(primary_key, auto_increment = false)]
         pub partner_change_id: String,
         #[sea_orm(primary_key, auto_increment = false)]
-        pub action: String,
+        pub action: Action,
         pub partner_id: String,
         pub affected_count: i32,
         pub apply_time: DateTimeUtc,

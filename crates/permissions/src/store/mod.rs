@@ -18,8 +18,9 @@ use partnerhub_runtime::{
 };
 use sea_orm::{
     AccessMode, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
+    DeriveActiveEnum, EntityTrait, EnumIter, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, StringLen},
 };
 
 use self::entities::{application, audit, fence, grant, log_entry};
@@ -131,20 +132,14 @@ pub async fn grant(
     Ok((grants, false))
 }
 
-/// What a partner change applies to permissions, at most once each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a partner change applies to permissions, at most once each (stored by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum Action {
+    #[sea_orm(string_value = "REVOKE")]
     Revoke,
+    #[sea_orm(string_value = "GRANT")]
     Grant,
-}
-
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Action::Revoke => "REVOKE",
-            Action::Grant => "GRANT",
-        }
-    }
 }
 
 /// Whether this partner change already applied `action`.
@@ -153,7 +148,7 @@ pub async fn find_application(
     partner_change_id: &str,
     action: Action,
 ) -> Result<Option<application::Model>, DbErr> {
-    application::Entity::find_by_id((partner_change_id.to_owned(), action.as_str().to_owned())).one(db).await
+    application::Entity::find_by_id((partner_change_id.to_owned(), action)).one(db).await
 }
 
 /// The record of an application that [`claim_application`] found taken.
@@ -165,8 +160,7 @@ async fn applied(
     find_application(tx, partner_change_id, action).await?.ok_or_else(|| {
         // The insert found the key taken, so the row exists once its writer committed.
         PermissionsError::Store(StoreError::Other(DbErr::RecordNotFound(format!(
-            "permission application {partner_change_id}/{}",
-            action.as_str()
+            "permission application {partner_change_id}/{action:?}"
         ))))
     })
 }
@@ -415,7 +409,7 @@ async fn claim_application(
 ) -> Result<bool, DbErr> {
     let record = application::ActiveModel {
         partner_change_id: Set(partner_change_id.to_owned()),
-        action: Set(action.as_str().to_owned()),
+        action: Set(action),
         partner_id: Set(partner_id.to_owned()),
         affected_count: Set(0),
         apply_time: Set(now()),
@@ -436,7 +430,7 @@ async fn record_affected_count(
     application::Entity::update_many()
         .col_expr(application::Column::AffectedCount, Expr::value(affected_count))
         .filter(application::Column::PartnerChangeId.eq(partner_change_id))
-        .filter(application::Column::Action.eq(action.as_str()))
+        .filter(application::Column::Action.eq(action))
         .exec(tx)
         .await?;
     Ok(())
