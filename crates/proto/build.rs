@@ -21,6 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file_descriptors = protox::compile(PROTO_FILES, [&proto_root])?;
     std::fs::write(out_dir.join("partnerhub_descriptor.bin"), prost::Message::encode_to_vec(&file_descriptors))?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(file_descriptors)?;
+    // Undecodable request bytes are INVALID_ARGUMENT, not prost's INTERNAL: see `codec`.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::PartnerhubCodec")
+        .compile_fds(file_descriptors)?;
     Ok(())
 }

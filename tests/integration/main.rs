@@ -6,6 +6,7 @@
 mod account;
 mod authentication;
 mod authorization;
+mod boundary;
 mod cluster;
 mod contract;
 mod fixtures;

@@ -30,16 +30,19 @@ const NF: Code = Code::NotFound;
 const FP: Code = Code::FailedPrecondition;
 
 /// Columns: owner client, another client, source partner, destination partner,
-/// an unrelated partner, a service, support.
+/// an unrelated partner, a service, support. A kind of subject that may never
+/// make a call is denied before the request is looked at (PERMISSION_DENIED,
+/// whoever's request it names); one that may, on a request it cannot see, gets
+/// NOT_FOUND exactly as for a missing one.
 const MATRIX: &[(Rpc, [Code; 7])] = &[
     (Rpc::Preview, [OK, NF, PD, PD, PD, PD, OK]),
     (Rpc::Submit, [OK, NF, PD, PD, PD, PD, OK]),
     (Rpc::Get, [OK, NF, OK, OK, NF, OK, OK]),
     (Rpc::History, [OK, NF, OK, OK, NF, OK, OK]),
-    (Rpc::Approve, [PD, NF, PD, OK, NF, PD, PD]),
-    (Rpc::Reject, [PD, NF, PD, OK, NF, PD, PD]),
-    (Rpc::Cancel, [OK, NF, PD, PD, NF, PD, OK]),
-    (Rpc::Retry, [PD, NF, PD, PD, NF, PD, FP]),
+    (Rpc::Approve, [PD, PD, PD, OK, NF, PD, PD]),
+    (Rpc::Reject, [PD, PD, PD, OK, NF, PD, PD]),
+    (Rpc::Cancel, [OK, NF, PD, PD, PD, PD, OK]),
+    (Rpc::Retry, [PD, PD, PD, PD, PD, PD, FP]),
 ];
 
 async fn every_partner_change_rpc_answers_each_subject_as_specified(backend: Backend) {

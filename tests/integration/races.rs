@@ -80,6 +80,15 @@ async fn approve_racing_cancel_or_reject_applies_exactly_one(backend: Backend) {
             }
         };
         let (approved, rivalled) = (approve.await.unwrap(), rival_call.await.unwrap());
+        if approved.is_ok() && rivalled.is_ok() {
+            // An approved request may still be cancelled until its migration
+            // starts (the worker is off): the cancel came second, and both
+            // apply in that order, never the other way round.
+            assert_eq!(rival, Ev::Cancelled, "a rejection cannot follow an approval");
+            assert_eq!(get_change(&app, &id).await.state(), St::Cancelled);
+            assert_eq!(history_types(&app, &id).await, [Ev::Submitted, Ev::Approved, Ev::Cancelled]);
+            continue;
+        }
         assert!(approved.is_ok() != rivalled.is_ok(), "exactly one applies: {approved:?} / {rivalled:?}");
         [&approved, &rivalled].into_iter().filter_map(|result| result.as_ref().err()).for_each(assert_clear_loss);
         let (winner_event, winner_state) = if approved.is_ok() {

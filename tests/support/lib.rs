@@ -14,6 +14,7 @@ pub mod binary;
 pub mod cluster;
 pub mod database;
 pub mod otlp;
+pub mod raw;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -4,7 +4,7 @@
 
 use partnerhub_proto::account::v1 as pb;
 use partnerhub_runtime::{
-    auth::{Subject, caller},
+    auth::{May, Policy, Subject, caller},
     error::{FieldViolation, permission_denied},
     pagination::{TokenSeal, page_size},
     rpc::record_resource_id,
@@ -36,6 +36,25 @@ impl AccountApi {
         Self { db, pages }
     }
 }
+
+/// Who may call each method at all, checked before the request is read;
+/// each handler then checks which resources the caller may act on.
+pub const POLICY: Policy = &[
+    ("CreatePartner", &[May::Support]),
+    ("GetPartner", &[May::Clients, May::Partners, May::Support, May::Services]),
+    ("UpdatePartnerSettings", &[May::Partners, May::Support]),
+    ("CreateClient", &[May::Support]),
+    ("GetClient", &[May::Clients, May::Support, May::Services]),
+    ("UpdateCompanyInfo", &[May::Clients, May::Support]),
+    ("AddPaymentMethod", &[May::Clients, May::Support]),
+    ("SetClientLegacy", &[May::Support]),
+    ("CreateWaba", &[May::Support, May::Services]),
+    ("AddPhoneNumber", &[May::Support, May::Services]),
+    ("GetWaba", &[May::Clients, May::Partners, May::Support, May::Services]),
+    ("ListWabas", &[May::Clients, May::Partners, May::Support, May::Services]),
+    // Moves a WABA between partners: the partner-change service's alone.
+    ("TransferWaba", &[May::MigrationService]),
+];
 
 type RpcResult<T> = Result<Response<T>, Status>;
 

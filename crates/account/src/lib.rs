@@ -14,12 +14,12 @@ pub mod store;
 
 use partnerhub_proto::account::v1::account_service_server::AccountServiceServer;
 use partnerhub_runtime::{
+    auth::Authenticated,
     config::ServiceSettings,
     service::{ServiceContext, ServiceDefinition, StartError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Deserialize;
-use tonic::service::interceptor::InterceptedService;
 
 pub use store::migrate;
 
@@ -48,7 +48,7 @@ impl ServiceDefinition for AccountService {
     async fn start(context: &mut ServiceContext<'_>, _settings: AccountSettings) -> Result<(), StartError> {
         let server = AccountServiceServer::new(grpc::AccountApi::new(context.db.clone(), context.token_seal()))
             .max_decoding_message_size(context.max_message_bytes());
-        context.serve(InterceptedService::new(server, context.authenticator.clone()));
+        context.serve(Authenticated::new(server, context.authenticator.clone(), grpc::POLICY));
         Ok(())
     }
 }

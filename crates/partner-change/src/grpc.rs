@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use partnerhub_proto::partnerchange::v1 as pb;
 use partnerhub_runtime::{
-    auth::{Subject, caller},
+    auth::{May, Policy, Subject, caller},
     error::{FieldViolation, invalid_argument, permission_denied},
     ids::new_id,
     pagination::{TokenSeal, page_size},
@@ -32,6 +32,23 @@ use crate::{
     store::{self, Effects, EventScope, ListFilter, ListScope, WriteError},
     stream::{EventHub, StreamItem, Subscription, watch},
 };
+
+/// Who may call each method at all, checked before the request is read;
+/// each handler then checks which requests the caller may see and act on.
+pub const POLICY: Policy = &[
+    ("PreviewPartnerChange", &[May::Clients, May::Support]),
+    ("SubmitPartnerChange", &[May::Clients, May::Support]),
+    ("GetPartnerChange", EVERYONE),
+    ("GetPartnerChangeHistory", EVERYONE),
+    ("ListPartnerChanges", EVERYONE),
+    ("ApprovePartnerChange", &[May::Partners]),
+    ("RejectPartnerChange", &[May::Partners]),
+    ("CancelPartnerChange", &[May::Clients, May::Support]),
+    ("ReschedulePartnerChange", &[May::Clients, May::Support]),
+    ("RetryPartnerChange", &[May::Support]),
+    ("WatchPartnerChangeEvents", EVERYONE),
+];
+const EVERYONE: &[May] = &[May::Clients, May::Partners, May::Support, May::Services];
 
 /// The most numbers a submit may name for granting.
 pub const MAX_GRANT_NUMBERS: usize = 1000;
@@ -699,8 +716,18 @@ fn list_scope(
     let invalid = |field: &str, description: &str| invalid_argument(&[FieldViolation::new(field, description)]);
     match caller {
         Subject::Client(own) => {
-            if direction.is_some() || partner_id.is_some() {
-                return Err(invalid("direction", "is for partners; a client lists its own requests"));
+            let mut violations = Vec::new();
+            if partner_id.is_some() {
+                violations.push(FieldViolation::new(
+                    "partner_id",
+                    "is for support and services; a client lists its own requests",
+                ));
+            }
+            if direction.is_some() {
+                violations.push(FieldViolation::new("direction", "is for partners; a client lists its own requests"));
+            }
+            if !violations.is_empty() {
+                return Err(invalid_argument(&violations));
             }
             match client_id {
                 Some(named) if named != *own => Err(partnerhub_runtime::error::not_found(

@@ -24,12 +24,12 @@ use std::{sync::Arc, time::Duration};
 
 use partnerhub_proto::partnerchange::v1::partner_change_service_server::PartnerChangeServiceServer;
 use partnerhub_runtime::{
+    auth::Authenticated,
     ids::new_id,
     service::{ServiceContext, ServiceDefinition, StartError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Notify;
-use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     facts::Accounts, grpc::PartnerChangeApi, settings::PartnerChangeSettings, stream::EventHub, worker::MigrationWorker,
@@ -74,7 +74,7 @@ impl ServiceDefinition for PartnerChangeService {
             context.token_seal(),
         );
         let server = PartnerChangeServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
-        context.serve(InterceptedService::new(server, context.authenticator.clone()));
+        context.serve(Authenticated::new(server, context.authenticator.clone(), grpc::POLICY));
 
         tasks.spawn(stream::run_tailer(
             db.clone(),

@@ -8,12 +8,12 @@ use partnerhub_account::AccountService;
 use partnerhub_partner_change::PartnerChangeService;
 use partnerhub_permissions::PermissionsService;
 use partnerhub_runtime::{
-    auth::{Authenticator, KeyError, TokenKeys},
+    auth::{Authenticator, KeyError, Subject, TokenKeys},
     config::{ConfigError, PeerSettings, SectionReader, Settings},
     db,
     metrics::serve_metrics,
     server::{Host, ServeError, bind},
-    service::{PeerDirectory, Service, ServiceContext, StartError},
+    service::{PeerDirectory, Service, ServiceContext, ServiceDefinition, StartError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
@@ -95,6 +95,17 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseConnection, St
     Ok(db)
 }
 
+/// The identity entrusted with the migration calls: configured, or this
+/// binary's partner-change service.
+fn migration_service(settings: &Settings) -> Subject {
+    settings
+        .auth
+        .migration_service
+        .as_deref()
+        .and_then(|subject| subject.parse().ok())
+        .unwrap_or_else(|| Subject::Service(PartnerChangeService::NAME.to_owned()))
+}
+
 /// Refuses `peers.<name>_urls` for a service this binary does not have.
 fn check_peer_names(settings: &Settings) -> Result<(), ConfigError> {
     let unknown = settings
@@ -131,7 +142,7 @@ impl Application {
         let own_addr = if local_addr.ip().is_unspecified() { loopback } else { local_addr };
         let peers = PeerDirectory { keys: keys.clone(), own_url: format!("http://{own_addr}") };
 
-        let authenticator = Authenticator::new(keys);
+        let authenticator = Authenticator::new(keys, migration_service(settings));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut handles = http::Extensions::new();

@@ -6,7 +6,7 @@ use partnerhub_proto::{
     permissions::v1 as pb,
 };
 use partnerhub_runtime::{
-    auth::{Subject, caller},
+    auth::{May, Policy, Subject, caller},
     error::{ErrorReason, FieldViolation, invalid_argument, not_found, permission_denied},
     pagination::{TokenSeal, page_size},
     peers::Peer,
@@ -29,6 +29,17 @@ use crate::{
 
 /// The most numbers one call may name.
 pub const MAX_NUMBERS_PER_CALL: usize = 1000;
+
+/// Who may call each method at all, checked before the request is read;
+/// each handler then checks which client's or partner's permissions the caller may touch.
+pub const POLICY: Policy = &[
+    ("SetPartnerPermissions", &[May::Clients, May::Support]),
+    ("ListPartnerPermissions", &[May::Clients, May::Partners, May::Support]),
+    ("CheckPermission", &[May::Services]),
+    // Applied by a migration: the partner-change service's alone.
+    ("RevokePartnerPermissions", &[May::MigrationService]),
+    ("GrantPartnerPermissions", &[May::MigrationService]),
+];
 
 /// The `PermissionsService` implementation.
 #[derive(Debug, Clone)]

@@ -17,9 +17,11 @@ pub mod settings;
 pub mod store;
 
 use partnerhub_proto::permissions::v1::permissions_service_server::PermissionsServiceServer;
-use partnerhub_runtime::service::{ServiceContext, ServiceDefinition, StartError};
+use partnerhub_runtime::{
+    auth::Authenticated,
+    service::{ServiceContext, ServiceDefinition, StartError},
+};
 use sea_orm::{DatabaseConnection, DbErr};
-use tonic::service::interceptor::InterceptedService;
 
 use crate::{cache::PermissionCache, grpc::PermissionsApi, settings::PermissionsSettings};
 
@@ -49,7 +51,7 @@ impl ServiceDefinition for PermissionsService {
         context.tasks.spawn(cache.clone().follow(context.notification_url(), context.shutdown.clone()));
         let api = PermissionsApi::new(context.db.clone(), account, cache, context.token_seal());
         let server = PermissionsServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
-        context.serve(InterceptedService::new(server, context.authenticator.clone()));
+        context.serve(Authenticated::new(server, context.authenticator.clone(), grpc::POLICY));
         Ok(())
     }
 }

@@ -1,9 +1,12 @@
 //! Generated code for every Partner Hub gRPC API, and the file descriptor set
-//! the reflection service serves. Nothing here is written by hand.
+//! the reflection service serves. Nothing here is written by hand but
+//! [`codec`], the codec the generated clients and servers use.
 //!
 //! **API Boundary:** the protos in `proto/` are the public contract.
 
 #![allow(missing_docs, clippy::large_enum_variant)] // generated code
+
+pub mod codec;
 
 pub mod account {
     pub mod v1 {

@@ -1,9 +1,11 @@
 //! Who is calling: bearer tokens (HS256 JWTs) naming one [`Subject`].
 //!
-//! The [`Authenticator`] interceptor runs in front of every Partner Hub service
-//! (not health or reflection): it verifies the token and puts the [`Subject`]
-//! into the request's extensions, where handlers read it with [`caller`].
-//! What each subject may do is decided by each service, RPC by RPC.
+//! [`Authenticated`] runs in front of every Partner Hub service (not health or
+//! reflection), before the request is read: it verifies the token, refuses a
+//! kind of subject that may never call the method (the service's [`Policy`]),
+//! so a stranger learns nothing of the method's rules, and puts the
+//! [`Subject`] into the request's extensions, where handlers read it with
+//! [`caller`]. Which resources a subject may act on is decided by each handler.
 
 use std::{
     fmt,
@@ -17,7 +19,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::{Request, Status};
 
 use crate::{config::Settings, error::ErrorReason, pagination::TokenSeal};
 
@@ -103,7 +105,14 @@ struct Claims {
     iss: String,
     iat: u64,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
+
+/// How far a token's times may be off (clock skew between hosts), in seconds.
+const LEEWAY_SECONDS: u64 = 5;
+/// The longest a token may be valid, unless configured (`auth.max_token_ttl`).
+pub const DEFAULT_MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The key that signs and verifies every token of a deployment.
 #[derive(Clone)]
@@ -112,6 +121,8 @@ pub struct TokenKeys {
     decoding: DecodingKey,
     validation: Validation,
     issuer: String,
+    /// A token whose expiry lies further ahead than this is refused (and none is minted).
+    max_ttl: Duration,
     /// Page tokens and cursors are sealed with a key derived from this one.
     seal: TokenSeal,
 }
@@ -143,6 +154,22 @@ pub enum KeyError {
 pub enum TokenError {
     #[error("cannot sign the token: {0}")]
     Sign(jsonwebtoken::errors::Error),
+    #[error("a token may be valid for at most {max:?} (auth.max_token_ttl), not {ttl:?}")]
+    TooLong { ttl: Duration, max: Duration },
+}
+
+/// RFC 7515 §4.1.11: a `crit` header names extensions the recipient must
+/// understand, or refuse the token. We understand none.
+fn refuse_critical_extensions(token: &str) -> Result<(), &'static str> {
+    let header = token.split('.').next().unwrap_or_default();
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| "its header is not base64url")?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| "its header is not a JSON object")?;
+    if header.contains_key("crit") {
+        return Err("its header names critical extensions (crit) this server does not understand");
+    }
+    Ok(())
 }
 
 const MIN_KEY_BYTES: usize = 32;
@@ -152,14 +179,22 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
             issuer: issuer.to_owned(),
+            max_ttl: DEFAULT_MAX_TOKEN_TTL,
             seal: TokenSeal::derived_from(secret),
         }
+    }
+
+    /// Refuses tokens valid for longer than `max_ttl` from now.
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
     }
 
     /// The seal of this deployment's page tokens and cursors.
@@ -170,6 +205,10 @@ impl TokenKeys {
     /// The configured key: `auth.signing_key`, else the key file, else (embedded
     /// database only) a new key written to `<data_dir>/signing.key`.
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
+        Self::load_secret(settings).map(|keys| keys.with_max_ttl(settings.auth.max_token_ttl))
+    }
+
+    fn load_secret(settings: &Settings) -> Result<Self, KeyError> {
         let issuer = &settings.auth.issuer;
         if let Some(key) = &settings.auth.signing_key {
             return Ok(Self::from_secret(&decode_key(key.expose_secret(), "auth.signing_key")?, issuer));
@@ -192,10 +231,19 @@ impl TokenKeys {
         }
     }
 
-    /// A token for `subject`, valid for `ttl`.
+    /// A token for `subject`, valid for `ttl` (at most the longest a token may be valid).
     pub fn mint(&self, subject: &Subject, ttl: Duration) -> Result<String, TokenError> {
+        if ttl > self.max_ttl {
+            return Err(TokenError::TooLong { ttl, max: self.max_ttl });
+        }
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims { sub: subject.to_string(), iss: self.issuer.clone(), iat: now, exp: now + ttl.as_secs() };
+        let claims = Claims {
+            sub: subject.to_string(),
+            iss: self.issuer.clone(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            nbf: None,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
     }
 
@@ -206,12 +254,22 @@ impl TokenKeys {
 
     /// The subject of a valid token and when it expires (seconds since the epoch).
     fn verify_until(&self, token: &str) -> Result<(Subject, u64), Status> {
+        let invalid = |why: &str| unauthenticated(ErrorReason::InvalidToken, &format!("the token is not valid: {why}"));
+        refuse_critical_extensions(token).map_err(invalid)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| match err
             .kind()
         {
             ErrorKind::ExpiredSignature => unauthenticated(ErrorReason::TokenExpired, "the token has expired"),
+            ErrorKind::ImmatureSignature => invalid("it is not valid yet (nbf)"),
             _ => unauthenticated(ErrorReason::InvalidToken, "the token is not valid"),
         })?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if data.claims.iat > now + LEEWAY_SECONDS {
+            return Err(invalid("it was issued in the future (iat)"));
+        }
+        if data.claims.exp > now + self.max_ttl.as_secs() + LEEWAY_SECONDS {
+            return Err(invalid("it is valid for longer than this deployment allows (exp)"));
+        }
         let subject = data
             .claims
             .sub
@@ -249,8 +307,7 @@ fn unauthenticated(reason: ErrorReason, message: &str) -> Status {
     crate::error::status(tonic::Code::Unauthenticated, reason, message, [])
 }
 
-/// The interceptor in front of every Partner Hub service: no valid bearer
-/// token, no call.
+/// Verifies bearer tokens: no valid token, no call.
 ///
 /// Services call with the same token many times (`CheckPermission` on every
 /// message sent), so verified tokens are remembered until they expire: a
@@ -263,6 +320,8 @@ pub struct Authenticator {
     /// push out the ones callers keep sending. An entry past its expiry is
     /// never used, and is dropped when next looked up.
     verified: Arc<quick_cache::sync::Cache<String, (Subject, u64)>>,
+    /// The one identity that may make the migration calls ([`May::MigrationService`]).
+    migration_service: Arc<Subject>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -275,14 +334,26 @@ impl fmt::Debug for Authenticator {
 const VERIFIED_TOKENS: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(keys: Arc<TokenKeys>) -> Self {
-        Self { keys, verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)) }
+    /// `migration_service`: the one identity that may make the migration calls.
+    pub fn new(keys: Arc<TokenKeys>, migration_service: Subject) -> Self {
+        Self {
+            keys,
+            verified: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS)),
+            migration_service: Arc::new(migration_service),
+        }
     }
 
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<Subject, Status> {
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Subject, Status> {
         let missing = || unauthenticated(ErrorReason::MissingCredentials, "send `authorization: Bearer <token>`");
-        let header = metadata.get("authorization").ok_or_else(missing)?;
-        let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(missing)?.trim();
+        let header = headers.get(http::header::AUTHORIZATION).ok_or_else(missing)?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(missing)?;
         let now = jsonwebtoken::get_current_timestamp();
         match self.verified.get(token) {
             Some((subject, expires)) if expires > now => return Ok(subject),
@@ -297,15 +368,91 @@ impl Authenticator {
     }
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let subject = self.authenticate(request.metadata())?;
-        request.extensions_mut().insert(subject);
-        Ok(request)
+/// Who may call a method at all: a kind of subject, or the one service
+/// identity entrusted with the migration calls (`auth.migration_service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum May {
+    Clients,
+    Partners,
+    Support,
+    /// Every `service:<name>`.
+    Services,
+    /// Only the configured migration service.
+    MigrationService,
+}
+
+/// A service's methods (by name, e.g. `GetWaba`) and who may call each. A
+/// method missing from it may be called by nobody.
+pub type Policy = &'static [(&'static str, &'static [May])];
+
+impl Authenticator {
+    fn may_call(&self, subject: &Subject, allowed: &[May]) -> bool {
+        allowed.iter().any(|may| match may {
+            May::Clients => matches!(subject, Subject::Client(_)),
+            May::Partners => matches!(subject, Subject::Partner(_)),
+            May::Support => subject.is_support(),
+            May::Services => subject.is_service(),
+            May::MigrationService => subject == self.migration_service.as_ref(),
+        })
     }
 }
 
-/// The authenticated caller of a request that went through [`Authenticator`].
+/// A generated server behind the authenticator and its policy.
+#[derive(Debug, Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Authenticator,
+    policy: Policy,
+}
+
+impl<S> Authenticated<S> {
+    pub fn new(inner: S, authenticator: Authenticator, policy: Policy) -> Self {
+        Self { inner, authenticator, policy }
+    }
+
+    /// The subject, if it may call the method at `path`.
+    fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Subject, Status> {
+        let subject = self.authenticator.authenticate(headers)?;
+        let method = path.rsplit('/').next().unwrap_or_default();
+        let allowed = self.policy.iter().find(|(name, _)| *name == method).map_or(&[][..], |(_, may)| *may);
+        if self.authenticator.may_call(&subject, allowed) {
+            Ok(subject)
+        } else {
+            Err(crate::error::permission_denied())
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Authenticated<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        match self.admit(request.uri().path(), request.headers()) {
+            Ok(subject) => {
+                request.extensions_mut().insert(subject);
+                Box::pin(self.inner.call(request))
+            }
+            Err(refusal) => Box::pin(std::future::ready(Ok(refusal.into_http()))),
+        }
+    }
+}
+
+/// The authenticated caller of a request that went through [`Authenticated`].
 pub fn caller<T>(request: &Request<T>) -> Result<&Subject, Status> {
     request.extensions().get::<Subject>().ok_or_else(|| {
         tracing::error!("a request reached a handler without passing the authenticator");
@@ -341,6 +488,8 @@ impl tonic::service::Interceptor for BearerToken {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE;
+
     use super::*;
 
     fn keys() -> TokenKeys {
@@ -373,9 +522,9 @@ mod tests {
     #[test]
     fn the_authenticator_remembers_a_token_only_until_it_expires() {
         let keys = Arc::new(keys());
-        let authenticator = Authenticator::new(keys.clone());
+        let authenticator = Authenticator::new(keys.clone(), Subject::Service("migrator".into()));
         let token = keys.mint(&Subject::Service("messaging".into()), Duration::from_secs(60)).unwrap();
-        let mut metadata = MetadataMap::new();
+        let mut metadata = http::HeaderMap::new();
         metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
         assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
         assert_eq!(authenticator.verified.len(), 1, "remembered");
@@ -383,10 +532,10 @@ mod tests {
 
         // A remembered token past its expiry is checked again, and refused.
         authenticator.verified.insert(token.clone(), (Subject::Service("messaging".into()), 1));
-        let claims = Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: 1, exp: 2 };
+        let claims = Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: 1, exp: 2, nbf: None };
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         authenticator.verified.insert(expired.clone(), (Subject::Service("messaging".into()), 2));
-        let mut expired_metadata = MetadataMap::new();
+        let mut expired_metadata = http::HeaderMap::new();
         expired_metadata.insert("authorization", format!("Bearer {expired}").parse().unwrap());
         assert_eq!(authenticator.authenticate(&expired_metadata).unwrap_err().code(), tonic::Code::Unauthenticated);
         assert_eq!(authenticator.verified.get(&expired), None, "an expired entry is dropped, not kept");
@@ -395,9 +544,9 @@ mod tests {
     #[test]
     fn a_burst_of_tokens_seen_once_does_not_evict_the_ones_in_use() {
         let keys = Arc::new(keys());
-        let authenticator = Authenticator::new(keys.clone());
+        let authenticator = Authenticator::new(keys.clone(), Subject::Service("migrator".into()));
         let metadata_for = |token: &str| {
-            let mut metadata = MetadataMap::new();
+            let mut metadata = http::HeaderMap::new();
             metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
             metadata
         };
@@ -414,10 +563,94 @@ mod tests {
         assert!(authenticator.verified.get(&hot).is_some(), "the token in use stays remembered");
     }
 
+    /// A token signed with the right key, but with these claims and header.
+    fn signed(keys: &TokenKeys, header: &Header, iat: u64, exp: u64, nbf: Option<u64>) -> String {
+        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat, exp, nbf };
+        jsonwebtoken::encode(header, &claims, &keys.encoding).unwrap()
+    }
+
+    #[test]
+    fn tokens_not_yet_valid_issued_in_the_future_too_long_lived_or_with_critical_extensions_are_refused() {
+        let keys = keys();
+        let now = jsonwebtoken::get_current_timestamp();
+        let hs256 = Header::new(Algorithm::HS256);
+        assert!(keys.verify(&signed(&keys, &hs256, now, now + 60, None)).is_ok());
+        assert!(keys.verify(&signed(&keys, &hs256, now, now + 60, Some(now + 1))).is_ok(), "within the leeway");
+        let refusals = [
+            ("nbf", signed(&keys, &hs256, now, now + 600, Some(now + 300))),
+            ("iat", signed(&keys, &hs256, now + 300, now + 600, None)),
+            ("exp", signed(&keys, &hs256, now, now + 25 * 3600, None)),
+        ];
+        for (claim, token) in refusals {
+            let status = keys.verify(&token).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{claim}");
+            assert!(status.message().contains(&format!("({claim})")), "{claim}: {}", status.message());
+        }
+        // A shorter configured maximum refuses what the default allows.
+        let strict = TokenKeys::from_secret(&[7u8; 32], "partnerhub").with_max_ttl(Duration::from_secs(600));
+        assert!(strict.verify(&signed(&strict, &hs256, now, now + 3600, None)).is_err());
+        assert!(matches!(
+            strict.mint(&Subject::Client("acme".into()), Duration::from_secs(3600)),
+            Err(TokenError::TooLong { .. })
+        ));
+
+        // jsonwebtoken's Header has no `crit`: write the header by hand.
+        let header = URL_SAFE.encode(r#"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#);
+        let good = signed(&keys, &hs256, now, now + 60, None);
+        let payload = good.split('.').nth(1).unwrap();
+        let message = format!("{header}.{payload}");
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &keys.encoding, Algorithm::HS256).unwrap();
+        let critical = format!("{message}.{signature}");
+        let status = keys.verify(&critical).unwrap_err();
+        assert!(status.message().contains("crit"), "{}", status.message());
+    }
+
+    #[test]
+    fn the_policy_admits_only_the_kinds_it_names_and_the_migration_calls_only_the_migration_service() {
+        let keys = Arc::new(keys());
+        let authenticator = Authenticator::new(keys.clone(), Subject::Service("migrator".into()));
+        const POLICY: Policy = &[("Read", &[May::Clients, May::Services]), ("Move", &[May::MigrationService])];
+        let gate = Authenticated::new((), authenticator, POLICY);
+        let headers_for = |subject: &str| {
+            let token = keys.mint(&subject.parse().unwrap(), Duration::from_secs(60)).unwrap();
+            let mut headers = http::HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        let admitted =
+            |path: &str, subject: &str| gate.admit(path, &headers_for(subject)).map_err(|status| status.code());
+        assert!(admitted("/x.v1.S/Read", "client:acme").is_ok());
+        assert!(admitted("/x.v1.S/Read", "service:other").is_ok());
+        assert_eq!(admitted("/x.v1.S/Read", "partner:p1"), Err(tonic::Code::PermissionDenied));
+        assert!(admitted("/x.v1.S/Move", "service:migrator").is_ok());
+        assert_eq!(admitted("/x.v1.S/Move", "service:other"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(admitted("/x.v1.S/Move", "support:alice"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(admitted("/x.v1.S/Unlisted", "support:alice"), Err(tonic::Code::PermissionDenied), "fail closed");
+        assert_eq!(
+            gate.admit("/x.v1.S/Read", &http::HeaderMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let keys = Arc::new(keys());
+        let authenticator = Authenticator::new(keys.clone(), Subject::Service("migrator".into()));
+        let token = keys.mint(&Subject::Client("acme".into()), Duration::from_secs(60)).unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let mut metadata = http::HeaderMap::new();
+            metadata.insert("authorization", format!("{scheme} {token}").parse().unwrap());
+            assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Client("acme".into()), "{scheme}");
+        }
+        let mut metadata = http::HeaderMap::new();
+        metadata.insert("authorization", format!("Basic {token}").parse().unwrap());
+        assert_eq!(authenticator.authenticate(&metadata).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
     #[test]
     fn an_expired_token_is_unauthenticated() {
         let keys = keys();
-        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: 1, exp: 2 };
+        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: 1, exp: 2, nbf: None };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         let status = keys.verify(&token).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -141,6 +141,14 @@ pub struct AuthSettings {
     pub signing_key_file: Option<PathBuf>,
     /// The `iss` claim written into and required of every token.
     pub issuer: String,
+    /// A token whose expiry is further ahead than this is refused; `partnerhub
+    /// token` mints none longer.
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+    /// The one identity that may make the migration calls (move a WABA,
+    /// revoke and grant for a partner change), e.g. `service:partner-change`.
+    /// Unset: the binary's own migrating service.
+    pub migration_service: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,7 +270,13 @@ impl Default for DatabaseSettings {
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { signing_key: None, signing_key_file: None, issuer: "partnerhub".to_owned() }
+        Self {
+            signing_key: None,
+            signing_key_file: None,
+            issuer: "partnerhub".to_owned(),
+            max_token_ttl: crate::auth::DEFAULT_MAX_TOKEN_TTL,
+            migration_service: None,
+        }
     }
 }
 
@@ -376,9 +390,18 @@ impl Settings {
             ("database.not_serving_after", self.database.not_serving_after),
             ("peers.call_timeout", self.peers.call_timeout),
             ("peers.health_check_interval", self.peers.health_check_interval),
+            ("auth.max_token_ttl", self.auth.max_token_ttl),
         ])?;
         if let Some(key) = self.peers.urls.keys().find(|key| !key.ends_with("_urls")) {
             return Err(ConfigError::invalid(format!("peers.{key}"), "unknown key (peers are named `<service>_urls`)"));
+        }
+        if let Some(subject) = &self.auth.migration_service
+            && !matches!(subject.parse(), Ok(crate::auth::Subject::Service(_)))
+        {
+            return Err(ConfigError::invalid(
+                "auth.migration_service",
+                format!("must be `service:<name>`, not {subject:?}"),
+            ));
         }
         if self.auth.issuer.is_empty() {
             return Err(ConfigError::invalid("auth.issuer", "must not be empty"));

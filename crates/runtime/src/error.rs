@@ -82,6 +82,11 @@ impl FieldViolation {
     }
 }
 
+/// The `ErrorInfo.reason` a status carries, if any.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
 /// `INVALID_ARGUMENT` listing every violation at once.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     let message = match violations {

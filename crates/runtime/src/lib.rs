@@ -14,15 +14,15 @@
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
 //! - [`outage`]: background work that reports an outage once, not once per attempt;
-//! - [`limits`]: oversized requests refused as `INVALID_ARGUMENT`;
+//! - [`framing`]: a request's framing checked before tonic (one whole message, within the size limit);
 //! - [`ids`] and [`time`]: resource IDs and timestamp conversions.
 
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod framing;
 pub mod ids;
-pub mod limits;
 pub mod metrics;
 pub mod outage;
 pub mod pagination;

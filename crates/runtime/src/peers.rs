@@ -163,6 +163,12 @@ impl Peer {
                     }
                     last_error = Some(status);
                 }
+                // Our own decoder refused the peer's answer: not the peer
+                // refusing the call, which may well have taken effect.
+                Err(status) if partnerhub_proto::codec::is_undecodable(&status) => {
+                    tracing::error!(peer = %replica.url, error = %status.message(), "a peer's response did not decode");
+                    return Err(Status::unknown(format!("the peer's response did not decode: {}", status.message())));
+                }
                 outcome => {
                     replica.up.store(true, Ordering::Relaxed);
                     return outcome;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{limits::OversizedMessageLayer, rpc::ServerRpcLayer};
+use crate::{framing::RequestFramingLayer, rpc::ServerRpcLayer};
 
 /// Routes under construction, with the health reporter that tracks them.
 pub struct Host {
@@ -121,7 +121,7 @@ impl Host {
         };
         tonic::transport::Server::builder()
             .layer(ServerRpcLayer)
-            .layer(OversizedMessageLayer { max_message_bytes })
+            .layer(RequestFramingLayer { max_message_bytes })
             .add_routes(routes.routes())
             // Small replies must leave at once: without TCP_NODELAY, Nagle's
             // algorithm and delayed ACKs add ~40 ms to some calls.
