@@ -253,3 +253,39 @@ async fn out_of_range_timestamps_and_misplaced_fields_name_the_field_sent() {
         .unwrap_err();
     assert_eq!((status.code(), bad_fields(&status)), (Code::InvalidArgument, vec!["partner_id".to_owned()]));
 }
+
+/// 200 connections that never send anything are closed once the preface
+/// deadline passes, while a well-behaved client is served throughout.
+#[tokio::test]
+async fn silent_connections_are_closed_while_a_real_client_is_served() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
+        settings.server.preface_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(app.addr()).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let channel = app.channel_without_token();
+    let support = app.token("support:alice");
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        let status = call(
+            &channel,
+            "/partnerhub.account.v1.AccountService/GetWaba",
+            &support,
+            &[],
+            framed(0, b"\x0a\x06waba-1"),
+        )
+        .await;
+        assert_eq!(status.code(), Code::NotFound, "served throughout: {status:?}");
+    }
+    for mut connection in silent {
+        // The server speaks first (its SETTINGS frame); then it closes: end of stream, or reset.
+        let mut sent_by_server = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(5), connection.read_to_end(&mut sent_by_server)).await;
+        assert!(matches!(closed, Ok(Ok(_)) | Ok(Err(_))), "a silent connection is still open: {closed:?}");
+    }
+}

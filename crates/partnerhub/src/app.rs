@@ -146,7 +146,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut handles = http::Extensions::new();
-        let mut host = Host::new(settings.server.max_message_bytes)?;
+        let mut host = Host::new(&settings.server)?;
         for service in services {
             let mut context = ServiceContext::new(
                 db.clone(),

@@ -111,6 +111,24 @@ pub struct ServerSettings {
     /// How long a graceful shutdown waits for in-flight calls and background tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Open connections at most; beyond that, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// Streams (calls) one HTTP/2 connection may have open at once, advertised
+    /// to clients (an event-stream consumer may hold many on one connection).
+    pub max_concurrent_streams: u32,
+    /// A connection that has not sent the HTTP/2 preface this long after
+    /// connecting is closed.
+    #[serde(with = "humantime_serde")]
+    pub preface_timeout: Duration,
+    /// An HTTP/2 ping is sent on a connection quiet this long…
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// …and the connection closed if the ping is not answered within this.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive probes start after this much idle time.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +270,12 @@ impl Default for ServerSettings {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_message_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_concurrent_streams: 1000,
+            preface_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -385,7 +409,17 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(ConfigError::invalid("database.max_connections", "must be at least 1"));
         }
+        if self.server.max_connections == 0 || self.server.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "server.max_connections and server.max_concurrent_streams must be at least 1",
+            ));
+        }
         require_nonzero(&[
+            ("server.preface_timeout", self.server.preface_timeout),
+            ("server.http2_keepalive_interval", self.server.http2_keepalive_interval),
+            ("server.http2_keepalive_timeout", self.server.http2_keepalive_timeout),
+            ("server.tcp_keepalive", self.server.tcp_keepalive),
             ("database.health_check_interval", self.database.health_check_interval),
             ("database.not_serving_after", self.database.not_serving_after),
             ("peers.call_timeout", self.peers.call_timeout),

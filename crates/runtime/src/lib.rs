@@ -13,12 +13,14 @@
 //! - [`peers`]: every replica of another service, health-checked, signed and with deadlines;
 //! - [`db`]: connecting, write transactions, and storage errors classified once;
 //! - [`server`]: the gRPC host with health, reflection and graceful shutdown;
+//! - [`connections`]: the connections a server accepts (a cap, keepalive, a preface deadline);
 //! - [`outage`]: background work that reports an outage once, not once per attempt;
 //! - [`framing`]: a request's framing checked before tonic (one whole message, within the size limit);
 //! - [`ids`] and [`time`]: resource IDs and timestamp conversions.
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod framing;

@@ -6,15 +6,20 @@ use std::net::SocketAddr;
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming};
+use tonic::{server::NamedService, service::RoutesBuilder};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{framing::RequestFramingLayer, rpc::ServerRpcLayer};
+use crate::{
+    config::ServerSettings,
+    connections::{ConnectionLimits, GuardedIncoming},
+    framing::RequestFramingLayer,
+    rpc::ServerRpcLayer,
+};
 
 /// Routes under construction, with the health reporter that tracks them.
 pub struct Host {
     routes: RoutesBuilder,
-    max_message_bytes: usize,
+    settings: ServerSettings,
     health: HealthReporter,
     service_names: Vec<&'static str>,
 }
@@ -37,8 +42,8 @@ pub enum ServeError {
 
 impl Host {
     /// Health and reflection, with no Partner Hub service yet. Services added
-    /// later must limit their decoding to `max_message_bytes` too.
-    pub fn new(max_message_bytes: usize) -> Result<Self, ServeError> {
+    /// later must limit their decoding to `settings.max_message_bytes` too.
+    pub fn new(settings: &ServerSettings) -> Result<Self, ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Besides our APIs: health, reflection itself, and google.rpc error
         // details, so that grpcurl can decode every message it is sent.
@@ -59,7 +64,7 @@ impl Host {
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
-        Ok(Self { routes, max_message_bytes, health, service_names: Vec::new() })
+        Ok(Self { routes, settings: settings.clone(), health, service_names: Vec::new() })
     }
 
     /// Adds a service; it reports SERVING once the host serves.
@@ -89,7 +94,7 @@ impl Host {
         shutdown: CancellationToken,
         mut ready: watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
-        let Host { routes, max_message_bytes, health, service_names } = self;
+        let Host { routes, settings, health, service_names } = self;
         health.set_service_status("", ServingStatus::Serving).await;
         let initially = serving_if(*ready.borrow_and_update());
         set_services_status(&health, &service_names, initially).await;
@@ -119,13 +124,19 @@ impl Host {
                 set_services_status(&health, &service_names, ServingStatus::NotServing).await;
             }
         };
+        let limits = ConnectionLimits {
+            max_connections: settings.max_connections,
+            preface_timeout: settings.preface_timeout,
+            tcp_keepalive: settings.tcp_keepalive,
+        };
         tonic::transport::Server::builder()
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
             .layer(ServerRpcLayer)
-            .layer(RequestFramingLayer { max_message_bytes })
+            .layer(RequestFramingLayer { max_message_bytes: settings.max_message_bytes })
             .add_routes(routes.routes())
-            // Small replies must leave at once: without TCP_NODELAY, Nagle's
-            // algorithm and delayed ACKs add ~40 ms to some calls.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drained)
+            .serve_with_incoming_shutdown(GuardedIncoming::new(listener, limits), drained)
             .await?;
         Ok(())
     }
