@@ -10,6 +10,7 @@ mod boundary;
 mod cluster;
 mod contract;
 mod fixtures;
+mod grpc_web;
 mod outage;
 mod partner_change_access;
 mod peers;

@@ -129,6 +129,10 @@ pub struct ServerSettings {
     /// TCP keepalive probes start after this much idle time.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// Web pages (origins, e.g. `https://hub.example.com`) whose gRPC-Web
+    /// calls browsers may make; a list, or comma-separated. Empty: none
+    /// (gRPC-Web from non-browser clients works regardless).
+    pub grpc_web_cors_origins: Addresses,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +280,7 @@ impl Default for ServerSettings {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
+            grpc_web_cors_origins: Addresses::default(),
         }
     }
 }
@@ -436,6 +441,11 @@ impl Settings {
                 "auth.migration_service",
                 format!("must be `service:<name>`, not {subject:?}"),
             ));
+        }
+        if let Some(origin) =
+            self.server.grpc_web_cors_origins.0.iter().find(|origin| origin.parse::<http::HeaderValue>().is_err())
+        {
+            return Err(ConfigError::invalid("server.grpc_web_cors_origins", format!("{origin:?} is not an origin")));
         }
         if self.auth.issuer.is_empty() {
             return Err(ConfigError::invalid("auth.issuer", "must not be empty"));

@@ -133,6 +133,10 @@ impl Host {
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
+            // gRPC-Web from browsers comes over HTTP/1.1; gRPC needs HTTP/2 and gets it.
+            .accept_http1(true)
+            .layer(cors(&settings.grpc_web_cors_origins.0))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(ServerRpcLayer)
             .layer(RequestFramingLayer { max_message_bytes: settings.max_message_bytes })
             .add_routes(routes.routes())
@@ -140,6 +144,31 @@ impl Host {
             .await?;
         Ok(())
     }
+}
+
+/// Which web pages' scripts may call (CORS, for gRPC-Web from browsers): the
+/// configured origins, with the headers gRPC-Web sends and reads.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<http::HeaderValue> = origins.iter().filter_map(|origin| origin.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Binds `addr` (port 0 picks a free one).
