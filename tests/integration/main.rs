@@ -11,6 +11,7 @@ mod cluster;
 mod contract;
 mod fixtures;
 mod grpc_web;
+mod identity;
 mod outage;
 mod partner_change_access;
 mod peers;

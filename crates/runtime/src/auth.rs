@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
-use crate::{config::Settings, error::ErrorReason, pagination::TokenSeal};
+use crate::{config::Settings, error::ErrorReason, jwks::JwksFile, pagination::TokenSeal};
 
 /// The one party a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,7 +103,8 @@ impl FromStr for Subject {
 struct Claims {
     sub: String,
     iss: String,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
@@ -125,6 +126,11 @@ pub struct TokenKeys {
     max_ttl: Duration,
     /// Page tokens and cursors are sealed with a key derived from this one.
     seal: TokenSeal,
+    /// The identity provider's keys, when tokens come from one; then the HS256
+    /// key only signs the calls between Partner Hub's own services.
+    jwks: Option<Arc<JwksFile>>,
+    /// The `aud` an identity provider's token must name, when configured.
+    audience: Option<String>,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -148,6 +154,8 @@ pub enum KeyError {
     Missing,
     #[error("cannot generate a signing key: {0}")]
     Random(getrandom::Error),
+    #[error(transparent)]
+    Jwks(#[from] crate::jwks::JwksError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +196,45 @@ impl TokenKeys {
             issuer: issuer.to_owned(),
             max_ttl: DEFAULT_MAX_TOKEN_TTL,
             seal: TokenSeal::derived_from(secret),
+            jwks: None,
+            audience: None,
+        }
+    }
+
+    /// Also accepts the identity provider's tokens: RS256, ES256 or EdDSA,
+    /// verified with the key of `jwks` their `kid` names, naming `audience`
+    /// when one is given. HS256 tokens then speak only for services.
+    pub fn with_identity_provider(mut self, jwks: JwksFile, audience: Option<String>) -> Self {
+        self.jwks = Some(Arc::new(jwks));
+        self.audience = audience;
+        self
+    }
+
+    /// Changes when the identity provider's keys change: a token verified
+    /// before must be verified again (its key may be gone).
+    fn generation(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |jwks| jwks.generation())
+    }
+
+    /// The key and the rules a token with `header` is verified with.
+    fn verifier(&self, header: &Header) -> Result<(DecodingKey, Validation), &'static str> {
+        match (header.alg, &self.jwks) {
+            (Algorithm::HS256, _) => Ok((self.decoding.clone(), self.validation.clone())),
+            (Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA, Some(jwks)) => {
+                let kid = header.kid.as_deref().ok_or("it names no key (kid)")?;
+                let key = jwks.key(kid).ok_or("its key (kid) is not in the identity provider's key set")?;
+                if key.algorithm != header.alg {
+                    return Err("its algorithm is not its key's");
+                }
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![key.algorithm];
+                match &self.audience {
+                    Some(audience) => validation.set_audience(&[audience]),
+                    None => validation.validate_aud = false,
+                }
+                Ok((key.key, validation))
+            }
+            _ => Err("its algorithm is not accepted here"),
         }
     }
 
@@ -204,8 +251,16 @@ impl TokenKeys {
 
     /// The configured key: `auth.signing_key`, else the key file, else (embedded
     /// database only) a new key written to `<data_dir>/signing.key`.
+    /// With `auth.jwks_file`, the identity provider's keys too.
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
-        Self::load_secret(settings).map(|keys| keys.with_max_ttl(settings.auth.max_token_ttl))
+        let keys = Self::load_secret(settings)?.with_max_ttl(settings.auth.max_token_ttl);
+        match &settings.auth.jwks_file {
+            Some(path) => {
+                let jwks = JwksFile::load(path, settings.auth.jwks_check_interval)?;
+                Ok(keys.with_identity_provider(jwks, settings.auth.audience.clone()))
+            }
+            None => Ok(keys),
+        }
     }
 
     fn load_secret(settings: &Settings) -> Result<Self, KeyError> {
@@ -240,7 +295,7 @@ impl TokenKeys {
         let claims = Claims {
             sub: subject.to_string(),
             iss: self.issuer.clone(),
-            iat: now,
+            iat: Some(now),
             exp: now + ttl.as_secs(),
             nbf: None,
         };
@@ -256,15 +311,16 @@ impl TokenKeys {
     fn verify_until(&self, token: &str) -> Result<(Subject, u64), Status> {
         let invalid = |why: &str| unauthenticated(ErrorReason::InvalidToken, &format!("the token is not valid: {why}"));
         refuse_critical_extensions(token).map_err(invalid)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| match err
-            .kind()
-        {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("it is not a JWT"))?;
+        let (key, validation) = self.verifier(&header).map_err(invalid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| match err.kind() {
             ErrorKind::ExpiredSignature => unauthenticated(ErrorReason::TokenExpired, "the token has expired"),
             ErrorKind::ImmatureSignature => invalid("it is not valid yet (nbf)"),
+            ErrorKind::InvalidAudience => invalid("it is meant for another audience (aud)"),
             _ => unauthenticated(ErrorReason::InvalidToken, "the token is not valid"),
         })?;
         let now = jsonwebtoken::get_current_timestamp();
-        if data.claims.iat > now + LEEWAY_SECONDS {
+        if data.claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECONDS) {
             return Err(invalid("it was issued in the future (iat)"));
         }
         if data.claims.exp > now + self.max_ttl.as_secs() + LEEWAY_SECONDS {
@@ -275,6 +331,11 @@ impl TokenKeys {
             .sub
             .parse()
             .map_err(|_| unauthenticated(ErrorReason::InvalidToken, "the token's subject is not valid"))?;
+        if header.alg == Algorithm::HS256 && self.jwks.is_some() && !matches!(subject, Subject::Service(_)) {
+            return Err(invalid(
+                "people and tenants sign in with the identity provider; the shared key is for services",
+            ));
+        }
         Ok((subject, data.claims.exp))
     }
 }
@@ -319,7 +380,8 @@ pub struct Authenticator {
     /// S3-FIFO eviction (`quick_cache`): a burst of tokens seen once does not
     /// push out the ones callers keep sending. An entry past its expiry is
     /// never used, and is dropped when next looked up.
-    verified: Arc<quick_cache::sync::Cache<String, (Subject, u64)>>,
+    /// The third part is the key set's generation the token was verified under.
+    verified: Arc<quick_cache::sync::Cache<String, (Subject, u64, u64)>>,
     /// The one identity that may make the migration calls ([`May::MigrationService`]).
     migration_service: Arc<Subject>,
 }
@@ -355,15 +417,18 @@ impl Authenticator {
             .map(|(_, token)| token.trim())
             .ok_or_else(missing)?;
         let now = jsonwebtoken::get_current_timestamp();
+        let generation = self.keys.generation();
         match self.verified.get(token) {
-            Some((subject, expires)) if expires > now => return Ok(subject),
+            Some((subject, expires, verified_under)) if expires > now && verified_under == generation => {
+                return Ok(subject);
+            }
             Some(_) => {
                 self.verified.remove(token);
             }
             None => {}
         }
         let (subject, expires) = self.keys.verify_until(token)?;
-        self.verified.insert(token.to_owned(), (subject.clone(), expires));
+        self.verified.insert(token.to_owned(), (subject.clone(), expires, generation));
         Ok(subject)
     }
 }
@@ -531,10 +596,11 @@ mod tests {
         assert_eq!(authenticator.authenticate(&metadata).unwrap(), Subject::Service("messaging".into()));
 
         // A remembered token past its expiry is checked again, and refused.
-        authenticator.verified.insert(token.clone(), (Subject::Service("messaging".into()), 1));
-        let claims = Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: 1, exp: 2, nbf: None };
+        authenticator.verified.insert(token.clone(), (Subject::Service("messaging".into()), 1, 0));
+        let claims =
+            Claims { sub: "service:messaging".into(), iss: "partnerhub".into(), iat: Some(1), exp: 2, nbf: None };
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
-        authenticator.verified.insert(expired.clone(), (Subject::Service("messaging".into()), 2));
+        authenticator.verified.insert(expired.clone(), (Subject::Service("messaging".into()), 2, 0));
         let mut expired_metadata = http::HeaderMap::new();
         expired_metadata.insert("authorization", format!("Bearer {expired}").parse().unwrap());
         assert_eq!(authenticator.authenticate(&expired_metadata).unwrap_err().code(), tonic::Code::Unauthenticated);
@@ -565,7 +631,7 @@ mod tests {
 
     /// A token signed with the right key, but with these claims and header.
     fn signed(keys: &TokenKeys, header: &Header, iat: u64, exp: u64, nbf: Option<u64>) -> String {
-        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat, exp, nbf };
+        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: Some(iat), exp, nbf };
         jsonwebtoken::encode(header, &claims, &keys.encoding).unwrap()
     }
 
@@ -650,7 +716,7 @@ mod tests {
     #[test]
     fn an_expired_token_is_unauthenticated() {
         let keys = keys();
-        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: 1, exp: 2, nbf: None };
+        let claims = Claims { sub: "client:acme".into(), iss: "partnerhub".into(), iat: Some(1), exp: 2, nbf: None };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         let status = keys.verify(&token).unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -171,6 +171,16 @@ pub struct AuthSettings {
     /// revoke and grant for a partner change), e.g. `service:partner-change`.
     /// Unset: the binary's own migrating service.
     pub migration_service: Option<String>,
+    /// The identity provider's public keys, a JWK Set file: tokens it signs
+    /// (RS256, ES256, EdDSA, chosen by `kid`) are accepted, and the HS256
+    /// key then speaks only for services (the calls between Partner Hub's own).
+    pub jwks_file: Option<PathBuf>,
+    /// How often the JWK Set file is checked for changes (a token naming an
+    /// unknown `kid` checks at once).
+    #[serde(with = "humantime_serde")]
+    pub jwks_check_interval: Duration,
+    /// The `aud` an identity provider's token must name; unset: not checked.
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +315,9 @@ impl Default for AuthSettings {
             issuer: "partnerhub".to_owned(),
             max_token_ttl: crate::auth::DEFAULT_MAX_TOKEN_TTL,
             migration_service: None,
+            jwks_file: None,
+            jwks_check_interval: Duration::from_secs(10),
+            audience: None,
         }
     }
 }
@@ -430,6 +443,7 @@ impl Settings {
             ("peers.call_timeout", self.peers.call_timeout),
             ("peers.health_check_interval", self.peers.health_check_interval),
             ("auth.max_token_ttl", self.auth.max_token_ttl),
+            ("auth.jwks_check_interval", self.auth.jwks_check_interval),
         ])?;
         if let Some(key) = self.peers.urls.keys().find(|key| !key.ends_with("_urls")) {
             return Err(ConfigError::invalid(format!("peers.{key}"), "unknown key (peers are named `<service>_urls`)"));

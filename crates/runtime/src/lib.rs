@@ -7,7 +7,8 @@
 //! - [`telemetry`]: the `tracing` subscriber (human or JSON logs, OTLP traces);
 //! - [`rpc`]: a span, trace context and metrics for every gRPC call, served or made;
 //! - [`metrics`]: the Prometheus registry and its `/metrics` endpoint;
-//! - [`auth`]: bearer tokens naming one [`auth::Subject`], and the interceptor that checks them;
+//! - [`auth`]: bearer tokens naming one [`auth::Subject`], and the gate that checks them and each service's policy;
+//! - [`jwks`]: an identity provider's keys (a JWK Set file, reread when it changes);
 //! - [`error`] and [`validate`]: every `Status` a service returns, and parsing at the boundary;
 //! - [`pagination`]: AIP-158 page sizes and filter-bound page tokens;
 //! - [`peers`]: every replica of another service, health-checked, signed and with deadlines;
@@ -25,6 +26,7 @@ pub mod db;
 pub mod error;
 pub mod framing;
 pub mod ids;
+pub mod jwks;
 pub mod metrics;
 pub mod outage;
 pub mod pagination;

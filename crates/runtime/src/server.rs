@@ -68,17 +68,7 @@ impl Host {
     }
 
     /// Adds a service; it reports SERVING once the host serves.
-    pub fn add_service<S>(&mut self, service: S) -> &mut Self
-    where
-        S: tower_service::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
+    pub fn add_service<S: Servable>(&mut self, service: S) -> &mut Self {
         self.service_names.push(S::NAME);
         self.routes.add_service(service);
         self
@@ -169,6 +159,36 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(std::time::Duration::from_secs(600))
+}
+
+/// What the host can serve: a generated server (behind its gate), named for
+/// routing and health.
+pub trait Servable:
+    tower_service::Service<
+        http::Request<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Response: axum::response::IntoResponse,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Servable for S where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Response: axum::response::IntoResponse,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// Binds `addr` (port 0 picks a free one).

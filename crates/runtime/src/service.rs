@@ -9,14 +9,13 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::server::NamedService;
 
 use crate::{
     auth::{Authenticator, TokenKeys},
     config::{ConfigError, Section, SectionReader, ServiceSettings, Settings, read_section},
     pagination::TokenSeal,
     peers::{InvalidPeerUrl, Peer, PeerOptions},
-    server::Host,
+    server::{Host, Servable},
 };
 
 /// A boxed future, for the object-safe [`Service`].
@@ -135,17 +134,7 @@ impl<'a> ServiceContext<'a> {
     }
 
     /// Serves `service` (a generated server, behind the authenticator).
-    pub fn serve<S>(&mut self, service: S)
-    where
-        S: tower_service::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
+    pub fn serve(&mut self, service: impl Servable) {
         self.host.add_service(service);
     }
 
