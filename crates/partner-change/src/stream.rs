@@ -44,6 +44,21 @@ use crate::{
     store::{self, EVENTS_CHANNEL, EventScope},
 };
 
+/// A committed event as the tailer publishes it, with its cursor for every
+/// scope that sees it: all events, its client's, and each of its two partners'.
+#[derive(Debug)]
+struct LiveEvent {
+    event: Arc<Event>,
+    cursors: [(EventScope, String); 4],
+}
+
+impl LiveEvent {
+    /// The event's cursor for subscribers of `scope`, if they see it at all.
+    fn cursor_for(&self, scope: &EventScope) -> Option<&str> {
+        self.cursors.iter().find(|(seen_by, _)| seen_by == scope).map(|(_, cursor)| cursor.as_str())
+    }
+}
+
 /// The stream a `WatchPartnerChangeEvents` call returns.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Status>> + Send>>;
 
@@ -64,7 +79,7 @@ const CATCH_UP_BATCH: u64 = 256;
 pub struct EventHub {
     /// Every committed event, in position order, as the tailer reads it. Owned
     /// by the hub; the tailer is the only sender.
-    published: broadcast::Sender<Arc<Event>>,
+    published: broadcast::Sender<Arc<LiveEvent>>,
     /// Rung by this process's writers after each commit that appends events.
     committed: Arc<Notify>,
     /// Seals the cursors it issues.
@@ -82,6 +97,24 @@ impl EventHub {
     /// The cursor of `position` for subscribers of `scope`.
     pub fn cursor(&self, position: i64, scope: &EventScope) -> String {
         self.cursors.seal(&position.to_string(), &cursor_scope(scope))
+    }
+
+    /// `event` with its cursor for each scope that sees it: sealed once here,
+    /// not once per subscriber (a thousand subscribers would seal it a
+    /// thousand times).
+    fn live(&self, event: Event) -> LiveEvent {
+        let change = &event.snapshot;
+        let scopes = [
+            EventScope::All,
+            EventScope::Client(change.client_id.clone()),
+            EventScope::Partner(change.source_partner_id.clone()),
+            EventScope::Partner(change.destination_partner_id.clone()),
+        ];
+        let cursors = scopes.map(|scope| {
+            let cursor = self.cursor(event.position, &scope);
+            (scope, cursor)
+        });
+        LiveEvent { event: Arc::new(event), cursors }
     }
 
     /// The position a cursor stands for, if it was issued for `scope`: a
@@ -156,7 +189,7 @@ pub async fn run_tailer(
             for event in batch {
                 last = event.position;
                 // No subscriber is no error: the log keeps everything.
-                let _ = hub.published.send(Arc::new(event));
+                let _ = hub.published.send(Arc::new(hub.live(event)));
             }
             if !full {
                 break;
@@ -243,7 +276,11 @@ enum Stop {
 impl Subscriber {
     /// Replays, then follows the live events; returns the status that ends the
     /// stream, or `None` when the client went away.
-    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Event>>, shutdown: CancellationToken) -> Option<Status> {
+    async fn run(
+        &mut self,
+        mut live: broadcast::Receiver<Arc<LiveEvent>>,
+        shutdown: CancellationToken,
+    ) -> Option<Status> {
         let mut last = self.subscription.after;
         'catch_up: loop {
             match self.replay(&mut last).await {
@@ -260,17 +297,19 @@ impl Subscriber {
                     biased;
                     () = shutdown.cancelled() => return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the server is shutting down")),
                     received = live.recv() => match received {
-                        Ok(event) if event.position <= last => Ok(()),
-                        Ok(event) => {
-                            last = event.position;
-                            if self.subscription.scope.includes(&event) {
+                        Ok(live) if live.event.position <= last => Ok(()),
+                        Ok(live) => {
+                            last = live.event.position;
+                            match live.cursor_for(&self.subscription.scope) {
+                                Some(cursor) => {
                                 heartbeat.reset();
-                                let delivered = self.deliver(event.clone()).await;
-                                let lag = (now() - event.time).to_std().unwrap_or_default();
+                                let event = live.event.clone();
+                                let delivered = self.deliver(event, cursor.to_owned()).await;
+                                let lag = (now() - live.event.time).to_std().unwrap_or_default();
                                 metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
                                 delivered
-                            } else {
-                                Ok(())
+                                }
+                                None => Ok(()),
                             }
                         }
                         // Fell behind the broadcast: the log still has everything.
@@ -306,7 +345,8 @@ impl Subscriber {
             let full = batch.len() as u64 == CATCH_UP_BATCH;
             for event in batch {
                 *last = event.position;
-                self.deliver(Arc::new(event)).await?;
+                let cursor = self.hub.cursor(event.position, &self.subscription.scope);
+                self.deliver(Arc::new(event), cursor).await?;
             }
             if !full {
                 return Ok(());
@@ -314,9 +354,9 @@ impl Subscriber {
         }
     }
 
-    async fn deliver(&mut self, event: Arc<Event>) -> Result<(), Stop> {
+    async fn deliver(&mut self, event: Arc<Event>, cursor: String) -> Result<(), Stop> {
         let position = event.position;
-        let item = StreamItem::Event { cursor: self.hub.cursor(position, &self.subscription.scope), event };
+        let item = StreamItem::Event { cursor, event };
         self.send(item).await?;
         self.last_delivered = Some(position);
         Ok(())

@@ -44,17 +44,6 @@ pub enum EventScope {
     Partner(String),
 }
 
-impl EventScope {
-    pub fn includes(&self, event: &Event) -> bool {
-        let change = &event.snapshot;
-        match self {
-            EventScope::All => true,
-            EventScope::Client(id) => change.client_id == *id,
-            EventScope::Partner(id) => change.source_partner_id == *id || change.destination_partner_id == *id,
-        }
-    }
-}
-
 /// Up to `limit` events after `after`, in position order, within `scope`.
 pub async fn events_after(
     db: &DatabaseConnection,
