@@ -289,3 +289,20 @@ async fn silent_connections_are_closed_while_a_real_client_is_served() {
         assert!(matches!(closed, Ok(Ok(_)) | Ok(Err(_))), "a silent connection is still open: {closed:?}");
     }
 }
+
+/// The framing check reads a whole request before tonic does; that is right
+/// only while every Partner Hub method takes exactly one request message.
+#[test]
+fn no_partnerhub_method_streams_requests() {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(partnerhub_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let streaming: Vec<String> = set
+        .file
+        .iter()
+        .flat_map(|file| file.service.iter())
+        .flat_map(|service| service.method.iter())
+        .filter(|method| method.client_streaming())
+        .map(|method| method.name().to_owned())
+        .collect();
+    assert!(streaming.is_empty(), "client-streaming methods need the framing layer changed: {streaming:?}");
+}

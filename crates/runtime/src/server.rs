@@ -125,7 +125,10 @@ impl Host {
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
             // gRPC-Web from browsers comes over HTTP/1.1; gRPC needs HTTP/2 and gets it.
             .accept_http1(true)
-            .layer(cors(&settings.grpc_web_cors_origins.0))
+            // No origins, no CORS handling at all (nothing for browsers to be told).
+            .layer(tower::util::option_layer(
+                (!settings.grpc_web_cors_origins.0.is_empty()).then(|| cors(&settings.grpc_web_cors_origins.0)),
+            ))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(ServerRpcLayer)
             .layer(RequestFramingLayer { max_message_bytes: settings.max_message_bytes })
