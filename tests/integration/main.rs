@@ -24,6 +24,7 @@ mod saga;
 mod schedule;
 mod stream;
 mod telemetry;
+mod tls;
 mod transfer;
 mod validation;
 mod workflow;

@@ -45,6 +45,11 @@ impl Cluster {
     /// `deploy/cluster.sh --replicas <replicas>` on free ports and a new
     /// database, with `env` passed to every member; returns once all serve.
     pub async fn start(replicas: u16, env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_args(replicas, &[], env).await
+    }
+
+    /// Like [`Cluster::start`], with more arguments for the launcher (e.g. `--tls`).
+    pub async fn start_with_args(replicas: u16, args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let database = TestDatabase::create(Backend::Postgres).await;
         let url = database.url().expect("a PostgreSQL database has a URL");
         let dir = database.data_dir().join("cluster");
@@ -53,6 +58,7 @@ impl Cluster {
         let launcher = Command::new(script)
             .args(["--replicas", &replicas.to_string(), "--base-port", "0", "--database-url", &url, "--dir"])
             .arg(&dir)
+            .args(args)
             .env("PARTNERHUB_BIN", partnerhub_binary())
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -12,7 +12,7 @@ use partnerhub_runtime::{
     config::{ConfigError, PeerSettings, SectionReader, Settings},
     db,
     metrics::serve_metrics,
-    server::{Host, ServeError, bind},
+    server::{Host, ServeError, bind, read_pem},
     service::{PeerDirectory, Service, ServiceContext, ServiceDefinition, StartError},
 };
 use sea_orm::{DatabaseConnection, DbErr};
@@ -140,7 +140,14 @@ impl Application {
         };
         let loopback = SocketAddr::from(([127, 0, 0, 1], local_addr.port()));
         let own_addr = if local_addr.ip().is_unspecified() { loopback } else { local_addr };
-        let peers = PeerDirectory { keys: keys.clone(), own_url: format!("http://{own_addr}") };
+        let tls = settings.server.tls.cert_file.is_some();
+        let ca_file = settings.peers.ca_file.as_ref().or(settings.server.tls.cert_file.as_ref());
+        let ca = match ca_file {
+            Some(path) => Some(tonic::transport::Certificate::from_pem(read_pem(path)?)),
+            None => None,
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let peers = PeerDirectory { keys: keys.clone(), own_url: format!("{scheme}://{own_addr}"), ca };
 
         let authenticator = Authenticator::new(keys, migration_service(settings));
         let shutdown = CancellationToken::new();

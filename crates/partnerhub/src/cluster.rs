@@ -44,6 +44,11 @@ pub struct ClusterOptions {
     /// Where the config, the signing key, the logs and cluster.json go.
     #[arg(long, default_value = "target/cluster")]
     pub dir: PathBuf,
+    /// Serve TLS: a self-signed certificate for localhost and 127.0.0.1 is
+    /// generated into `--dir` (`cert.pem`, `key.pem`); every member presents
+    /// it and trusts it when calling its peers.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,8 @@ pub enum ClusterError {
     Key(#[from] partnerhub_runtime::auth::KeyError),
     #[error(transparent)]
     Config(#[from] partnerhub_runtime::config::ConfigError),
+    #[error("cannot make the cluster's certificate: {0}")]
+    Certificate(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("interrupted while starting; every process started is stopped")]
@@ -99,7 +106,14 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
     let dir = &options.dir;
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
     create_database(&options.database_url).await?;
-    let config = write_config(dir, &options.database_url)?;
+    let config = write_config(dir, &options.database_url, options.tls)?;
+    let scheme = if options.tls { "https" } else { "http" };
+    let ca = match options.tls {
+        true => Some(tonic::transport::Certificate::from_pem(
+            std::fs::read(dir.join("cert.pem")).map_err(io("cannot read the cluster's certificate"))?,
+        )),
+        false => None,
+    };
     // Migrate once up front rather than racing six processes for the lock.
     let settings = Settings::load(Some(&config), &section_readers())?;
     open_database(&settings).await?;
@@ -115,7 +129,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
             let first = index * usize::from(options.replicas);
             let urls: Vec<String> = ports[first..first + usize::from(options.replicas)]
                 .iter()
-                .map(|(grpc, _)| format!("http://127.0.0.1:{grpc}"))
+                .map(|(grpc, _)| format!("{scheme}://127.0.0.1:{grpc}"))
                 .collect();
             let key = PeerSettings::urls_key(service.name()).to_uppercase();
             (format!("PARTNERHUB__PEERS__{key}"), urls.join(","))
@@ -143,7 +157,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
                 .map_err(io(format!("cannot start {name}")))?;
             let member = Member {
                 pid: child.id().unwrap_or_default(),
-                url: format!("http://127.0.0.1:{grpc_port}"),
+                url: format!("{scheme}://127.0.0.1:{grpc_port}"),
                 metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
                 service: service.name().to_owned(),
                 name,
@@ -152,7 +166,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), ClusterError> {
             children.push((member, child));
         }
         for (member, child) in &mut children {
-            wait_until_serving(member, child).await?;
+            wait_until_serving(member, child, ca.as_ref()).await?;
         }
         Ok::<_, ClusterError>(())
     };
@@ -229,7 +243,11 @@ async fn stop(children: &mut [(Member, Child)]) {
     }
 }
 
-async fn wait_until_serving(member: &Member, child: &mut Child) -> Result<(), ClusterError> {
+async fn wait_until_serving(
+    member: &Member,
+    child: &mut Child,
+    ca: Option<&tonic::transport::Certificate>,
+) -> Result<(), ClusterError> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
@@ -243,6 +261,10 @@ async fn wait_until_serving(member: &Member, child: &mut Child) -> Result<(), Cl
         }
         if let Ok(channel) = tonic::transport::Endpoint::from_shared(member.url.clone())
             .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(1)))
+            .and_then(|endpoint| match ca {
+                Some(ca) => endpoint.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca.clone())),
+                None => Ok(endpoint),
+            })
             && let Ok(channel) = channel.connect().await
             && let Ok(response) = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await
             && response.get_ref().status() == ServingStatus::Serving
@@ -312,7 +334,7 @@ async fn create_database(url: &str) -> Result<(), ClusterError> {
 
 /// The config every member starts from: the database and the signing key
 /// (generated on the first start, kept after).
-fn write_config(dir: &Path, database_url: &str) -> Result<PathBuf, ClusterError> {
+fn write_config(dir: &Path, database_url: &str, tls: bool) -> Result<PathBuf, ClusterError> {
     let key = dir.join("signing.key");
     if !key.exists() {
         generate_key_file(&key)?;
@@ -325,8 +347,28 @@ fn write_config(dir: &Path, database_url: &str) -> Result<PathBuf, ClusterError>
         data_dir = dir.display().to_string(),
         key = key.display().to_string(),
     );
+    let text = if tls { format!("{text}\n[server.tls]\n{}", write_certificate(dir)?) } else { text };
     std::fs::write(&config, text).map_err(io(format!("cannot write {}", config.display())))?;
     Ok(config)
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1 in `dir` (kept if
+/// there); returns the config lines naming it.
+fn write_certificate(dir: &Path) -> Result<String, ClusterError> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() || !key.exists() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(|err| ClusterError::Certificate(err.to_string()))?;
+        std::fs::write(&cert, certified.cert.pem()).map_err(io(format!("cannot write {}", cert.display())))?;
+        std::fs::write(&key, certified.key_pair.serialize_pem())
+            .map_err(io(format!("cannot write {}", key.display())))?;
+    }
+    let absolute = |path: PathBuf| path.canonicalize().map_err(io(format!("cannot resolve {}", path.display())));
+    Ok(format!(
+        "cert_file = {:?}\nkey_file = {:?}\n",
+        absolute(cert)?.display().to_string(),
+        absolute(key)?.display().to_string()
+    ))
 }
 
 fn print_members(members: &[Member], database_url: &str, config: &Path) {

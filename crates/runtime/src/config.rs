@@ -129,10 +129,20 @@ pub struct ServerSettings {
     /// TCP keepalive probes start after this much idle time.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// Serve over TLS: both set, or neither.
+    pub tls: TlsSettings,
     /// Web pages (origins, e.g. `https://hub.example.com`) whose gRPC-Web
     /// calls browsers may make; a list, or comma-separated. Empty: none
     /// (gRPC-Web from non-browser clients works regardless).
     pub grpc_web_cors_origins: Addresses,
+}
+
+/// The server's certificate (chain) and key, PEM files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +235,10 @@ pub struct PeerSettings {
     /// that fails is tried last until it passes again.
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// The certificate authority (PEM) `https://` peers are checked against.
+    /// Unset: this server's own certificate (`server.tls.cert_file`), which
+    /// is right for a self-signed certificate every replica shares.
+    pub ca_file: Option<PathBuf>,
     /// `<service>_urls` (`account_urls`, `permissions_urls`, …): every replica of that service.
     #[serde(flatten)]
     pub urls: BTreeMap<String, Addresses>,
@@ -291,6 +305,7 @@ impl Default for ServerSettings {
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
             grpc_web_cors_origins: Addresses::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -326,6 +341,7 @@ impl Default for PeerSettings {
     fn default() -> Self {
         Self {
             urls: BTreeMap::new(),
+            ca_file: None,
             call_timeout: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(1),
         }
@@ -460,6 +476,9 @@ impl Settings {
             self.server.grpc_web_cors_origins.0.iter().find(|origin| origin.parse::<http::HeaderValue>().is_err())
         {
             return Err(ConfigError::invalid("server.grpc_web_cors_origins", format!("{origin:?} is not an origin")));
+        }
+        if self.server.tls.cert_file.is_some() != self.server.tls.key_file.is_some() {
+            return Err(ConfigError::invalid("server.tls", "set both cert_file and key_file, or neither"));
         }
         if self.auth.issuer.is_empty() {
             return Err(ConfigError::invalid("auth.issuer", "must not be empty"));

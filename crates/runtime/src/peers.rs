@@ -92,6 +92,8 @@ impl tonic::service::Interceptor for PeerCredentials {
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
     pub keys: Arc<TokenKeys>,
+    /// The certificate authority `https://` peers are checked against.
+    pub ca: Option<tonic::transport::Certificate>,
     /// The name this service's calls are signed with (`service:<name>`).
     pub caller: String,
     pub call_timeout: Duration,
@@ -126,11 +128,16 @@ impl Peer {
                 if url.is_empty() {
                     return Err(invalid("empty".to_owned()));
                 }
-                let channel = Channel::from_shared(url.clone())
-                    .map_err(|err| invalid(err.to_string()))?
-                    .connect_timeout(options.call_timeout)
-                    .timeout(options.call_timeout)
-                    .connect_lazy();
+                let mut endpoint = Channel::from_shared(url.clone()).map_err(|err| invalid(err.to_string()))?;
+                if url.starts_with("https://") {
+                    let ca = options.ca.clone().ok_or_else(|| {
+                        invalid("an https peer needs peers.ca_file (or this server's own TLS certificate)".to_owned())
+                    })?;
+                    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca);
+                    endpoint = endpoint.tls_config(tls).map_err(|err| invalid(err.to_string()))?;
+                }
+                let channel =
+                    endpoint.connect_timeout(options.call_timeout).timeout(options.call_timeout).connect_lazy();
                 let channel = InterceptedService::new(ClientRpcLayer.layer(channel), credentials.clone());
                 Ok(Replica { url: url.clone(), channel, up: AtomicBool::new(true) })
             })
@@ -251,6 +258,7 @@ mod tests {
     fn options() -> PeerOptions {
         PeerOptions {
             keys: Arc::new(TokenKeys::from_secret(&[7; 32], "test")),
+            ca: None,
             caller: "test".to_owned(),
             call_timeout: Duration::from_secs(1),
         }

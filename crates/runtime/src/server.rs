@@ -20,6 +20,8 @@ use crate::{
 pub struct Host {
     routes: RoutesBuilder,
     settings: ServerSettings,
+    /// The certificate and key, when the host serves TLS.
+    tls: Option<tonic::transport::ServerTlsConfig>,
     health: HealthReporter,
     service_names: Vec<&'static str>,
 }
@@ -38,6 +40,13 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot read {path}: {source}")]
+    Tls { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Reads a PEM file named in the settings.
+pub fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::Tls { path: path.to_owned(), source })
 }
 
 impl Host {
@@ -64,7 +73,14 @@ impl Host {
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
-        Ok(Self { routes, settings: settings.clone(), health, service_names: Vec::new() })
+        let tls = match (&settings.tls.cert_file, &settings.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                let identity = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);
+                Some(tonic::transport::ServerTlsConfig::new().identity(identity))
+            }
+            _ => None,
+        };
+        Ok(Self { routes, settings: settings.clone(), tls, health, service_names: Vec::new() })
     }
 
     /// Adds a service; it reports SERVING once the host serves.
@@ -84,7 +100,7 @@ impl Host {
         shutdown: CancellationToken,
         mut ready: watch::Receiver<bool>,
     ) -> Result<(), ServeError> {
-        let Host { routes, settings, health, service_names } = self;
+        let Host { routes, settings, tls, health, service_names } = self;
         health.set_service_status("", ServingStatus::Serving).await;
         let initially = serving_if(*ready.borrow_and_update());
         set_services_status(&health, &service_names, initially).await;
@@ -119,7 +135,11 @@ impl Host {
             preface_timeout: settings.preface_timeout,
             tcp_keepalive: settings.tcp_keepalive,
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))

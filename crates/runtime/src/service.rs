@@ -91,8 +91,10 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct PeerDirectory {
     pub keys: Arc<TokenKeys>,
-    /// This process's own address, `http://127.0.0.1:50051`.
+    /// This process's own address, `http://127.0.0.1:50051` (`https://` with TLS).
     pub own_url: String,
+    /// What `https://` peers' certificates are checked against.
+    pub ca: Option<tonic::transport::Certificate>,
 }
 
 /// What every service is started with: what the process shares.
@@ -149,6 +151,7 @@ impl<'a> ServiceContext<'a> {
     pub fn peer(&self, service: &str) -> Result<Peer, StartError> {
         let options = PeerOptions {
             keys: self.peers.keys.clone(),
+            ca: self.peers.ca.clone(),
             caller: self.caller.to_owned(),
             call_timeout: self.settings.peers.call_timeout,
         };
