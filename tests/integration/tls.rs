@@ -57,6 +57,12 @@ async fn the_local_cluster_runs_with_a_generated_certificate() {
     let member = cluster.member("partner-change-1");
     assert!(member.url.starts_with("https://"), "{}", member.url);
     let ca = std::fs::read(cluster.dir.join("cert.pem")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cluster.dir.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the private key is readable by others: {mode:o}");
+    }
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
     let channel = Channel::from_shared(member.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let preview = "/partnerhub.partnerchange.v1.PartnerChangeService/PreviewPartnerChange";

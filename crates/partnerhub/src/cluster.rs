@@ -360,7 +360,13 @@ fn write_certificate(dir: &Path) -> Result<String, ClusterError> {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .map_err(|err| ClusterError::Certificate(err.to_string()))?;
         std::fs::write(&cert, certified.cert.pem()).map_err(io(format!("cannot write {}", cert.display())))?;
-        std::fs::write(&key, certified.key_pair.serialize_pem())
+        // The private key is for this user's eyes only.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&key).map_err(io(format!("cannot write {}", key.display())))?;
+        std::io::Write::write_all(&mut file, certified.key_pair.serialize_pem().as_bytes())
             .map_err(io(format!("cannot write {}", key.display())))?;
     }
     let absolute = |path: PathBuf| path.canonicalize().map_err(io(format!("cannot resolve {}", path.display())));
