@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::{SecretKey, elliptic_curve::sec1::ToEncodedPoint, pkcs8::EncodePrivateKey};
 use partnerhub_tests::{
     Backend, TestApp, eventually,
-    raw::{call, framed},
+    raw::{PREVIEW, call, preview_of_a_missing_waba},
 };
 use tonic::Code;
 
@@ -73,8 +73,7 @@ async fn identity_provider_tokens_are_verified_by_kid_across_a_key_rotation() {
     let channel = app.channel_without_token();
     // A preview of a missing WABA: partner-change asks the account service
     // (a call signed with the deployment's HS256 key) and answers NOT_FOUND.
-    let preview = "/partnerhub.partnerchange.v1.PartnerChangeService/PreviewPartnerChange";
-    let request = framed(0, b"\x0a\x0ewaba-not-there\x12\x10partner-somebody");
+    let (preview, request) = (PREVIEW, preview_of_a_missing_waba());
     let answer = |token: String| {
         let (channel, request) = (channel.clone(), request.clone());
         async move { call(&channel, preview, &token, &[], request).await.code() }

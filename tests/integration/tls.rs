@@ -5,7 +5,7 @@
 use partnerhub_proto::account::v1::{GetWabaRequest, account_service_client::AccountServiceClient};
 use partnerhub_tests::{
     Backend, TestApp,
-    raw::{call, framed},
+    raw::{PREVIEW, call, preview_of_a_missing_waba},
 };
 use tonic::{
     Code,
@@ -36,8 +36,7 @@ async fn the_server_speaks_tls_and_its_services_call_each_other_over_it() {
         .await
         .unwrap();
     // A preview of a missing WABA: partner-change asks the account service, over TLS too.
-    let preview = "/partnerhub.partnerchange.v1.PartnerChangeService/PreviewPartnerChange";
-    let request = framed(0, b"\x0a\x0ewaba-not-there\x12\x10partner-somebody");
+    let (preview, request) = (PREVIEW, preview_of_a_missing_waba());
     let status = call(&channel, preview, &app.token("support:alice"), &[], request).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
@@ -65,8 +64,7 @@ async fn the_local_cluster_runs_with_a_generated_certificate() {
     }
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
     let channel = Channel::from_shared(member.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let preview = "/partnerhub.partnerchange.v1.PartnerChangeService/PreviewPartnerChange";
-    let request = framed(0, b"\x0a\x0ewaba-not-there\x12\x10partner-somebody");
+    let (preview, request) = (PREVIEW, preview_of_a_missing_waba());
     // The account service runs in another process: NOT_FOUND came back over TLS.
     let status = call(&channel, preview, &cluster.token("support:alice"), &[], request).await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");

@@ -82,3 +82,13 @@ pub async fn call(channel: &Channel, path: &str, token: &str, headers: &[(&str, 
         }
     }
 }
+
+/// A call that crosses services: partner-change's `PreviewPartnerChange` of a
+/// WABA that does not exist, which it learns by asking the account service
+/// (so `NOT_FOUND` means the call between the services went through).
+pub const PREVIEW: &str = "/partnerhub.partnerchange.v1.PartnerChangeService/PreviewPartnerChange";
+
+/// The request for [`PREVIEW`]: WABA `waba-not-there`, destination `partner-somebody`.
+pub fn preview_of_a_missing_waba() -> Vec<u8> {
+    framed(0, b"\x0a\x0ewaba-not-there\x12\x10partner-somebody")
+}
