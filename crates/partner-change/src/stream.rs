@@ -188,8 +188,11 @@ pub async fn run_tailer(
             let full = batch.len() as u64 == CATCH_UP_BATCH;
             for event in batch {
                 last = event.position;
-                // No subscriber is no error: the log keeps everything.
-                let _ = hub.published.send(Arc::new(hub.live(event)));
+                // No subscriber is no error (the log keeps everything), and
+                // then there is nobody to seal cursors for.
+                if hub.published.receiver_count() > 0 {
+                    let _ = hub.published.send(Arc::new(hub.live(event)));
+                }
             }
             if !full {
                 break;

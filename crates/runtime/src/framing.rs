@@ -108,31 +108,64 @@ fn grpc_content_type(headers: &http::HeaderMap) -> Result<(), Status> {
 /// The request body, if it is exactly one well-framed message no longer than
 /// `max_message_bytes`.
 async fn read_one_message(mut body: Body, max_message_bytes: usize, compressed_allowed: bool) -> Result<Bytes, Status> {
-    let mut buffer = BytesMut::new();
+    let mut received = Received::default();
     let mut expected: Option<usize> = None;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|status| malformed(format!("the request body could not be read: {}", status.message())))?;
         let Ok(data) = frame.into_data() else { continue }; // trailers: nothing to check
-        buffer.extend_from_slice(&data);
-        if expected.is_none() && buffer.len() >= FRAME_HEADER_BYTES {
-            expected = Some(FRAME_HEADER_BYTES + message_length(&buffer, max_message_bytes, compressed_allowed)?);
+        received.push(data);
+        let bytes = received.as_slice();
+        if expected.is_none() && bytes.len() >= FRAME_HEADER_BYTES {
+            expected = Some(FRAME_HEADER_BYTES + message_length(bytes, max_message_bytes, compressed_allowed)?);
         }
         if let Some(expected) = expected
-            && buffer.len() > expected
+            && bytes.len() > expected
         {
             return Err(malformed("the request has more than one message; this call takes exactly one"));
         }
     }
+    let length = received.as_slice().len();
     match expected {
-        None if buffer.is_empty() => Err(malformed("the request has no message")),
+        None if length == 0 => Err(malformed("the request has no message")),
         None => Err(malformed("the request's frame header is cut short")),
-        Some(expected) if buffer.len() < expected => Err(malformed(format!(
+        Some(expected) if length < expected => Err(malformed(format!(
             "the request message is cut short: {} of {} bytes",
-            buffer.len() - FRAME_HEADER_BYTES,
+            length - FRAME_HEADER_BYTES,
             expected - FRAME_HEADER_BYTES
         ))),
-        Some(_) => Ok(buffer.freeze()),
+        Some(_) => Ok(received.into_bytes()),
+    }
+}
+
+/// The body's bytes so far: the first chunk as it came (a small request
+/// arrives in one, and is passed on without a copy), joined only once a
+/// second one arrives.
+#[derive(Default)]
+struct Received {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Received {
+    fn push(&mut self, data: Bytes) {
+        match &mut self.joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut joined = BytesMut::from(&self.first[..]);
+                joined.extend_from_slice(&data);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.joined.as_deref().unwrap_or(&self.first)
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
     }
 }
 
