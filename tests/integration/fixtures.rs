@@ -219,6 +219,20 @@ impl Scenario {
             .unwrap()
     }
 
+    /// The client cancels the request, giving `reason`.
+    pub async fn cancel(&self, app: &impl Deployment, partner_change_id: &str, reason: &str) -> pc::PartnerChange {
+        app.partner_change(&self.client_subject())
+            .cancel_partner_change(pc::CancelPartnerChangeRequest {
+                partner_change_id: partner_change_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .partner_change
+            .unwrap()
+    }
+
     /// Every request of the scenario's client, newest first.
     pub async fn client_changes(&self, app: &impl Deployment) -> Vec<pc::PartnerChange> {
         app.partner_change(&self.client_subject())

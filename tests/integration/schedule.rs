@@ -174,17 +174,7 @@ async fn an_approved_scheduled_change_can_be_cancelled_and_both_partners_see_it(
         .into_inner();
     let submitted = submit_scheduled(&app, &s, "req", in_seconds(3600)).await;
     assert_eq!(submitted.state(), St::Approved);
-    let cancelled = app
-        .partner_change(&s.client_subject())
-        .cancel_partner_change(pc::CancelPartnerChangeRequest {
-            partner_change_id: submitted.partner_change_id.clone(),
-            reason: "we move next quarter".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partner_change
-        .unwrap();
+    let cancelled = s.cancel(&app, &submitted.partner_change_id, "we move next quarter").await;
     assert_eq!(cancelled.state(), St::Cancelled);
     assert_eq!(app.migration_worker().replica("worker").run_once().await.unwrap(), Step::Idle);
     assert_eq!(history_types(&app, &submitted.partner_change_id).await, [Ev::Submitted, Ev::Approved, Ev::Cancelled]);

@@ -168,17 +168,7 @@ async fn rejected_cancelled_and_expired_requests_end_there(backend: Backend) {
 
     // Cancel, by the client, with a reason; the WABA is free for a new request.
     let second = s.submit(&app, "req-cancel").await;
-    let cancelled = app
-        .partner_change(&s.client_subject())
-        .cancel_partner_change(pc::CancelPartnerChangeRequest {
-            partner_change_id: second.partner_change_id.clone(),
-            reason: "changed our mind".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .partner_change
-        .unwrap();
+    let cancelled = s.cancel(&app, &second.partner_change_id, "changed our mind").await;
     assert_eq!(cancelled.state(), St::Cancelled);
     let entry = &history(&app, &second.partner_change_id).await[1];
     assert_eq!((entry.actor.as_str(), entry.reason.as_str()), (s.client_subject().as_str(), "changed our mind"));
