@@ -132,9 +132,12 @@ async fn of_a_reschedule_racing_the_claim_exactly_one_applies(backend: Backend) 
         let submitted = submit_scheduled(&app, &s, "req", in_seconds(-1)).await;
         let id = submitted.partner_change_id.clone();
         let worker = app.migration_worker().replica(&format!("worker-{round}"));
-        // Staggered starts, so that either side wins in some rounds.
+        // Staggered starts (a few turns of the scheduler, not a clock), so
+        // that either side may win in some rounds.
         let claim = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(round % 6 * 2)).await;
+            for _ in 0..round % 6 {
+                tokio::task::yield_now().await;
+            }
             worker.run_once().await.unwrap()
         });
         let moved = reschedule(&app, &s.client_subject(), &id, Some(in_seconds(3600))).await;
