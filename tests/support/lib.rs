@@ -13,6 +13,7 @@ pub mod bench;
 pub mod binary;
 pub mod cluster;
 pub mod database;
+pub mod http;
 pub mod otlp;
 pub mod raw;
 

@@ -126,6 +126,7 @@ impl Application {
         settings.validate()?;
         check_peer_names(settings)?;
         let keys = Arc::new(TokenKeys::load_or_generate(settings)?);
+        keys.warm_up().await;
         let db = open_database(settings).await?;
         let listener = bind(settings.server.listen_addr).await?;
         let local_addr = listener.local_addr().map_err(StartupError::LocalAddr)?;

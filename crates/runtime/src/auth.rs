@@ -21,7 +21,12 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
-use crate::{config::Settings, error::ErrorReason, jwks::JwksFile, pagination::TokenSeal};
+use crate::{
+    config::Settings,
+    error::ErrorReason,
+    jwks::{FetchSettings, JwksFile, JwksUrl, KeySet},
+    pagination::TokenSeal,
+};
 
 /// The one party a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -128,7 +133,7 @@ pub struct TokenKeys {
     seal: TokenSeal,
     /// The identity provider's keys, when tokens come from one; then the HS256
     /// key only signs the calls between Partner Hub's own services.
-    jwks: Option<Arc<JwksFile>>,
+    jwks: Option<Arc<KeySet>>,
     /// The `aud` an identity provider's token must name, when configured.
     audience: Option<String>,
 }
@@ -204,7 +209,7 @@ impl TokenKeys {
     /// Also accepts the identity provider's tokens: RS256, ES256 or EdDSA,
     /// verified with the key of `jwks` their `kid` names, naming `audience`
     /// when one is given. HS256 tokens then speak only for services.
-    pub fn with_identity_provider(mut self, jwks: JwksFile, audience: Option<String>) -> Self {
+    pub fn with_identity_provider(mut self, jwks: KeySet, audience: Option<String>) -> Self {
         self.jwks = Some(Arc::new(jwks));
         self.audience = audience;
         self
@@ -251,16 +256,47 @@ impl TokenKeys {
 
     /// The configured key: `auth.signing_key`, else the key file, else (embedded
     /// database only) a new key written to `<data_dir>/signing.key`.
-    /// With `auth.jwks_file`, the identity provider's keys too.
+    /// With `auth.jwks_file` or `auth.jwks_url`, the identity provider's keys
+    /// too (a served set is fetched later, see [`TokenKeys::warm_up`]).
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
         let keys = Self::load_secret(settings)?.with_max_ttl(settings.auth.max_token_ttl);
-        match &settings.auth.jwks_file {
-            Some(path) => {
-                let jwks = JwksFile::load(path, settings.auth.jwks_check_interval)?;
-                Ok(keys.with_identity_provider(jwks, settings.auth.audience.clone()))
+        let auth = &settings.auth;
+        let jwks = match (&auth.jwks_file, &auth.jwks_url) {
+            (Some(path), _) => KeySet::File(JwksFile::load(path, auth.jwks_check_interval)?),
+            (None, Some(url)) => {
+                let ca_pem = match &auth.jwks_ca_file {
+                    Some(path) => {
+                        Some(std::fs::read(path).map_err(|source| KeyError::Read { path: path.clone(), source })?)
+                    }
+                    None => None,
+                };
+                let fetch = FetchSettings {
+                    refresh_every: auth.jwks_refresh_interval,
+                    min_fetch_interval: auth.jwks_min_fetch_interval,
+                    ca_pem,
+                };
+                KeySet::Url(Arc::new(JwksUrl::new(url, fetch)?))
             }
-            None => Ok(keys),
+            (None, None) => return Ok(keys),
+        };
+        Ok(keys.with_identity_provider(jwks, auth.audience.clone()))
+    }
+
+    /// Fetches the identity provider's served key set, if there is one, so
+    /// the first token does not wait for it. A provider that cannot be
+    /// reached is only logged: the services' own calls need none.
+    pub async fn warm_up(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.warm_up().await;
         }
+    }
+
+    /// The identity provider's key set and the `kid` to fetch it for, when
+    /// `token` names a key of a served set that is not known yet.
+    fn key_to_fetch(&self, token: &str) -> Option<(Arc<KeySet>, String)> {
+        let jwks = self.jwks.as_ref()?;
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        jwks.needs_fetch(&kid).then(|| (jwks.clone(), kid))
     }
 
     fn load_secret(settings: &Settings) -> Result<Self, KeyError> {
@@ -407,15 +443,7 @@ impl Authenticator {
 
     fn authenticate(&self, headers: &http::HeaderMap) -> Result<Subject, Status> {
         let missing = || unauthenticated(ErrorReason::MissingCredentials, "send `authorization: Bearer <token>`");
-        let header = headers.get(http::header::AUTHORIZATION).ok_or_else(missing)?;
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(missing)?;
+        let token = bearer_token(headers).ok_or_else(missing)?;
         let now = jsonwebtoken::get_current_timestamp();
         let generation = self.keys.generation();
         match self.verified.get(token) {
@@ -430,6 +458,35 @@ impl Authenticator {
         let (subject, expires) = self.keys.verify_until(token)?;
         self.verified.insert(token.to_owned(), (subject.clone(), expires, generation));
         Ok(subject)
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+impl Authenticator {
+    /// What must be fetched before the request's token can be verified: the
+    /// identity provider's key set, when the token names a key of it that is
+    /// not known yet (and the token was not verified before).
+    fn key_to_fetch(&self, headers: &http::HeaderMap) -> Option<(Arc<KeySet>, String)> {
+        if !matches!(self.keys.jwks.as_deref(), Some(KeySet::Url(_))) {
+            return None;
+        }
+        let token = bearer_token(headers)?;
+        if self.verified.contains_key(token) {
+            return None;
+        }
+        self.keys.key_to_fetch(token)
     }
 }
 
@@ -461,6 +518,10 @@ impl Authenticator {
         })
     }
 }
+
+/// A call through [`Authenticated`] as it is answered.
+type BoxedCall<E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
 
 /// A generated server behind the authenticator and its policy.
 #[derive(Debug, Clone)]
@@ -494,19 +555,50 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Authenticat
 
 impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Authenticated<S>
 where
-    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = BoxedCall<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some((jwks, kid)) = self.authenticator.key_to_fetch(request.headers()) {
+            // Rare (a new key of the identity provider): wait for its key set,
+            // then admit as below. The ready service goes along; a clone stays.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            let mut this = Self { inner, authenticator: self.authenticator.clone(), policy: self.policy };
+            return Box::pin(async move {
+                if let Err(problem) = jwks.learn(&kid).await {
+                    let message = format!(
+                        "cannot verify the token now: the identity provider's keys cannot be fetched ({problem})"
+                    );
+                    return Ok(crate::error::status(tonic::Code::Unavailable, ErrorReason::Unavailable, message, [])
+                        .into_http());
+                }
+                this.admit_and_call(request).await
+            });
+        }
+        self.admit_and_call(request)
+    }
+}
+
+impl<S> Authenticated<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    fn admit_and_call(&mut self, mut request: http::Request<tonic::body::Body>) -> BoxedCall<S::Error> {
         match self.admit(request.uri().path(), request.headers()) {
             Ok(subject) => {
                 request.extensions_mut().insert(subject);

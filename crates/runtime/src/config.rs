@@ -189,6 +189,17 @@ pub struct AuthSettings {
     /// unknown `kid` checks at once).
     #[serde(with = "humantime_serde")]
     pub jwks_check_interval: Duration,
+    /// The identity provider's JWK Set served over HTTPS (instead of
+    /// `jwks_file`): fetched at start, at once for a token naming an unknown
+    /// `kid` (at most once per `jwks_min_fetch_interval`), and every
+    /// `jwks_refresh_interval`.
+    pub jwks_url: Option<String>,
+    /// A CA (PEM) trusted for `jwks_url` besides the system's roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_fetch_interval: Duration,
     /// The `aud` an identity provider's token must name; unset: not checked.
     pub audience: Option<String>,
 }
@@ -332,6 +343,10 @@ impl Default for AuthSettings {
             migration_service: None,
             jwks_file: None,
             jwks_check_interval: Duration::from_secs(10),
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_interval: Duration::from_secs(5 * 60),
+            jwks_min_fetch_interval: Duration::from_secs(10),
             audience: None,
         }
     }
@@ -460,7 +475,17 @@ impl Settings {
             ("peers.health_check_interval", self.peers.health_check_interval),
             ("auth.max_token_ttl", self.auth.max_token_ttl),
             ("auth.jwks_check_interval", self.auth.jwks_check_interval),
+            ("auth.jwks_refresh_interval", self.auth.jwks_refresh_interval),
+            ("auth.jwks_min_fetch_interval", self.auth.jwks_min_fetch_interval),
         ])?;
+        if self.auth.jwks_file.is_some() && self.auth.jwks_url.is_some() {
+            return Err(ConfigError::invalid("auth.jwks_url", "set either auth.jwks_file or auth.jwks_url, not both"));
+        }
+        if let Some(url) = &self.auth.jwks_url
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::invalid("auth.jwks_url", "the key set is fetched over https:// only"));
+        }
         if let Some(key) = self.peers.urls.keys().find(|key| !key.ends_with("_urls")) {
             return Err(ConfigError::invalid(format!("peers.{key}"), "unknown key (peers are named `<service>_urls`)"));
         }
@@ -547,6 +572,19 @@ mod tests {
         let config =
             config::Config::builder().add_source(config::File::from_str(toml, config::FileFormat::Toml)).build()?;
         Settings::from_config(config, &[&Example])
+    }
+
+    #[test]
+    fn a_served_key_set_is_fetched_over_https_and_is_the_only_key_set() {
+        let read = |toml: &str| parse(toml).and_then(|settings| settings.validate());
+        read("[auth]\njwks_url = \"https://idp.example/.well-known/jwks.json\"\n").unwrap();
+        let err = read("[auth]\njwks_url = \"http://idp.example/jwks.json\"\n").expect_err("plain HTTP");
+        assert!(err.to_string().contains("auth.jwks_url") && err.to_string().contains("https"), "{err}");
+        let err = read("[auth]\njwks_url = \"https://idp.example/jwks.json\"\njwks_file = \"/etc/jwks.json\"\n")
+            .expect_err("two key sets");
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = read("[auth]\njwks_min_fetch_interval = \"0s\"\n").expect_err("no rate limit");
+        assert!(err.to_string().contains("auth.jwks_min_fetch_interval"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! An identity provider's public keys: a JWK Set file (`auth.jwks_file`),
-//! keys chosen by `kid`, re-read when the file changes (checked every
-//! `auth.jwks_check_interval`, and at once for a `kid` it does not know), so
-//! keys rotate without a restart. RS256, ES256 and EdDSA keys are used; any
-//! other key is skipped with a warning.
+//! An identity provider's public keys, chosen by `kid`: a JWK Set file
+//! (`auth.jwks_file`) or one served over HTTPS (`auth.jwks_url`). Either is
+//! read again when it may have changed, so keys rotate without a restart.
+//! RS256, ES256 and EdDSA keys are used; any other key is skipped with a warning.
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError, RwLock},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -46,16 +48,68 @@ impl std::fmt::Debug for JwksFile {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the JWK Set {path}: {problem}")]
+#[error("cannot use the JWK Set {origin}: {problem}")]
 pub struct JwksError {
-    path: PathBuf,
+    origin: String,
     problem: String,
+}
+
+/// The identity provider's key set, wherever it is kept.
+#[derive(Debug)]
+pub enum KeySet {
+    File(JwksFile),
+    Url(Arc<JwksUrl>),
+}
+
+impl KeySet {
+    /// The key named `kid`, as far as it is known now (see [`KeySet::learn`]).
+    pub fn key(&self, kid: &str) -> Option<VerifyingKey> {
+        match self {
+            KeySet::File(file) => file.key(kid),
+            KeySet::Url(url) => url.key(kid),
+        }
+    }
+
+    /// Whether `kid` must be fetched before a token naming it can be verified.
+    pub fn needs_fetch(&self, kid: &str) -> bool {
+        matches!(self, KeySet::Url(url) if url.key(kid).is_none())
+    }
+
+    /// Changes whenever the set changed: a token verified before must be verified again.
+    pub fn generation(&self) -> u64 {
+        match self {
+            KeySet::File(file) => file.generation(),
+            KeySet::Url(url) => {
+                JwksUrl::refresh_in_background_if_due(url);
+                url.generation()
+            }
+        }
+    }
+
+    /// Makes sure the set is current enough to know `kid` if the provider has
+    /// it; `Err` says why the provider could not be asked.
+    pub async fn learn(&self, kid: &str) -> Result<(), String> {
+        match self {
+            // A file is reread at once by `key` for an unknown kid.
+            KeySet::File(_) => Ok(()),
+            KeySet::Url(url) => url.learn(kid).await,
+        }
+    }
+
+    /// Fetches a served set once, so the first token does not wait for it.
+    pub async fn warm_up(&self) {
+        if let KeySet::Url(url) = self
+            && let Err(problem) = url.learn("").await
+        {
+            tracing::warn!(url = %url.url, %problem, "cannot fetch the identity provider's key set yet; will try again when a token needs it");
+        }
+    }
 }
 
 impl JwksFile {
     /// Reads the set at `path`; it must be readable and hold at least one usable key.
     pub fn load(path: &Path, check_every: Duration) -> Result<Self, JwksError> {
-        let error = |problem: String| JwksError { path: path.to_owned(), problem };
+        let error = |problem: String| JwksError { origin: path.display().to_string(), problem };
         let (keys, stamp) = read(path).map_err(error)?;
         if keys.is_empty() {
             return Err(error("it holds no RS256, ES256 or EdDSA key with a kid".to_owned()));
@@ -108,6 +162,200 @@ impl JwksFile {
     }
 }
 
+/// The longest JWK Set document fetched; real ones are a few kilobytes.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// An identity provider's key set served at `auth.jwks_url`. A token naming
+/// a `kid` not yet known fetches it at once, but the set is fetched at most
+/// once per `auth.jwks_min_fetch_interval` for that (so made-up `kid`s cannot
+/// turn us into a flood on the provider), and requests waiting meanwhile
+/// share one fetch. Every `auth.jwks_refresh_interval` it is fetched again in
+/// the background, so a removed key stops verifying. A failed fetch keeps the
+/// keys fetched before.
+pub struct JwksUrl {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    refresh_every: Duration,
+    min_fetch_interval: Duration,
+    state: RwLock<Fetched>,
+    /// Held while fetching.
+    fetching: Arc<tokio::sync::Mutex<()>>,
+    /// Fetches finished: a request that waited for the lock skips its own
+    /// fetch when one finished meanwhile.
+    fetches: AtomicU64,
+}
+
+struct Fetched {
+    keys: HashMap<String, VerifyingKey>,
+    /// The document the keys came from: an identical one changes nothing.
+    document: Vec<u8>,
+    generation: u64,
+    attempted_at: Option<Instant>,
+    /// Why the last fetch failed, if it did.
+    failure: Option<String>,
+}
+
+impl std::fmt::Debug for JwksUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksUrl").field("url", &self.url.as_str()).finish_non_exhaustive()
+    }
+}
+
+/// How a served key set is fetched and kept current.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub refresh_every: Duration,
+    pub min_fetch_interval: Duration,
+    /// Trusted besides the system's roots (a private identity provider's CA), PEM.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// How long one fetch of a key set may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl JwksUrl {
+    /// A key set to be fetched from `url` (`https://` only); nothing is fetched yet.
+    pub fn new(url: &str, settings: FetchSettings) -> Result<Self, JwksError> {
+        let error = |problem: String| JwksError { origin: url.to_owned(), problem };
+        let parsed = reqwest::Url::parse(url).map_err(|err| error(err.to_string()))?;
+        if parsed.scheme() != "https" {
+            return Err(error("it must be an https:// URL".to_owned()));
+        }
+        let mut client = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(FETCH_TIMEOUT)
+            .user_agent(concat!("partnerhub/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &settings.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem).map_err(|err| error(format!("its CA: {err}")))?;
+            client = client.add_root_certificate(ca);
+        }
+        let client = client.build().map_err(|err| error(err.to_string()))?;
+        Ok(Self {
+            url: parsed,
+            client,
+            refresh_every: settings.refresh_every,
+            min_fetch_interval: settings.min_fetch_interval,
+            state: RwLock::new(Fetched {
+                keys: HashMap::new(),
+                document: Vec::new(),
+                generation: 1,
+                attempted_at: None,
+                failure: None,
+            }),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
+            fetches: AtomicU64::new(0),
+        })
+    }
+
+    fn key(&self, kid: &str) -> Option<VerifyingKey> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner).keys.get(kid).cloned()
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.read().unwrap_or_else(PoisonError::into_inner).generation
+    }
+
+    async fn learn(&self, kid: &str) -> Result<(), String> {
+        if self.key(kid).is_some() {
+            return Ok(());
+        }
+        let fetches_before = self.fetches.load(Ordering::Acquire);
+        let _fetching = self.fetching.lock().await;
+        let fetched_meanwhile = self.fetches.load(Ordering::Acquire) != fetches_before;
+        let recently = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .attempted_at
+            .is_some_and(|at| at.elapsed() < self.min_fetch_interval);
+        if self.key(kid).is_none() && !fetched_meanwhile && !recently {
+            self.fetch().await;
+        }
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        match &state.failure {
+            Some(problem) if !state.keys.contains_key(kid) => Err(problem.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts a background fetch when the last one is older than the refresh
+    /// interval and none is running.
+    fn refresh_in_background_if_due(this: &Arc<Self>) {
+        let due = this
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .attempted_at
+            .is_some_and(|at| at.elapsed() >= this.refresh_every);
+        if !due {
+            return;
+        }
+        let (Ok(runtime), Ok(fetching)) =
+            (tokio::runtime::Handle::try_current(), this.fetching.clone().try_lock_owned())
+        else {
+            return;
+        };
+        let this = this.clone();
+        runtime.spawn(async move {
+            this.fetch().await;
+            drop(fetching);
+        });
+    }
+
+    /// Fetches the set and keeps it, or records why it could not. The caller
+    /// holds `fetching`.
+    async fn fetch(&self) {
+        self.state.write().unwrap_or_else(PoisonError::into_inner).attempted_at = Some(Instant::now());
+        let fetched = self.download().await.and_then(|document| Ok((parse(&document, self.url.as_str())?, document)));
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            match fetched {
+                Ok((keys, _)) if keys.is_empty() => {
+                    state.failure = Some("it holds no RS256, ES256 or EdDSA key with a kid".to_owned());
+                }
+                Ok((keys, document)) => {
+                    if document != state.document {
+                        tracing::info!(url = %self.url, keys = keys.len(), "fetched the identity provider's key set");
+                        state.generation += 1;
+                        state.keys = keys;
+                        state.document = document;
+                    }
+                    state.failure = None;
+                }
+                Err(problem) => state.failure = Some(problem),
+            }
+            if let Some(problem) = &state.failure {
+                tracing::warn!(url = %self.url, %problem, "cannot fetch the identity provider's key set; keeping the keys fetched before");
+            }
+        }
+        self.fetches.fetch_add(1, Ordering::AcqRel);
+    }
+
+    async fn download(&self) -> Result<Vec<u8>, String> {
+        let failed = |err: reqwest::Error| {
+            let mut problem = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                problem = format!("{problem}: {cause}");
+                source = cause.source();
+            }
+            problem
+        };
+        let mut response = self.client.get(self.url.clone()).send().await.map_err(failed)?;
+        if !response.status().is_success() {
+            return Err(format!("it answered HTTP {}", response.status()));
+        }
+        let mut document = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if document.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(format!("it is larger than {MAX_DOCUMENT_BYTES} bytes"));
+            }
+            document.extend_from_slice(&chunk);
+        }
+        Ok(document)
+    }
+}
+
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
@@ -118,23 +366,26 @@ type Read = (HashMap<String, VerifyingKey>, Option<(SystemTime, u64)>);
 fn read(path: &Path) -> Result<Read, String> {
     let stamp = stamp(path);
     let text = std::fs::read_to_string(path).map_err(|err| err.to_string())?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|err| format!("not a JWK Set: {err}"))?;
+    Ok((parse(text.as_bytes(), &path.display().to_string())?, stamp))
+}
+
+/// The usable keys of a JWK Set document; `origin` names it in warnings.
+fn parse(document: &[u8], origin: &str) -> Result<HashMap<String, VerifyingKey>, String> {
+    let set: JwkSet = serde_json::from_slice(document).map_err(|err| format!("not a JWK Set: {err}"))?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let Some(kid) = jwk.common.key_id.clone() else {
-            tracing::warn!(path = %path.display(), "skipping a JWK without a kid");
+            tracing::warn!(%origin, "skipping a JWK without a kid");
             continue;
         };
         match (algorithm_of(jwk), DecodingKey::from_jwk(jwk)) {
             (Some(algorithm), Ok(key)) => {
                 keys.insert(kid, VerifyingKey { key, algorithm });
             }
-            _ => {
-                tracing::warn!(path = %path.display(), %kid, "skipping a JWK that is not an RS256, ES256 or EdDSA key")
-            }
+            _ => tracing::warn!(%origin, %kid, "skipping a JWK that is not an RS256, ES256 or EdDSA key"),
         }
     }
-    Ok((keys, stamp))
+    Ok(keys)
 }
 
 /// The algorithm a key verifies: as its `alg` says, else as its type implies.
@@ -224,7 +475,7 @@ MC4CAQAwBQYDK2VwBCIEIA79bVJF99yZUOAmiNIruYNaxQxRgzqJtIVe6Kxb0PSt
         );
         let jwks = JwksFile::load(&path, Duration::from_secs(60)).unwrap();
         let keys = TokenKeys::from_secret(&[7; 32], "partnerhub")
-            .with_identity_provider(jwks, Some("partnerhub-api".to_owned()));
+            .with_identity_provider(KeySet::File(jwks), Some("partnerhub-api".to_owned()));
         let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
         let ed = EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).unwrap();
 
