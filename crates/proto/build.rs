@@ -8,6 +8,7 @@ const PROTO_FILES: &[&str] = &[
     "partnerhub/account/v1/account.proto",
     "partnerhub/partnerchange/v1/partner_change.proto",
     "partnerhub/permissions/v1/permissions.proto",
+    "partnerhub/webhooks/v1/webhooks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

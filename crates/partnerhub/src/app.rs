@@ -15,13 +15,14 @@ use partnerhub_runtime::{
     server::{Host, ServeError, bind, read_pem},
     service::{PeerDirectory, Service, ServiceContext, ServiceDefinition, StartError},
 };
+use partnerhub_webhooks::WebhooksService;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Every service this binary has, in the order their migrations run (and a
 /// process serves them). Adding a service is one crate and one line here.
-pub const SERVICES: &[&dyn Service] = &[&AccountService, &PartnerChangeService, &PermissionsService];
+pub const SERVICES: &[&dyn Service] = &[&AccountService, &PartnerChangeService, &PermissionsService, &WebhooksService];
 
 /// The service named `name` (`partner-change`), if this binary has it.
 pub fn service_named(name: &str) -> Option<&'static dyn Service> {

@@ -26,5 +26,11 @@ pub mod permissions {
     }
 }
 
+pub mod webhooks {
+    pub mod v1 {
+        tonic::include_proto!("partnerhub.webhooks.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Partner Hub proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/partnerhub_descriptor.bin"));

@@ -1,0 +1,168 @@
+//! Following the event stream: one replica at a time (a lease in the
+//! database, renewed while it follows, taken over when it lapses) watches
+//! `WatchPartnerChangeEvents` as `service:webhooks` from the cursor it stored
+//! and turns each event into a delivery per matching endpoint, storing the
+//! cursor after it in the same transaction. A delivery is unique per event and
+//! endpoint, so an event read twice (a handover, a reconnect) is delivered once.
+
+use std::{sync::Arc, time::Duration};
+
+use partnerhub_proto::partnerchange::v1::{
+    WatchPartnerChangeEventsRequest, partner_change_service_client::PartnerChangeServiceClient,
+    watch_partner_change_events_response::Kind,
+};
+use partnerhub_runtime::{peers::Peer, time::now};
+use sea_orm::DatabaseConnection;
+use tokio::{sync::Notify, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{event_type_name, webhook_body},
+    settings::WebhooksSettings,
+    store::{self, StreamEvent},
+};
+
+/// The most events stored in one transaction.
+const BATCH: usize = 100;
+/// How long to wait before following again after the stream broke.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct Follower {
+    db: DatabaseConnection,
+    partner_change: Peer,
+    lease: Duration,
+    /// This replica, as the lease names it.
+    holder: String,
+    /// Wakes the dispatcher when deliveries were added.
+    wake: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("the event stream failed: {0}")]
+    Stream(tonic::Status),
+    #[error("the event stream ended")]
+    Ended,
+    #[error(transparent)]
+    Store(#[from] partnerhub_runtime::db::StoreError),
+}
+
+impl Follower {
+    pub fn new(db: DatabaseConnection, partner_change: Peer, settings: &WebhooksSettings, wake: Arc<Notify>) -> Self {
+        let holder = partnerhub_runtime::ids::new_id("replica");
+        Self { db, partner_change, lease: settings.follower_lease, holder, wake }
+    }
+
+    /// Follows the stream whenever this replica holds the lease, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut waiting_logged = false;
+        while !shutdown.is_cancelled() {
+            let pause = match store::take_follower_lease(&self.db, &self.holder, self.lease, now()).await {
+                Ok(Some(cursor)) => {
+                    waiting_logged = false;
+                    tracing::info!(holder = %self.holder, "following the event stream for webhooks");
+                    match self.follow(cursor, &shutdown).await {
+                        Ok(()) => Duration::ZERO,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "stopped following the event stream; following again shortly");
+                            RETRY_DELAY
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if !waiting_logged {
+                        tracing::debug!("another replica follows the event stream");
+                        waiting_logged = true;
+                    }
+                    self.lease / 3
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot take the follower lease");
+                    RETRY_DELAY
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        if let Err(err) = store::release_follower_lease(&self.db, &self.holder).await {
+            tracing::warn!(error = %err, "cannot release the follower lease; it lapses on its own");
+        }
+    }
+
+    /// Follows from `cursor` while this replica holds the lease. `Ok` when
+    /// the lease was lost or at shutdown.
+    async fn follow(&self, cursor: String, shutdown: &CancellationToken) -> Result<(), FollowError> {
+        let request = WatchPartnerChangeEventsRequest { after_cursor: cursor, scope: None };
+        let mut stream = self
+            .partner_change
+            .call(request, |channel, request| async move {
+                PartnerChangeServiceClient::new(channel).watch_partner_change_events(request).await
+            })
+            .await
+            .map_err(FollowError::Stream)?
+            .into_inner();
+        let renew_every = self.lease / 3;
+        let mut renew_at = Instant::now() + renew_every;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(renew_at) => {
+                    if store::take_follower_lease(&self.db, &self.holder, self.lease, now()).await?.is_none() {
+                        tracing::info!("another replica took over the event stream");
+                        return Ok(());
+                    }
+                    renew_at = Instant::now() + renew_every;
+                    continue;
+                }
+                message = stream.message() => message.map_err(FollowError::Stream)?.ok_or(FollowError::Ended)?,
+            };
+            let mut events = Vec::new();
+            let mut next = Some(message);
+            // Whatever else has arrived goes into the same transaction.
+            while let Some(message) = next.take() {
+                if let Some(Kind::Event(event)) = message.kind {
+                    match to_stream_event(event) {
+                        Some(event) => events.push(event),
+                        None => tracing::error!("an event without its partner change; skipped"),
+                    }
+                }
+                if events.len() < BATCH
+                    && let Ok(more) = tokio::time::timeout(Duration::ZERO, stream.message()).await
+                {
+                    next = more.map_err(FollowError::Stream)?;
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            if !store::record_events(&self.db, &self.holder, &events, self.lease, now()).await? {
+                tracing::info!("another replica took over the event stream");
+                return Ok(());
+            }
+            renew_at = Instant::now() + renew_every;
+            self.wake.notify_one();
+        }
+    }
+}
+
+fn to_stream_event(event: partnerhub_proto::partnerchange::v1::PartnerChangeEvent) -> Option<StreamEvent> {
+    let change = event.partner_change.as_ref()?;
+    let body = match webhook_body(&event) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot write a webhook body; event skipped");
+            return None;
+        }
+    };
+    Some(StreamEvent {
+        cursor: event.cursor.clone(),
+        event_type: event_type_name(event.r#type()),
+        partner_change_id: change.partner_change_id.clone(),
+        client_id: change.client_id.clone(),
+        partner_ids: [change.source_partner_id.clone(), change.destination_partner_id.clone()],
+        body,
+    })
+}

@@ -1,0 +1,558 @@
+//! Persistence for the webhooks service.
+//!
+//! **Architecture Invariant:** the webhooks service is the only reader and
+//! writer of these tables; it learns events over gRPC, never from the
+//! partner-change service's tables.
+
+pub mod entities;
+pub mod migration;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use partnerhub_runtime::{
+    db::{StoreError, begin_write},
+    ids::new_id,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
+};
+
+use self::entities::{attempt, delivery, endpoint, follower};
+use crate::domain::{DeliveryState, Owner};
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    partnerhub_runtime::db::migrate::<migration::Migrator>(db).await
+}
+
+/// What is stored of a new endpoint.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub owner: Owner,
+    pub url: String,
+    pub description: String,
+    pub secret: String,
+}
+
+pub async fn create_endpoint(
+    db: &DatabaseConnection,
+    new: NewEndpoint,
+    now: DateTime<Utc>,
+) -> Result<endpoint::Model, StoreError> {
+    let (partner_id, client_id) = match new.owner {
+        Owner::Partner(id) => (Some(id), None),
+        Owner::Client(id) => (None, Some(id)),
+    };
+    let model = endpoint::Model {
+        webhook_endpoint_id: new_id("whe"),
+        partner_id,
+        client_id,
+        url: new.url,
+        description: new.description,
+        disabled: false,
+        disabled_reason: String::new(),
+        secret: new.secret,
+        previous_secret: None,
+        previous_secret_expire_time: None,
+        failing_since: None,
+        create_time: now,
+        update_time: now,
+    };
+    endpoint::Entity::insert(model.clone().into_active_model()).exec(db).await?;
+    Ok(model)
+}
+
+pub async fn find_endpoint(db: &impl ConnectionTrait, id: &str) -> Result<Option<endpoint::Model>, DbErr> {
+    endpoint::Entity::find_by_id(id).one(db).await
+}
+
+/// An owner's endpoints after `after` (an ID), in creation order, and whether more follow.
+pub async fn list_endpoints(
+    db: &DatabaseConnection,
+    owner: &Owner,
+    after: Option<&str>,
+    page_size: u64,
+) -> Result<(Vec<endpoint::Model>, bool), DbErr> {
+    let mut query = match owner {
+        Owner::Partner(id) => endpoint::Entity::find().filter(endpoint::Column::PartnerId.eq(id)),
+        Owner::Client(id) => endpoint::Entity::find().filter(endpoint::Column::ClientId.eq(id)),
+    };
+    if let Some(after) = after {
+        query = query.filter(endpoint::Column::WebhookEndpointId.gt(after));
+    }
+    let mut models =
+        query.order_by_asc(endpoint::Column::WebhookEndpointId).limit(page_size.saturating_add(1)).all(db).await?;
+    let more = models.len() as u64 > page_size;
+    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    Ok((models, more))
+}
+
+/// The fields `UpdateWebhookEndpoint` may set.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+pub async fn update_endpoint(
+    db: &DatabaseConnection,
+    id: &str,
+    changes: EndpointChanges,
+    now: DateTime<Utc>,
+) -> Result<Option<endpoint::Model>, StoreError> {
+    let tx = begin_write(db).await?;
+    let Some(current) = find_endpoint(&tx, id).await? else { return Ok(None) };
+    let mut model = current.into_active_model();
+    if let Some(url) = changes.url {
+        model.url = Set(url);
+    }
+    if let Some(description) = changes.description {
+        model.description = Set(description);
+    }
+    if let Some(disabled) = changes.disabled {
+        model.disabled = Set(disabled);
+        model.disabled_reason = Set(if disabled { "disabled by its owner".to_owned() } else { String::new() });
+        if !disabled {
+            // A fresh start: the failures before it was disabled do not count against it.
+            model.failing_since = Set(None);
+        }
+    }
+    model.update_time = Set(now);
+    let updated = model.update(&tx).await?;
+    tx.commit().await?;
+    Ok(Some(updated))
+}
+
+/// Deletes the endpoint and, with it, its deliveries and their attempts.
+pub async fn delete_endpoint(db: &DatabaseConnection, id: &str) -> Result<bool, StoreError> {
+    let tx = begin_write(db).await?;
+    let deliveries = Query::select()
+        .column(delivery::Column::WebhookDeliveryId)
+        .from(delivery::Entity)
+        .and_where(delivery::Column::WebhookEndpointId.eq(id))
+        .to_owned();
+    attempt::Entity::delete_many().filter(attempt::Column::WebhookDeliveryId.in_subquery(deliveries)).exec(&tx).await?;
+    delivery::Entity::delete_many().filter(delivery::Column::WebhookEndpointId.eq(id)).exec(&tx).await?;
+    let deleted = endpoint::Entity::delete_by_id(id).exec(&tx).await?.rows_affected > 0;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Makes `secret` the endpoint's; the current one keeps signing until `previous_until`, if given.
+pub async fn rotate_secret(
+    db: &DatabaseConnection,
+    id: &str,
+    secret: String,
+    previous_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<endpoint::Model>, StoreError> {
+    let tx = begin_write(db).await?;
+    let Some(current) = find_endpoint(&tx, id).await? else { return Ok(None) };
+    let previous = current.secret.clone();
+    let mut model = current.into_active_model();
+    model.secret = Set(secret);
+    model.previous_secret = Set(previous_until.map(|_| previous));
+    model.previous_secret_expire_time = Set(previous_until);
+    model.update_time = Set(now);
+    let updated = model.update(&tx).await?;
+    tx.commit().await?;
+    Ok(Some(updated))
+}
+
+/// A delivery with its attempts, oldest attempt first.
+pub type DeliveryWithAttempts = (delivery::Model, Vec<attempt::Model>);
+
+/// An endpoint's deliveries in `states` (all when empty), newest first,
+/// before `before` (an ID), and whether more follow.
+pub async fn list_deliveries(
+    db: &DatabaseConnection,
+    endpoint_id: &str,
+    states: &[DeliveryState],
+    before: Option<&str>,
+    page_size: u64,
+) -> Result<(Vec<DeliveryWithAttempts>, bool), DbErr> {
+    let mut query = delivery::Entity::find().filter(delivery::Column::WebhookEndpointId.eq(endpoint_id));
+    if !states.is_empty() {
+        query = query.filter(delivery::Column::State.is_in(states.iter().copied()));
+    }
+    if let Some(before) = before {
+        query = query.filter(delivery::Column::WebhookDeliveryId.lt(before));
+    }
+    let mut models =
+        query.order_by_desc(delivery::Column::WebhookDeliveryId).limit(page_size.saturating_add(1)).all(db).await?;
+    let more = models.len() as u64 > page_size;
+    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    let mut attempts = attempts_of(db, models.iter().map(|model| model.webhook_delivery_id.clone())).await?;
+    let listed = models
+        .into_iter()
+        .map(|model| {
+            let own = attempts.remove(&model.webhook_delivery_id).unwrap_or_default();
+            (model, own)
+        })
+        .collect();
+    Ok((listed, more))
+}
+
+async fn attempts_of(
+    db: &impl ConnectionTrait,
+    delivery_ids: impl IntoIterator<Item = String>,
+) -> Result<std::collections::HashMap<String, Vec<attempt::Model>>, DbErr> {
+    let ids: Vec<String> = delivery_ids.into_iter().collect();
+    let mut by_delivery: std::collections::HashMap<String, Vec<attempt::Model>> = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(by_delivery);
+    }
+    let attempts = attempt::Entity::find()
+        .filter(attempt::Column::WebhookDeliveryId.is_in(ids))
+        .order_by_asc(attempt::Column::Id)
+        .all(db)
+        .await?;
+    for attempt in attempts {
+        by_delivery.entry(attempt.webhook_delivery_id.clone()).or_default().push(attempt);
+    }
+    Ok(by_delivery)
+}
+
+pub async fn find_delivery(db: &impl ConnectionTrait, id: &str) -> Result<Option<DeliveryWithAttempts>, DbErr> {
+    let Some(model) = delivery::Entity::find_by_id(id).one(db).await? else { return Ok(None) };
+    let attempts = attempts_of(db, [model.webhook_delivery_id.clone()]).await?.remove(id).unwrap_or_default();
+    Ok(Some((model, attempts)))
+}
+
+/// Makes a delivery due now, whatever its state (a redelivery on demand).
+pub async fn redeliver(db: &DatabaseConnection, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let updated = delivery::Entity::update_many()
+        .col_expr(delivery::Column::State, Expr::value(DeliveryState::Pending))
+        .col_expr(delivery::Column::NextAttemptTime, Expr::value(now))
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(delivery::Column::WebhookDeliveryId.eq(id))
+        .exec(db)
+        .await?;
+    Ok(updated.rows_affected > 0)
+}
+
+// ---- Following the event stream ----
+
+/// Takes (or renews) the follower's lease for `holder`; the stored cursor
+/// when it is `holder`'s, `None` while another replica holds it.
+pub async fn take_follower_lease(
+    db: &DatabaseConnection,
+    holder: &str,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let taken = follower::Entity::update_many()
+        .col_expr(follower::Column::Holder, Expr::value(holder))
+        .col_expr(follower::Column::LeaseUntil, Expr::value(until))
+        .filter(follower::Column::Id.eq(1))
+        .filter(
+            Condition::any()
+                .add(follower::Column::Holder.eq(holder))
+                .add(follower::Column::Holder.is_null())
+                .add(follower::Column::LeaseUntil.lt(now)),
+        )
+        .exec(db)
+        .await?;
+    if taken.rows_affected == 0 {
+        return Ok(None);
+    }
+    Ok(follower::Entity::find_by_id(1).one(db).await?.map(|row| row.cursor))
+}
+
+/// Gives the lease up (at shutdown), so another replica need not wait for it to lapse.
+pub async fn release_follower_lease(db: &DatabaseConnection, holder: &str) -> Result<(), DbErr> {
+    follower::Entity::update_many()
+        .col_expr(follower::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(follower::Column::Holder, Expr::value(Option::<String>::None))
+        .filter(follower::Column::Id.eq(1))
+        .filter(follower::Column::Holder.eq(holder))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// One event read from the stream, ready to be fanned out.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub cursor: String,
+    pub event_type: String,
+    pub partner_change_id: String,
+    pub client_id: String,
+    pub partner_ids: [String; 2],
+    pub body: String,
+}
+
+/// In one transaction: a delivery of each event to every enabled endpoint
+/// that sees it (once: a delivery already there is left as it is), and the
+/// cursor after the last. `false` (and nothing written) when `holder` no
+/// longer holds the follower's lease.
+pub async fn record_events(
+    db: &DatabaseConnection,
+    holder: &str,
+    events: &[StreamEvent],
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let Some(last) = events.last() else { return Ok(true) };
+    let tx = begin_write(db).await?;
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let still_holder = follower::Entity::update_many()
+        .col_expr(follower::Column::Cursor, Expr::value(last.cursor.clone()))
+        .col_expr(follower::Column::LeaseUntil, Expr::value(until))
+        .filter(follower::Column::Id.eq(1))
+        .filter(follower::Column::Holder.eq(holder))
+        .exec(&tx)
+        .await?
+        .rows_affected
+        > 0;
+    if !still_holder {
+        return Ok(false);
+    }
+    for event in events {
+        let endpoints: Vec<String> = endpoint::Entity::find()
+            .select_only()
+            .column(endpoint::Column::WebhookEndpointId)
+            .filter(endpoint::Column::Disabled.eq(false))
+            .filter(
+                Condition::any()
+                    .add(endpoint::Column::PartnerId.is_in(event.partner_ids.iter().cloned()))
+                    .add(endpoint::Column::ClientId.eq(&event.client_id)),
+            )
+            .into_tuple()
+            .all(&tx)
+            .await?;
+        if endpoints.is_empty() {
+            continue;
+        }
+        let rows = endpoints.into_iter().map(|endpoint_id| {
+            delivery::Model {
+                webhook_delivery_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                webhook_endpoint_id: endpoint_id,
+                event_cursor: event.cursor.clone(),
+                event_type: event.event_type.clone(),
+                partner_change_id: event.partner_change_id.clone(),
+                body: event.body.clone(),
+                state: DeliveryState::Pending,
+                attempt_count: 0,
+                next_attempt_time: Some(now),
+                lease_until: None,
+                create_time: now,
+            }
+            .into_active_model()
+        });
+        delivery::Entity::insert_many(rows)
+            .on_conflict_do_nothing_on([delivery::Column::WebhookEndpointId, delivery::Column::EventCursor])
+            .exec(&tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+// ---- Delivering ----
+
+/// A delivery claimed for sending, with where and how to sign it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery: delivery::Model,
+    pub endpoint: endpoint::Model,
+}
+
+/// Claims up to `limit` due deliveries of enabled endpoints not in `busy`,
+/// for `lease`: no other replica sends them until it lapses (a replica that
+/// dies mid-send leaves them to be taken over then).
+pub async fn claim_due(
+    db: &DatabaseConnection,
+    limit: u64,
+    busy: &[String],
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let free = Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now));
+    let enabled = Query::select()
+        .column(endpoint::Column::WebhookEndpointId)
+        .from(endpoint::Entity)
+        .and_where(endpoint::Column::Disabled.eq(false))
+        .to_owned();
+    let mut due = Query::select();
+    due.column(delivery::Column::WebhookDeliveryId)
+        .from(delivery::Entity)
+        .and_where(delivery::Column::State.eq(DeliveryState::Pending))
+        .and_where(delivery::Column::NextAttemptTime.lte(now))
+        .cond_where(free.clone())
+        .and_where(delivery::Column::WebhookEndpointId.in_subquery(enabled))
+        .order_by(delivery::Column::NextAttemptTime, sea_orm::Order::Asc)
+        .limit(limit);
+    if !busy.is_empty() {
+        due.and_where(delivery::Column::WebhookEndpointId.is_not_in(busy.iter().cloned()));
+    }
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Replicas claiming at once take different rows instead of queueing on the same ones.
+        due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let tx = begin_write(db).await?;
+    let ids: Vec<String> = {
+        tx.query_all(&due)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String>("", "webhook_delivery_id"))
+            .collect::<Result<_, _>>()?
+    };
+    if ids.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids.clone()))
+        .filter(free)
+        .exec(&tx)
+        .await?;
+    let deliveries = delivery::Entity::find()
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids))
+        .filter(delivery::Column::LeaseUntil.eq(until))
+        .all(&tx)
+        .await?;
+    let endpoint_ids: Vec<String> = deliveries.iter().map(|d| d.webhook_endpoint_id.clone()).collect();
+    let endpoints =
+        endpoint::Entity::find().filter(endpoint::Column::WebhookEndpointId.is_in(endpoint_ids)).all(&tx).await?;
+    tx.commit().await?;
+    Ok(deliveries
+        .into_iter()
+        .filter_map(|delivery| {
+            let endpoint = endpoints.iter().find(|e| e.webhook_endpoint_id == delivery.webhook_endpoint_id)?.clone();
+            Some(Claimed { delivery, endpoint })
+        })
+        .collect())
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub time: DateTime<Utc>,
+    /// The HTTP status, if an answer came.
+    pub http_status: Option<u16>,
+    pub error: String,
+    pub duration: Duration,
+}
+
+impl AttemptOutcome {
+    pub fn delivered(&self) -> bool {
+        self.http_status.is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+/// What became of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    /// Due again then.
+    Retry(DateTime<Utc>),
+    Failed,
+    /// The endpoint has failed everything for too long and was disabled.
+    EndpointDisabled,
+}
+
+/// Records an attempt and what follows from it: delivered; due again after
+/// `retry_in` (`None`: the schedule is exhausted, failed); and the endpoint
+/// disabled once it has failed everything since `disable_after` ago.
+pub async fn record_attempt(
+    db: &DatabaseConnection,
+    claimed: &Claimed,
+    outcome: &AttemptOutcome,
+    retry_in: Option<Duration>,
+    disable_after: Duration,
+) -> Result<AfterAttempt, StoreError> {
+    let tx = begin_write(db).await?;
+    let delivery_id = &claimed.delivery.webhook_delivery_id;
+    let record = attempt::ActiveModel {
+        webhook_delivery_id: Set(delivery_id.clone()),
+        attempt_time: Set(outcome.time),
+        http_status: Set(outcome.http_status.map_or(0, i32::from)),
+        error: Set(outcome.error.chars().take(500).collect()),
+        duration_ms: Set(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
+        ..Default::default()
+    };
+    attempt::Entity::insert(record).exec(&tx).await?;
+    let now = outcome.time;
+    let endpoint_id = &claimed.endpoint.webhook_endpoint_id;
+    let after = if outcome.delivered() {
+        endpoint::Entity::update_many()
+            .col_expr(endpoint::Column::FailingSince, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id))
+            .exec(&tx)
+            .await?;
+        AfterAttempt::Delivered
+    } else {
+        let failing_since = find_endpoint(&tx, endpoint_id).await?.and_then(|e| e.failing_since).unwrap_or(now);
+        let disable = now - failing_since >= chrono::Duration::from_std(disable_after).unwrap_or(chrono::Duration::MAX);
+        let mut update = endpoint::Entity::update_many()
+            .col_expr(endpoint::Column::FailingSince, Expr::value(failing_since))
+            .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id));
+        if disable {
+            let reason = format!(
+                "every delivery failed for {} (webhooks.disable_after)",
+                humantime::format_duration(disable_after)
+            );
+            update = update
+                .col_expr(endpoint::Column::Disabled, Expr::value(true))
+                .col_expr(endpoint::Column::DisabledReason, Expr::value(reason))
+                .col_expr(endpoint::Column::UpdateTime, Expr::value(now));
+        }
+        update.exec(&tx).await?;
+        match (disable, retry_in) {
+            (true, _) => AfterAttempt::EndpointDisabled,
+            (false, Some(delay)) => {
+                AfterAttempt::Retry(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
+            }
+            (false, None) => AfterAttempt::Failed,
+        }
+    };
+    let (state, next) = match after {
+        AfterAttempt::Delivered => (DeliveryState::Delivered, None),
+        AfterAttempt::Retry(at) => (DeliveryState::Pending, Some(at)),
+        AfterAttempt::Failed | AfterAttempt::EndpointDisabled => (DeliveryState::Failed, None),
+    };
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::State, Expr::value(state))
+        .col_expr(delivery::Column::NextAttemptTime, Expr::value(next))
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::AttemptCount, Expr::col(delivery::Column::AttemptCount).add(1))
+        .filter(delivery::Column::WebhookDeliveryId.eq(delivery_id))
+        .exec(&tx)
+        .await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Pending deliveries, and the age of the oldest that is due (for the gauges).
+pub async fn queue_depth(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<(u64, Option<Duration>), DbErr> {
+    use sea_orm::PaginatorTrait;
+    let pending = delivery::Entity::find().filter(delivery::Column::State.eq(DeliveryState::Pending));
+    let count = pending.clone().count(db).await?;
+    let oldest = pending
+        .filter(delivery::Column::NextAttemptTime.lte(now))
+        .order_by_asc(delivery::Column::CreateTime)
+        .one(db)
+        .await?
+        .map(|oldest| (now - oldest.create_time).to_std().unwrap_or_default());
+    Ok((count, oldest))
+}
+
+/// Gives claims back unsent (this replica had no slot for them).
+pub async fn release_claims(db: &DatabaseConnection, ids: &[String]) -> Result<(), StoreError> {
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids.iter().cloned()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
