@@ -27,4 +27,5 @@ mod telemetry;
 mod tls;
 mod transfer;
 mod validation;
+mod webhooks;
 mod workflow;

@@ -69,8 +69,17 @@ impl HttpServer {
         F: Fn(Received) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Answer> + Send + 'static,
     {
+        Self::start_on("127.0.0.1:0", certificate, handler).await
+    }
+
+    /// Like [`HttpServer::start`], on `addr` (a port that was down, come back).
+    pub async fn start_on<F, Fut>(addr: &str, certificate: Option<&TestCertificate>, handler: F) -> Self
+    where
+        F: Fn(Received) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
         let handler: Handler = Arc::new(move |received| Box::pin(handler(received)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = certificate.map(|certificate| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -27,11 +27,13 @@ use partnerhub_proto::{
     account::v1::account_service_client::AccountServiceClient,
     partnerchange::v1::partner_change_service_client::PartnerChangeServiceClient,
     permissions::v1::permissions_service_client::PermissionsServiceClient,
+    webhooks::v1::webhook_service_client::WebhookServiceClient,
 };
 use partnerhub_runtime::{
     auth::{BearerToken, Subject, TokenKeys},
     config::Settings,
 };
+use partnerhub_webhooks::settings::WebhooksSettings;
 use secrecy::SecretString;
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
@@ -41,6 +43,7 @@ pub use crate::database::{Backend, TestDatabase};
 pub trait ServiceSections {
     fn partner_change(&mut self) -> &mut PartnerChangeSettings;
     fn permissions(&mut self) -> &mut PermissionsSettings;
+    fn webhooks(&mut self) -> &mut WebhooksSettings;
 }
 
 impl ServiceSections for Settings {
@@ -49,6 +52,10 @@ impl ServiceSections for Settings {
     }
 
     fn permissions(&mut self) -> &mut PermissionsSettings {
+        self.section_mut()
+    }
+
+    fn webhooks(&mut self) -> &mut WebhooksSettings {
         self.section_mut()
     }
 }
@@ -176,6 +183,10 @@ impl TestApp {
 
     pub fn permissions(&self, subject: &str) -> PermissionsServiceClient<Authed> {
         PermissionsServiceClient::new(self.channel_with_token(&self.token(subject)))
+    }
+
+    pub fn webhooks(&self, subject: &str) -> WebhookServiceClient<Authed> {
+        WebhookServiceClient::new(self.channel_with_token(&self.token(subject)))
     }
 
     /// The app's migration worker, to drive step by step when the background

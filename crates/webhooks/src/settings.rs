@@ -103,8 +103,8 @@ impl ServiceSettings for WebhooksSettings {
         if self.max_in_flight == 0 || self.max_in_flight_per_endpoint == 0 {
             return Err(ConfigError::invalid("webhooks.max_in_flight", "must be at least 1"));
         }
-        if self.retry_schedule.0.len() > 20 {
-            return Err(ConfigError::invalid("webhooks.retry_schedule", "at most 20 retries"));
+        if self.retry_schedule.0.len() > 100 {
+            return Err(ConfigError::invalid("webhooks.retry_schedule", "at most 100 retries"));
         }
         Ok(())
     }

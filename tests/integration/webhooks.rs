@@ -1,0 +1,484 @@
+//! Signed webhooks, against a local receiver that verifies every request with
+//! the Standard Webhooks library (crates.io `standardwebhooks`), not with ours:
+//! a whole partner change reaches the destination's, the source's and the
+//! client's endpoints; a failing receiver gets the event again with the same
+//! `webhook-id`; a receiver that was down gets everything once it is back;
+//! secrets rotate with an overlap; private addresses are refused; another
+//! tenant's endpoint answers as a missing one.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use partnerhub_proto::{
+    partnerchange::v1::PartnerChangeState as St,
+    webhooks::v1::{self as wh, WebhookDeliveryState},
+};
+use partnerhub_tests::{
+    Backend, ServiceSections, TestApp, eventually,
+    http::{HttpServer, Received},
+    on_both_databases, reason, violated_fields,
+};
+use partnerhub_webhooks::settings::RetrySchedule;
+use tonic::Code;
+
+use crate::fixtures::{scenario, wait_for_state};
+
+on_both_databases!(
+    a_partner_change_reaches_every_endpoint_that_sees_it_signed,
+    a_failing_receiver_gets_the_event_again_with_the_same_webhook_id,
+    a_receiver_that_was_down_gets_everything_once_it_is_back,
+    another_tenants_endpoint_answers_as_a_missing_one,
+);
+
+/// What a receiver got: each request, and whether the library verified it.
+#[derive(Clone, Default)]
+struct Inbox(Arc<Mutex<Vec<(Received, bool)>>>);
+
+impl Inbox {
+    fn all(&self) -> Vec<(Received, bool)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The JSON bodies that arrived at `path`.
+    fn bodies_at(&self, path: &str) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .filter(|(received, _)| received.path == path)
+            .map(|(received, _)| serde_json::from_slice(&received.body).unwrap())
+            .collect()
+    }
+}
+
+/// The secret of each path's endpoint, as the receiver knows it.
+type Secrets = Arc<Mutex<std::collections::HashMap<String, String>>>;
+
+/// A receiver verifying with the Standard Webhooks library; `answer` says
+/// what it answers to the n-th request (counting from 0).
+async fn receiver(
+    secrets: Secrets,
+    answer: impl Fn(usize) -> http::StatusCode + Send + Sync + 'static,
+) -> (HttpServer, Inbox) {
+    receiver_on("127.0.0.1:0", secrets, answer).await
+}
+
+async fn receiver_on(
+    addr: &str,
+    secrets: Secrets,
+    answer: impl Fn(usize) -> http::StatusCode + Send + Sync + 'static,
+) -> (HttpServer, Inbox) {
+    let inbox = Inbox::default();
+    let answer = Arc::new(answer);
+    let server = HttpServer::start_on(addr, None, {
+        let inbox = inbox.clone();
+        move |received: Received| {
+            let secret = secrets.lock().unwrap().get(&received.path).cloned();
+            let verified = secret.is_some_and(|secret| {
+                standardwebhooks::Webhook::new(&secret).unwrap().verify(&received.body, &received.headers).is_ok()
+            });
+            let n = {
+                let mut inbox = inbox.0.lock().unwrap();
+                inbox.push((received, verified));
+                inbox.len() - 1
+            };
+            let status = answer(n);
+            async move { (status, String::new()) }
+        }
+    })
+    .await;
+    (server, inbox)
+}
+
+/// An app that may deliver to this machine over plain HTTP, retrying fast.
+async fn app(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, |settings| {
+        let webhooks = settings.webhooks();
+        webhooks.allow_http = true;
+        webhooks.allow_private_networks = true;
+        webhooks.poll_interval = Duration::from_millis(50);
+        webhooks.retry_schedule = RetrySchedule(vec![Duration::from_millis(100); 30]);
+    })
+    .await
+}
+
+async fn create(
+    app: &TestApp,
+    subject: &str,
+    owner: Option<wh::create_webhook_endpoint_request::Owner>,
+    url: String,
+) -> (wh::WebhookEndpoint, String) {
+    let created = app
+        .webhooks(subject)
+        .create_webhook_endpoint(wh::CreateWebhookEndpointRequest { owner, url, description: "test".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    (created.endpoint.unwrap(), created.secret)
+}
+
+async fn deliveries(app: &TestApp, endpoint_id: &str) -> Vec<wh::WebhookDelivery> {
+    app.webhooks("support:alice")
+        .list_webhook_deliveries(wh::ListWebhookDeliveriesRequest {
+            webhook_endpoint_id: endpoint_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+fn types(bodies: &[serde_json::Value]) -> Vec<String> {
+    let mut types: Vec<String> = bodies.iter().map(|body| body["type"].as_str().unwrap().to_owned()).collect();
+    types.sort();
+    types
+}
+
+async fn a_partner_change_reaches_every_endpoint_that_sees_it_signed(backend: Backend) {
+    use wh::create_webhook_endpoint_request::Owner;
+    let app = app(backend).await;
+    let s = scenario(&app, false).await;
+    let secrets = Secrets::default();
+    let (server, inbox) = receiver(secrets.clone(), |_| http::StatusCode::NO_CONTENT).await;
+    // The destination registers its own; support registers the source's; the client its own.
+    let (destination, secret) =
+        create(&app, &s.destination_subject(), None, format!("{}/destination", server.base_url)).await;
+    secrets.lock().unwrap().insert("/destination".into(), secret);
+    let (_, secret) = create(
+        &app,
+        "support:alice",
+        Some(Owner::PartnerId(s.source.partner_id.clone())),
+        format!("{}/source", server.base_url),
+    )
+    .await;
+    secrets.lock().unwrap().insert("/source".into(), secret);
+    let (_, secret) = create(&app, &s.client_subject(), None, format!("{}/client", server.base_url)).await;
+    secrets.lock().unwrap().insert("/client".into(), secret);
+    // Someone else's endpoint hears nothing of it.
+    let (_, secret) = create(&app, "partner:bystander", None, format!("{}/bystander", server.base_url)).await;
+    secrets.lock().unwrap().insert("/bystander".into(), secret);
+
+    let change = s.submit(&app, "webhook-flow").await;
+    s.approve(&app, &change.partner_change_id).await;
+    wait_for_state(&app, &change.partner_change_id, St::Completed).await;
+
+    let expected = ["completed", "approved", "migration_started", "submitted"].map(|t| format!("partner_change.{t}"));
+    let mut expected = expected.to_vec();
+    expected.sort();
+    for path in ["/destination", "/source", "/client"] {
+        eventually("every event at every endpoint", Duration::from_secs(20), || {
+            let got = types(&inbox.bodies_at(path));
+            async move { (got.len() >= 4).then_some(()) }
+        })
+        .await;
+        assert_eq!(types(&inbox.bodies_at(path)), expected, "{path}");
+    }
+    assert!(inbox.bodies_at("/bystander").is_empty());
+    let all = inbox.all();
+    assert!(all.iter().all(|(_, verified)| *verified), "every request verifies with the library");
+    let ids: std::collections::HashSet<_> =
+        all.iter().map(|(received, _)| received.headers["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), all.len(), "one webhook-id per event and endpoint");
+    let body = &inbox.bodies_at("/destination")[0];
+    assert_eq!(body["data"]["partner_change"]["partner_change_id"], change.partner_change_id);
+    assert!(body["data"]["cursor"].as_str().is_some_and(|cursor| !cursor.is_empty()));
+    assert!(body["timestamp"].as_str().is_some());
+
+    // The receiver answers before the attempt is recorded.
+    let listed = eventually("the attempts recorded", Duration::from_secs(10), || {
+        let (app, id) = (&app, destination.webhook_endpoint_id.clone());
+        async move {
+            let listed = deliveries(app, &id).await;
+            listed.iter().all(|d| d.state() == WebhookDeliveryState::Delivered).then_some(listed)
+        }
+    })
+    .await;
+    assert_eq!(listed.len(), 4);
+    for delivery in &listed {
+        assert_eq!(delivery.attempts.len(), 1);
+        assert_eq!(delivery.attempts[0].http_status, 204);
+        assert_eq!(delivery.partner_change_id, change.partner_change_id);
+    }
+}
+
+async fn a_failing_receiver_gets_the_event_again_with_the_same_webhook_id(backend: Backend) {
+    let app = app(backend).await;
+    let s = scenario(&app, false).await;
+    let secrets = Secrets::default();
+    // 500, 500, then 200 for everything.
+    let (server, inbox) =
+        receiver(
+            secrets.clone(),
+            |n| {
+                if n < 2 { http::StatusCode::INTERNAL_SERVER_ERROR } else { http::StatusCode::OK }
+            },
+        )
+        .await;
+    let (endpoint, secret) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    secrets.lock().unwrap().insert("/hook".into(), secret);
+    s.submit(&app, "webhook-retry").await;
+
+    let delivered = eventually("the event delivered", Duration::from_secs(20), || {
+        let app = &app;
+        let id = endpoint.webhook_endpoint_id.clone();
+        async move {
+            let listed = deliveries(app, &id).await;
+            listed.into_iter().find(|d| d.state() == WebhookDeliveryState::Delivered)
+        }
+    })
+    .await;
+    let statuses: Vec<i32> = delivered.attempts.iter().map(|attempt| attempt.http_status).collect();
+    assert_eq!(statuses, [500, 500, 200]);
+    let requests = inbox.all();
+    assert_eq!(requests.len(), 3);
+    for (received, verified) in &requests {
+        assert!(verified);
+        assert_eq!(received.headers["webhook-id"], delivered.webhook_message_id.as_str(), "stable across retries");
+    }
+
+    // Sent again on demand, with the same webhook-id.
+    let again = app
+        .webhooks(&s.destination_subject())
+        .redeliver_webhook_event(wh::RedeliverWebhookEventRequest {
+            webhook_delivery_id: delivered.webhook_delivery_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(again.state(), WebhookDeliveryState::Pending);
+    eventually("the redelivery", Duration::from_secs(10), || {
+        let count = inbox.all().len();
+        async move { (count == 4).then_some(()) }
+    })
+    .await;
+    assert_eq!(inbox.all()[3].0.headers["webhook-id"], delivered.webhook_message_id.as_str());
+}
+
+async fn a_receiver_that_was_down_gets_everything_once_it_is_back(backend: Backend) {
+    let app = app(backend).await;
+    let s = scenario(&app, true).await;
+    // A port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (endpoint, secret) =
+        create(&app, &s.destination_subject(), None, format!("http://127.0.0.1:{port}/hook")).await;
+    let change = s.submit(&app, "webhook-down").await;
+    wait_for_state(&app, &change.partner_change_id, St::Completed).await;
+    // Attempts fail while the receiver is down…
+    eventually("failed attempts", Duration::from_secs(10), || {
+        let app = &app;
+        let id = endpoint.webhook_endpoint_id.clone();
+        async move {
+            let listed = deliveries(app, &id).await;
+            listed.iter().all(|d| d.attempts.len() >= 2 && d.attempts[0].http_status == 0).then_some(())
+        }
+    })
+    .await;
+    let listed = deliveries(&app, &endpoint.webhook_endpoint_id).await;
+    assert!(listed.iter().all(|d| d.state() == WebhookDeliveryState::Pending));
+    assert!(!listed[0].attempts[0].error.is_empty(), "the connection error is recorded");
+
+    // …and once it is back, everything arrives.
+    let secrets = Secrets::default();
+    secrets.lock().unwrap().insert("/hook".into(), secret);
+    let (_server, inbox) = receiver_on(&format!("127.0.0.1:{port}"), secrets, |_| http::StatusCode::OK).await;
+    eventually("everything delivered", Duration::from_secs(20), || {
+        let count = inbox.bodies_at("/hook").len();
+        async move { (count >= 4).then_some(()) }
+    })
+    .await;
+    let mut expected =
+        ["completed", "approved", "migration_started", "submitted"].map(|t| format!("partner_change.{t}")).to_vec();
+    expected.sort();
+    assert_eq!(types(&inbox.bodies_at("/hook")), expected);
+    assert!(inbox.all().iter().all(|(_, verified)| *verified));
+}
+
+async fn another_tenants_endpoint_answers_as_a_missing_one(backend: Backend) {
+    let app = app(backend).await;
+    let (endpoint, _) = create(&app, "partner:owner", None, "http://127.0.0.1:9/hook".into()).await;
+    let id = endpoint.webhook_endpoint_id.clone();
+    let missing = "whe-0192f1d24a1b7c2d8e3f4a5b6c7d8e9f".to_owned();
+    for subject in ["partner:stranger", "client:stranger"] {
+        let client = app.webhooks(subject);
+        for target in [&id, &missing] {
+            let get = client
+                .clone()
+                .get_webhook_endpoint(wh::GetWebhookEndpointRequest { webhook_endpoint_id: target.clone() })
+                .await
+                .unwrap_err();
+            assert_eq!((get.code(), reason(&get)), (Code::NotFound, "WEBHOOK_ENDPOINT_NOT_FOUND".to_owned()));
+            assert_eq!(get.message(), format!("webhook endpoint {target} not found"), "worded alike");
+        }
+        let calls = [
+            client
+                .clone()
+                .delete_webhook_endpoint(wh::DeleteWebhookEndpointRequest { webhook_endpoint_id: id.clone() })
+                .await
+                .map(drop),
+            client
+                .clone()
+                .rotate_webhook_secret(wh::RotateWebhookSecretRequest {
+                    webhook_endpoint_id: id.clone(),
+                    overlap: None,
+                })
+                .await
+                .map(drop),
+            client
+                .clone()
+                .list_webhook_deliveries(wh::ListWebhookDeliveriesRequest {
+                    webhook_endpoint_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            client
+                .clone()
+                .update_webhook_endpoint(wh::UpdateWebhookEndpointRequest {
+                    endpoint: Some(wh::WebhookEndpoint {
+                        webhook_endpoint_id: id.clone(),
+                        disabled: true,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths: vec!["disabled".into()] }),
+                })
+                .await
+                .map(drop),
+        ];
+        for call in calls {
+            assert_eq!(call.unwrap_err().code(), Code::NotFound, "{subject}");
+        }
+        let listed = client
+            .clone()
+            .list_webhook_endpoints(wh::ListWebhookEndpointsRequest {
+                owner: Some(wh::list_webhook_endpoints_request::Owner::PartnerId("owner".into())),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(listed.code(), Code::NotFound);
+    }
+    // Untouched, and the owner and support see it.
+    let own = app
+        .webhooks("partner:owner")
+        .get_webhook_endpoint(wh::GetWebhookEndpointRequest { webhook_endpoint_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert!(!own.disabled);
+    let listed = app
+        .webhooks("support:alice")
+        .list_webhook_endpoints(wh::ListWebhookEndpointsRequest {
+            owner: Some(wh::list_webhook_endpoints_request::Owner::PartnerId("owner".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.endpoints.len(), 1);
+    // A service has no business here at all.
+    let service = app
+        .webhooks("service:messaging")
+        .get_webhook_endpoint(wh::GetWebhookEndpointRequest { webhook_endpoint_id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(service.code(), Code::PermissionDenied);
+}
+
+/// Registration refuses what delivery would refuse: plain HTTP, cloud
+/// metadata, loopback by address and by name.
+#[tokio::test]
+async fn private_addresses_and_plain_http_are_refused_unless_allowed() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "https://169.254.169.254/latest/meta-data",
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/hook",
+        "https://10.0.0.7/hook",
+        "https://[::1]/hook",
+        "not a url",
+    ] {
+        let refused = app
+            .webhooks("partner:p1")
+            .create_webhook_endpoint(wh::CreateWebhookEndpointRequest {
+                owner: None,
+                url: url.into(),
+                description: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{url}: {refused:?}");
+        assert_eq!(violated_fields(&refused), ["url"], "{url}");
+    }
+    let listed = app
+        .webhooks("partner:p1")
+        .list_webhook_endpoints(wh::ListWebhookEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.endpoints.is_empty(), "nothing was created");
+}
+
+/// During a rotation's overlap each request carries both signatures; after
+/// a rotation without overlap only the new secret verifies.
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
+    let app = app(Backend::Sqlite).await;
+    let s = scenario(&app, false).await;
+    let secrets = Secrets::default();
+    let (server, inbox) = receiver(secrets.clone(), |_| http::StatusCode::OK).await;
+    let (endpoint, old) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    let rotated = app
+        .webhooks(&s.destination_subject())
+        .rotate_webhook_secret(wh::RotateWebhookSecretRequest {
+            webhook_endpoint_id: endpoint.webhook_endpoint_id.clone(),
+            overlap: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = rotated.secret;
+    assert_ne!(new, old);
+    assert!(rotated.endpoint.unwrap().previous_secret_expire_time.is_some());
+    s.submit(&app, "webhook-rotation").await;
+    eventually("the event", Duration::from_secs(10), || {
+        let count = inbox.all().len();
+        async move { (count >= 1).then_some(()) }
+    })
+    .await;
+    let (received, _) = inbox.all()[0].clone();
+    let verifies = |secret: &str| {
+        standardwebhooks::Webhook::new(secret).unwrap().verify(&received.body, &received.headers).is_ok()
+    };
+    assert!(verifies(&old) && verifies(&new), "both secrets during the overlap");
+    assert_eq!(received.headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
+
+    // Without overlap the old one is gone at once.
+    let newest = app
+        .webhooks(&s.destination_subject())
+        .rotate_webhook_secret(wh::RotateWebhookSecretRequest {
+            webhook_endpoint_id: endpoint.webhook_endpoint_id.clone(),
+            overlap: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    s.another_waba(&app, 1).await.submit(&app, "webhook-rotation-2").await;
+    eventually("the second event", Duration::from_secs(10), || {
+        let count = inbox.all().len();
+        async move { (count >= 2).then_some(()) }
+    })
+    .await;
+    let (received, _) = inbox.all()[1].clone();
+    let verifies = |secret: &str| {
+        standardwebhooks::Webhook::new(secret).unwrap().verify(&received.body, &received.headers).is_ok()
+    };
+    assert!(verifies(&newest));
+    assert!(!verifies(&new) && !verifies(&old));
+}
