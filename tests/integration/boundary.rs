@@ -195,6 +195,14 @@ async fn a_caller_that_may_never_call_a_method_is_denied_before_its_request_is_r
         ("CheckPermission", &[O, M]),
         ("RevokePartnerPermissions", &[M]),
         ("GrantPartnerPermissions", &[M]),
+        ("CreateWebhookEndpoint", &[C, P, S]),
+        ("GetWebhookEndpoint", &[C, P, S]),
+        ("ListWebhookEndpoints", &[C, P, S]),
+        ("UpdateWebhookEndpoint", &[C, P, S]),
+        ("DeleteWebhookEndpoint", &[C, P, S]),
+        ("RotateWebhookSecret", &[C, P, S]),
+        ("ListWebhookDeliveries", &[C, P, S]),
+        ("RedeliverWebhookEvent", &[C, P, S]),
     ];
     let app = TestApp::spawn(Backend::Sqlite).await;
     let channel = app.channel_without_token();

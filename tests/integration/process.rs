@@ -188,6 +188,7 @@ fn the_deploy_files_pass_real_validators() {
         "deployment/partnerhub-account",
         "deployment/partnerhub-partner-change",
         "deployment/partnerhub-permissions",
+        "deployment/partnerhub-webhooks",
         "job/partnerhub-migrate",
     ] {
         assert!(output.contains(&format!("passed for resource {kind}")), "{kind} was not validated:\n{output}");

@@ -171,7 +171,8 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
         sample(&partner_change, r#"partnerhub_partner_change_saga_step_duration_seconds_count{step="transfer"}"#),
         1.0
     );
-    assert_eq!(sample(&partner_change, "partnerhub_partner_change_event_stream_subscribers"), 1.0);
+    // This test's subscriber, and the webhooks service's follower of the stream.
+    assert_eq!(sample(&partner_change, "partnerhub_partner_change_event_stream_subscribers"), 2.0);
     assert!(
         sample(&partner_change, "partnerhub_partner_change_event_stream_delivery_lag_seconds_count") >= 4.0,
         "{partner_change}"

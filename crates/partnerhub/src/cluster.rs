@@ -343,7 +343,9 @@ fn write_config(dir: &Path, database_url: &str, tls: bool) -> Result<PathBuf, Cl
     let config = dir.join("partnerhub.toml");
     let text = format!(
         "# Written by `partnerhub cluster`: what every member of the local cluster shares.\n\
-         data_dir = {data_dir:?}\n\n[database]\nurl = {database_url:?}\n\n[auth]\nsigning_key_file = {key:?}\n",
+         data_dir = {data_dir:?}\n\n[database]\nurl = {database_url:?}\n\n[auth]\nsigning_key_file = {key:?}\n\n\
+         # Webhooks to receivers on this machine, over plain HTTP.\n\
+         [webhooks]\nallow_http = true\nallow_private_networks = true\n",
         data_dir = dir.display().to_string(),
         key = key.display().to_string(),
     );

@@ -58,7 +58,7 @@ impl Follower {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut waiting_logged = false;
         while !shutdown.is_cancelled() {
-            let pause = match store::take_follower_lease(&self.db, &self.holder, self.lease, now()).await {
+            let pause = match store::take_follower_lease(&self.db, &self.holder, self.lease).await {
                 Ok(Some(cursor)) => {
                     waiting_logged = false;
                     tracing::info!(holder = %self.holder, "following the event stream for webhooks");
@@ -110,7 +110,7 @@ impl Follower {
             let message = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(renew_at) => {
-                    if store::take_follower_lease(&self.db, &self.holder, self.lease, now()).await?.is_none() {
+                    if store::take_follower_lease(&self.db, &self.holder, self.lease).await?.is_none() {
                         tracing::info!("another replica took over the event stream");
                         return Ok(());
                     }

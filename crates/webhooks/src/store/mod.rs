@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write},
+    db::{StoreError, begin_write, database_now, database_time_after},
     ids::new_id,
 };
 use sea_orm::{
@@ -236,24 +236,24 @@ pub async fn redeliver(db: &DatabaseConnection, id: &str, now: DateTime<Utc>) ->
 
 // ---- Following the event stream ----
 
-/// Takes (or renews) the follower's lease for `holder`; the stored cursor
-/// when it is `holder`'s, `None` while another replica holds it.
+/// Takes (or renews) the follower's lease for `holder`, judged by the
+/// database's clock; the stored cursor when it is `holder`'s, `None` while
+/// another replica holds it.
 pub async fn take_follower_lease(
     db: &DatabaseConnection,
     holder: &str,
     lease: Duration,
-    now: DateTime<Utc>,
 ) -> Result<Option<String>, StoreError> {
-    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let backend = db.get_database_backend();
     let taken = follower::Entity::update_many()
         .col_expr(follower::Column::Holder, Expr::value(holder))
-        .col_expr(follower::Column::LeaseUntil, Expr::value(until))
+        .col_expr(follower::Column::LeaseUntil, database_time_after(backend, lease))
         .filter(follower::Column::Id.eq(1))
         .filter(
             Condition::any()
                 .add(follower::Column::Holder.eq(holder))
                 .add(follower::Column::Holder.is_null())
-                .add(follower::Column::LeaseUntil.lt(now)),
+                .add(Expr::col(follower::Column::LeaseUntil).lt(database_now(backend))),
         )
         .exec(db)
         .await?;
@@ -299,10 +299,9 @@ pub async fn record_events(
 ) -> Result<bool, StoreError> {
     let Some(last) = events.last() else { return Ok(true) };
     let tx = begin_write(db).await?;
-    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
     let still_holder = follower::Entity::update_many()
         .col_expr(follower::Column::Cursor, Expr::value(last.cursor.clone()))
-        .col_expr(follower::Column::LeaseUntil, Expr::value(until))
+        .col_expr(follower::Column::LeaseUntil, database_time_after(db.get_database_backend(), lease))
         .filter(follower::Column::Id.eq(1))
         .filter(follower::Column::Holder.eq(holder))
         .exec(&tx)
@@ -363,7 +362,7 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` due deliveries of enabled endpoints not in `busy`,
-/// for `lease`: no other replica sends them until it lapses (a replica that
+/// for `lease` (by the database's clock): no other replica sends them until it lapses (a replica that
 /// dies mid-send leaves them to be taken over then).
 pub async fn claim_due(
     db: &DatabaseConnection,
@@ -375,8 +374,10 @@ pub async fn claim_due(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    let free = Condition::any().add(delivery::Column::LeaseUntil.is_null()).add(delivery::Column::LeaseUntil.lt(now));
+    let backend = db.get_database_backend();
+    let free = Condition::any()
+        .add(delivery::Column::LeaseUntil.is_null())
+        .add(Expr::col(delivery::Column::LeaseUntil).lt(database_now(backend)));
     let enabled = Query::select()
         .column(endpoint::Column::WebhookEndpointId)
         .from(endpoint::Entity)
@@ -394,32 +395,27 @@ pub async fn claim_due(
     if !busy.is_empty() {
         due.and_where(delivery::Column::WebhookEndpointId.is_not_in(busy.iter().cloned()));
     }
-    if db.get_database_backend() == DbBackend::Postgres {
+    if backend == DbBackend::Postgres {
         // Replicas claiming at once take different rows instead of queueing on the same ones.
         due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
     }
     let tx = begin_write(db).await?;
-    let ids: Vec<String> = {
-        tx.query_all(&due)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String>("", "webhook_delivery_id"))
-            .collect::<Result<_, _>>()?
-    };
+    let ids: Vec<String> = tx
+        .query_all(&due)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "webhook_delivery_id"))
+        .collect::<Result<_, _>>()?;
     if ids.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    delivery::Entity::update_many()
-        .col_expr(delivery::Column::LeaseUntil, Expr::value(until))
-        .filter(delivery::Column::WebhookDeliveryId.is_in(ids.clone()))
-        .filter(free)
-        .exec(&tx)
-        .await?;
-    let deliveries = delivery::Entity::find()
+    // The lease is judged by the database's clock; the rows it returns are the ones this call took.
+    let deliveries = delivery::Entity::update_many()
+        .col_expr(delivery::Column::LeaseUntil, database_time_after(backend, lease))
         .filter(delivery::Column::WebhookDeliveryId.is_in(ids))
-        .filter(delivery::Column::LeaseUntil.eq(until))
-        .all(&tx)
+        .filter(free)
+        .exec_with_returning(&tx)
         .await?;
     let endpoint_ids: Vec<String> = deliveries.iter().map(|d| d.webhook_endpoint_id.clone()).collect();
     let endpoints =
