@@ -26,6 +26,7 @@ use tonic::Code;
 use crate::fixtures::{scenario, wait_for_state};
 
 on_both_databases!(
+    two_replicas_deliver_each_event_once,
     a_partner_change_reaches_every_endpoint_that_sees_it_signed,
     a_failing_receiver_gets_the_event_again_with_the_same_webhook_id,
     a_receiver_that_was_down_gets_everything_once_it_is_back,
@@ -481,4 +482,120 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
     };
     assert!(verifies(&newest));
     assert!(!verifies(&new) && !verifies(&old));
+}
+
+async fn two_replicas_deliver_each_event_once(backend: Backend) {
+    let app = app(backend).await;
+    let replica = app.spawn_replica().await;
+    let s = scenario(&app, true).await;
+    let secrets = Secrets::default();
+    let (server, inbox) = receiver(secrets.clone(), |_| http::StatusCode::OK).await;
+    let (endpoint, secret) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    secrets.lock().unwrap().insert("/hook".into(), secret);
+    // Three auto-approved changes, submitted through either replica: twelve events.
+    let mut changes = Vec::new();
+    for n in 0..3 {
+        let through = if n % 2 == 0 { &app } else { &replica };
+        let one = s.another_waba(through, 1).await;
+        changes.push(one.submit(through, &format!("webhook-replicas-{n}")).await.partner_change_id);
+    }
+    for id in &changes {
+        wait_for_state(&app, id, St::Completed).await;
+    }
+    eventually("twelve deliveries", Duration::from_secs(20), || {
+        let count = inbox.all().len();
+        async move { (count >= 12).then_some(()) }
+    })
+    .await;
+    // Let a duplicate, if either replica were to send one, arrive.
+    eventually("every delivery recorded", Duration::from_secs(5), || {
+        let (app, id) = (&app, endpoint.webhook_endpoint_id.clone());
+        async move {
+            let listed = deliveries(app, &id).await;
+            (listed.len() == 12 && listed.iter().all(|d| d.state() == WebhookDeliveryState::Delivered)).then_some(())
+        }
+    })
+    .await;
+    let all = inbox.all();
+    assert_eq!(all.len(), 12, "each event once, though two replicas deliver");
+    let ids: std::collections::HashSet<_> =
+        all.iter().map(|(received, _)| received.headers["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 12);
+    assert!(all.iter().all(|(_, verified)| *verified));
+    drop(replica);
+}
+
+/// Two server processes on one PostgreSQL database; the one that follows the
+/// event stream for webhooks is killed with SIGKILL; the other takes over once
+/// its lease lapses, and no event is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_following_replica_killed_loses_no_event() {
+    use base64::Engine as _;
+    use partnerhub_tests::{TestDatabase, binary::ServerProcess};
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let url = database.url().unwrap();
+    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    let env = [
+        ("PARTNERHUB__DATABASE__URL", url.as_str()),
+        ("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str()),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true"),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("PARTNERHUB__WEBHOOKS__FOLLOWER_LEASE", "2s"),
+        ("PARTNERHUB__WEBHOOKS__POLL_INTERVAL", "100ms"),
+        ("PARTNERHUB__WEBHOOKS__RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms"),
+        ("PARTNERHUB__PARTNER_CHANGE__WORKER__POLL_INTERVAL", "100ms"),
+    ];
+    // The first to start takes the follower's lease.
+    // Each in its own directory: its own log.
+    let first = ServerProcess::start_with(&database.data_dir().join("first"), &[], &env);
+    let first_clients = first.clients(Some(&key));
+    let s = scenario(&first_clients, true).await;
+    let secrets = Secrets::default();
+    let (server, inbox) = receiver(secrets.clone(), |_| http::StatusCode::OK).await;
+    let created = first_clients
+        .webhooks(&s.destination_subject())
+        .create_webhook_endpoint(wh::CreateWebhookEndpointRequest {
+            owner: None,
+            url: format!("{}/hook", server.base_url),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.lock().unwrap().insert("/hook".into(), created.secret);
+    let second = ServerProcess::start_with(&database.data_dir().join("second"), &[], &env);
+    let second_clients = second.clients(Some(&key));
+
+    let before = s.submit(&first_clients, "before-the-kill").await;
+    eventually("the first change's four events", Duration::from_secs(20), || {
+        let count = inbox.bodies_at("/hook").len();
+        async move { (count >= 4).then_some(()) }
+    })
+    .await;
+    assert!(first.log().contains("following the event stream for webhooks"), "the first process follows");
+    assert!(!second.log().contains("following the event stream for webhooks"), "the second waits");
+    first.kill();
+
+    let after = s.another_waba(&second_clients, 1).await.submit(&second_clients, "after-the-kill").await;
+    wait_for_state(&second_clients, &after.partner_change_id, St::Completed).await;
+    eventually("the second change's events, from the surviving replica", Duration::from_secs(30), || {
+        let count = inbox.bodies_at("/hook").len();
+        async move { (count >= 8).then_some(()) }
+    })
+    .await;
+    let mut seen: Vec<(String, String)> = inbox
+        .bodies_at("/hook")
+        .iter()
+        .map(|body| {
+            let id = body["data"]["partner_change"]["partner_change_id"].as_str().unwrap().to_owned();
+            (id, body["type"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 8, "every event of both changes: {seen:?}");
+    assert!(seen.iter().any(|(id, _)| *id == before.partner_change_id));
+    assert!(inbox.all().iter().all(|(_, verified)| *verified));
+    assert!(second.log().contains("following the event stream for webhooks"), "the second took over");
+    drop(second);
 }

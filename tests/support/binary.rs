@@ -173,6 +173,13 @@ impl ProcessClients {
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
+
+    pub fn webhooks(
+        &self,
+        subject: &str,
+    ) -> partnerhub_proto::webhooks::v1::webhook_service_client::WebhookServiceClient<Authed> {
+        partnerhub_proto::webhooks::v1::webhook_service_client::WebhookServiceClient::new(self.authed(subject))
+    }
 }
 
 impl Deployment for ProcessClients {

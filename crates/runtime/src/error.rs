@@ -87,6 +87,17 @@ pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
+/// An error and its causes on one line: "error sending request: … connection refused".
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// `INVALID_ARGUMENT` listing every violation at once.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     let message = match violations {

@@ -332,15 +332,7 @@ impl JwksUrl {
     }
 
     async fn download(&self) -> Result<Vec<u8>, String> {
-        let failed = |err: reqwest::Error| {
-            let mut problem = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                problem = format!("{problem}: {cause}");
-                source = cause.source();
-            }
-            problem
-        };
+        let failed = |err: reqwest::Error| crate::error::with_causes(&err);
         let mut response = self.client.get(self.url.clone()).send().await.map_err(failed)?;
         if !response.status().is_success() {
             return Err(format!("it answered HTTP {}", response.status()));

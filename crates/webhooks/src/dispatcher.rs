@@ -16,6 +16,7 @@ use partnerhub_runtime::time::now;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     address::{AddressPolicy, CheckedResolver},
@@ -66,7 +67,7 @@ impl Dispatcher {
     /// Claims and sends due deliveries until `shutdown`; woken by new
     /// deliveries and freed slots, and otherwise every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut depth_checked = Instant::now() - Duration::from_secs(60);
+        let mut depth_checked: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             // Wakes that come while claiming are kept for the next round.
             let woken = self.wake.notified();
@@ -75,8 +76,8 @@ impl Dispatcher {
             if let Err(err) = self.claim_and_send().await {
                 tracing::warn!(error = %err, "cannot claim webhook deliveries");
             }
-            if depth_checked.elapsed() >= Duration::from_secs(5) {
-                depth_checked = Instant::now();
+            if depth_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                depth_checked = Some(Instant::now());
                 self.report_queue().await;
             }
             tokio::select! {
@@ -156,7 +157,10 @@ impl Dispatcher {
             partner_change_id = %claimed.delivery.partner_change_id,
             attempt = claimed.delivery.attempt_count + 1,
         );
-        let _entered = span.enter();
+        self.deliver_in(claimed).instrument(span).await;
+    }
+
+    async fn deliver_in(&self, claimed: Claimed) {
         let outcome = self.attempt(&claimed).await;
         let attempts = u32::try_from(claimed.delivery.attempt_count).unwrap_or(0) + 1;
         let retry_in = self.settings.retry_schedule.delay_after(attempts).map(jitter);
@@ -253,13 +257,7 @@ fn jitter(delay: Duration) -> Duration {
     delay - tenth + tenth * 2 * u32::from(byte[0]) / 255
 }
 
-/// A request error with its causes: "error sending request: … connection refused".
+/// Why a request got no answer, with its causes.
 fn describe(err: &reqwest::Error) -> String {
-    let mut text = if err.is_timeout() { "timed out".to_owned() } else { err.to_string() };
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
+    if err.is_timeout() { "timed out".to_owned() } else { partnerhub_runtime::error::with_causes(err) }
 }
