@@ -26,6 +26,8 @@ use tonic::Code;
 use crate::fixtures::{scenario, wait_for_state};
 
 on_both_databases!(
+    a_hanging_endpoint_does_not_delay_the_others,
+    an_endpoint_failing_everything_for_long_is_disabled,
     two_replicas_deliver_each_event_once,
     a_partner_change_reaches_every_endpoint_that_sees_it_signed,
     a_failing_receiver_gets_the_event_again_with_the_same_webhook_id,
@@ -598,4 +600,118 @@ async fn the_following_replica_killed_loses_no_event() {
     assert!(inbox.all().iter().all(|(_, verified)| *verified));
     assert!(second.log().contains("following the event stream for webhooks"), "the second took over");
     drop(second);
+}
+
+async fn a_hanging_endpoint_does_not_delay_the_others(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        let webhooks = settings.webhooks();
+        webhooks.allow_http = true;
+        webhooks.allow_private_networks = true;
+        webhooks.poll_interval = Duration::from_millis(50);
+        webhooks.request_timeout = Duration::from_secs(60);
+        // Few slots, so that without the per-endpoint cap the hanging endpoint would hold them all.
+        webhooks.max_in_flight = 6;
+        webhooks.max_in_flight_per_endpoint = 2;
+    })
+    .await;
+    let s = scenario(&app, true).await;
+    let secrets = Secrets::default();
+    let inbox = Inbox::default();
+    let server = HttpServer::start(None, {
+        let (inbox, secrets) = (inbox.clone(), secrets.clone());
+        move |received: Received| {
+            let hang = received.path == "/hanging";
+            let secret = secrets.lock().unwrap().get(&received.path).cloned();
+            let verified = secret.is_some_and(|secret| {
+                standardwebhooks::Webhook::new(&secret).unwrap().verify(&received.body, &received.headers).is_ok()
+            });
+            inbox.0.lock().unwrap().push((received, verified));
+            async move {
+                if hang {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                }
+                (http::StatusCode::OK, String::new())
+            }
+        }
+    })
+    .await;
+    create(&app, &s.destination_subject(), None, format!("{}/hanging", server.base_url)).await;
+    let (_, secret) = create(&app, &s.destination_subject(), None, format!("{}/healthy", server.base_url)).await;
+    secrets.lock().unwrap().insert("/healthy".into(), secret);
+    for n in 0..3 {
+        let one = s.another_waba(&app, 1).await;
+        let change = one.submit(&app, &format!("webhook-hanging-{n}")).await;
+        wait_for_state(&app, &change.partner_change_id, St::Completed).await;
+    }
+    // Twelve events reach the healthy endpoint while the hanging one holds two slots.
+    eventually("every event at the healthy endpoint", Duration::from_secs(15), || {
+        let count = inbox.bodies_at("/healthy").len();
+        async move { (count >= 12).then_some(()) }
+    })
+    .await;
+    let hanging = inbox.all().iter().filter(|(received, _)| received.path == "/hanging").count();
+    assert!(hanging <= 2, "at most two POSTs in flight to one endpoint, got {hanging}");
+    assert!(inbox.all().iter().filter(|(received, _)| received.path == "/healthy").all(|(_, verified)| *verified));
+}
+
+async fn an_endpoint_failing_everything_for_long_is_disabled(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        let webhooks = settings.webhooks();
+        webhooks.allow_http = true;
+        webhooks.allow_private_networks = true;
+        webhooks.poll_interval = Duration::from_millis(50);
+        webhooks.retry_schedule = RetrySchedule(vec![Duration::from_millis(100); 100]);
+        webhooks.disable_after = Duration::from_millis(500);
+    })
+    .await;
+    let s = scenario(&app, false).await;
+    let (server, inbox) = receiver(Secrets::default(), |_| http::StatusCode::SERVICE_UNAVAILABLE).await;
+    let (endpoint, _) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    s.submit(&app, "webhook-disabled").await;
+    let disabled = eventually("the endpoint disabled", Duration::from_secs(15), || {
+        let (app, id) = (&app, endpoint.webhook_endpoint_id.clone());
+        async move {
+            let endpoint = app
+                .webhooks("support:alice")
+                .get_webhook_endpoint(wh::GetWebhookEndpointRequest { webhook_endpoint_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .endpoint
+                .unwrap();
+            endpoint.disabled.then_some(endpoint)
+        }
+    })
+    .await;
+    assert!(disabled.disabled_reason.contains("disable_after"), "{}", disabled.disabled_reason);
+    let listed = deliveries(&app, &endpoint.webhook_endpoint_id).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state(), WebhookDeliveryState::Failed);
+    assert!(listed[0].attempts.len() >= 2 && listed[0].attempts.iter().all(|attempt| attempt.http_status == 503));
+    // Nothing more is sent to it.
+    let sent = inbox.all().len();
+    assert_eq!(sent, listed[0].attempts.len());
+}
+
+/// An endpoint registered while private addresses were allowed is refused at
+/// delivery once they are not: the name is resolved again and checked by the
+/// resolver the HTTP client connects with.
+#[tokio::test]
+async fn a_name_that_resolves_to_a_private_address_is_refused_at_delivery() {
+    let mut app = app(Backend::Sqlite).await;
+    let s = scenario(&app, false).await;
+    let (server, inbox) = receiver(Secrets::default(), |_| http::StatusCode::OK).await;
+    let url = format!("http://localhost:{}/hook", server.addr.port());
+    let (endpoint, _) = create(&app, &s.destination_subject(), None, url).await;
+    app.settings.webhooks().allow_private_networks = false;
+    app.restart().await;
+    s.submit(&app, "webhook-rebound").await;
+    let attempt = eventually("a refused attempt", Duration::from_secs(10), || {
+        let (app, id) = (&app, endpoint.webhook_endpoint_id.clone());
+        async move { deliveries(app, &id).await.first().and_then(|delivery| delivery.attempts.first().cloned()) }
+    })
+    .await;
+    assert_eq!(attempt.http_status, 0);
+    assert!(attempt.error.contains("private, loopback or link-local"), "{}", attempt.error);
+    assert!(inbox.all().is_empty(), "nothing reached the address");
 }

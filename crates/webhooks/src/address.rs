@@ -76,6 +76,11 @@ impl AddressPolicy {
             .await
             .map_err(|err| RefusedUrl::Unresolved(format!("{host}: {err}")))?
             .collect();
+        self.check_resolved(addresses)
+    }
+
+    /// The addresses a name resolved to, if every one is allowed.
+    pub fn check_resolved(&self, addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, RefusedUrl> {
         for address in &addresses {
             self.allowed(address.ip())?;
         }
@@ -169,5 +174,19 @@ mod tests {
 
         let open = AddressPolicy { allow_http: true, allow_private_networks: true };
         assert!(open.check("http://127.0.0.1:8080/hook").await.is_ok());
+    }
+
+    /// A name that resolves (or rebinds) to a private address is refused,
+    /// also when only one of its addresses is private.
+    #[test]
+    fn a_name_resolving_to_a_private_address_is_refused() {
+        let strict = AddressPolicy::default();
+        let public: SocketAddr = "93.184.215.14:443".parse().unwrap();
+        let private: SocketAddr = "10.1.2.3:443".parse().unwrap();
+        assert_eq!(strict.check_resolved(vec![public]).unwrap(), [public]);
+        assert_eq!(strict.check_resolved(vec![private]).unwrap_err(), RefusedUrl::Private(private.ip()));
+        assert_eq!(strict.check_resolved(vec![public, private]).unwrap_err(), RefusedUrl::Private(private.ip()));
+        let open = AddressPolicy { allow_http: false, allow_private_networks: true };
+        assert!(open.check_resolved(vec![private]).is_ok());
     }
 }
