@@ -41,6 +41,19 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
     let s = scenario(&view, false).await;
     s.grant(&view, &s.source.partner_id, &s.waba.phone_numbers).await;
 
+    // A webhook endpoint of the destination: its deliveries join the change's trace.
+    let hooks =
+        partnerhub_tests::http::HttpServer::start(None, |_| async { (http::StatusCode::OK, String::new()) }).await;
+    cluster
+        .webhooks("webhooks-1", &s.destination_subject())
+        .create_webhook_endpoint(partnerhub_proto::webhooks::v1::CreateWebhookEndpointRequest {
+            owner: None,
+            url: format!("{}/hook", hooks.base_url),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+
     // A subscriber following the events live (for the stream's metrics).
     let mut watching = view
         .partner_change("support:ops")
@@ -97,6 +110,17 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
             && span_named(&spans, "partnerhub-account", transfer, Some(SERVER)).is_some()
             && span_named(&spans, pc_service, "migration", None).is_some();
         complete.then_some(spans)
+    })
+    .await;
+    // Each of the four events' webhook deliveries, in the same trace.
+    eventually("the webhook deliveries' spans", Duration::from_secs(30), || async {
+        let deliveries = receiver
+            .spans()
+            .into_iter()
+            .filter(|span| span.trace_id == trace_id && span.service == "partnerhub-webhooks")
+            .filter(|span| span.name == "webhook delivery")
+            .count();
+        (deliveries >= 4).then_some(())
     })
     .await;
     let one = |service: &str, name: &str, kind: Option<i32>| {
@@ -184,6 +208,13 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
         + sample(&permissions, r#"partnerhub_permissions_checks_total{answered_from="database"}"#);
     assert_eq!(checks, 1.0, "{permissions}");
     assert!(sample(&permissions, "partnerhub_permissions_cache_invalidation_delay_seconds_count") >= 1.0);
+    let webhooks = cluster.scrape("webhooks-1").await;
+    assert!(sample(&webhooks, r#"partnerhub_webhooks_attempts_total{outcome="delivered"}"#) >= 4.0, "{webhooks}");
+    assert!(sample(&webhooks, "partnerhub_webhooks_attempt_duration_seconds_count") >= 4.0, "{webhooks}");
+    assert!(sample(&webhooks, "partnerhub_webhooks_delivery_delay_seconds_count") >= 4.0, "{webhooks}");
+    for gauge in ["partnerhub_webhooks_queue_depth", "partnerhub_webhooks_oldest_due_seconds"] {
+        assert!(webhooks.contains(gauge), "{gauge}: {webhooks}");
+    }
     // Each service's series are registered by the service: a process exports only its own.
     assert!(!permissions.contains("partnerhub_partner_change_"), "{permissions}");
     assert!(!account.contains("partnerhub_permissions_"), "{account}");

@@ -113,6 +113,14 @@ impl Cluster {
         PermissionsServiceClient::new(self.channel(member, subject))
     }
 
+    pub fn webhooks(
+        &self,
+        member: &str,
+        subject: &str,
+    ) -> partnerhub_proto::webhooks::v1::webhook_service_client::WebhookServiceClient<Authed> {
+        partnerhub_proto::webhooks::v1::webhook_service_client::WebhookServiceClient::new(self.channel(member, subject))
+    }
+
     /// The services as `account`, `partner_change` and `permissions` (member names) serve them.
     pub fn view<'a>(&'a self, account: &'a str, partner_change: &'a str, permissions: &'a str) -> ClusterView<'a> {
         ClusterView { cluster: self, account, partner_change, permissions }

@@ -157,6 +157,7 @@ impl Dispatcher {
             partner_change_id = %claimed.delivery.partner_change_id,
             attempt = claimed.delivery.attempt_count + 1,
         );
+        partnerhub_runtime::rpc::continue_trace(&span, claimed.delivery.trace_parent.as_deref());
         self.deliver_in(claimed).instrument(span).await;
     }
 

@@ -138,12 +138,29 @@ impl Follower {
             if events.is_empty() {
                 continue;
             }
+            self.add_trace_parents(&mut events).await;
             if !store::record_events(&self.db, &self.holder, &events, self.lease, now()).await? {
                 tracing::info!("another replica took over the event stream");
                 return Ok(());
             }
             renew_at = Instant::now() + renew_every;
             self.wake.notify_one();
+        }
+    }
+}
+
+impl Follower {
+    /// Each event's partner change trace, so that its deliveries join it.
+    /// Without it (the view not there yet, the database busy) they start traces of their own.
+    async fn add_trace_parents(&self, events: &mut [StreamEvent]) {
+        let ids: Vec<&str> = events.iter().map(|event| event.partner_change_id.as_str()).collect();
+        match store::trace_parents(&self.db, &ids).await {
+            Ok(found) => {
+                for event in events.iter_mut() {
+                    event.trace_parent = found.get(&event.partner_change_id).cloned();
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read the partner changes' trace contexts"),
         }
     }
 }
@@ -164,5 +181,6 @@ fn to_stream_event(event: partnerhub_proto::partnerchange::v1::PartnerChangeEven
         client_id: change.client_id.clone(),
         partner_ids: [change.source_partner_id.clone(), change.destination_partner_id.clone()],
         body,
+        trace_parent: None,
     })
 }

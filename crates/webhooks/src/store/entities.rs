@@ -53,6 +53,8 @@ pub mod delivery {
         /// A replica is sending it until then; after, another may.
         pub lease_until: Option<DateTimeUtc>,
         pub create_time: DateTimeUtc,
+        /// The W3C `traceparent` of its partner change: its attempts join that trace.
+        pub trace_parent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -275,6 +275,32 @@ pub async fn release_follower_lease(db: &DatabaseConnection, holder: &str) -> Re
     Ok(())
 }
 
+/// The partner-change service's published view of each request's trace
+/// context (a read contract on the shared request table).
+pub const TRACES_VIEW: &str = "partner_change_traces";
+
+/// The stored trace context of each of `partner_change_ids` that has one.
+pub async fn trace_parents(
+    db: &DatabaseConnection,
+    partner_change_ids: &[&str],
+) -> Result<std::collections::HashMap<String, String>, DbErr> {
+    if partner_change_ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let query = Query::select()
+        .columns([sea_orm::sea_query::Alias::new("partner_change_id"), sea_orm::sea_query::Alias::new("trace_parent")])
+        .from(sea_orm::sea_query::Alias::new(TRACES_VIEW))
+        .and_where(
+            Expr::col(sea_orm::sea_query::Alias::new("partner_change_id")).is_in(partner_change_ids.iter().copied()),
+        )
+        .to_owned();
+    db.query_all(&query)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get::<String>("", "partner_change_id")?, row.try_get::<String>("", "trace_parent")?)))
+        .collect()
+}
+
 /// One event read from the stream, ready to be fanned out.
 #[derive(Debug, Clone)]
 pub struct StreamEvent {
@@ -284,6 +310,7 @@ pub struct StreamEvent {
     pub client_id: String,
     pub partner_ids: [String; 2],
     pub body: String,
+    pub trace_parent: Option<String>,
 }
 
 /// In one transaction: a delivery of each event to every enabled endpoint
@@ -340,6 +367,7 @@ pub async fn record_events(
                 next_attempt_time: Some(now),
                 lease_until: None,
                 create_time: now,
+                trace_parent: event.trace_parent.clone(),
             }
             .into_active_model()
         });

@@ -8,6 +8,7 @@ mod m20261126_000003_store_trace_context;
 mod m20261203_000004_record_skipped_grants;
 mod m20261203_000005_schedule_migrations;
 mod m20261203_000006_publish_moving_view;
+mod m20261204_000007_publish_trace_view;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_record_skipped_grants::Migration),
             Box::new(m20261203_000005_schedule_migrations::Migration),
             Box::new(m20261203_000006_publish_moving_view::Migration),
+            Box::new(m20261204_000007_publish_trace_view::Migration),
         ]
     }
 }

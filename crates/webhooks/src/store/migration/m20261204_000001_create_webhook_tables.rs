@@ -37,6 +37,7 @@ enum WebhookDeliveries {
     NextAttemptTime,
     LeaseUntil,
     CreateTime,
+    TraceParent,
 }
 
 #[derive(DeriveIden)]
@@ -112,6 +113,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(WebhookDeliveries::NextAttemptTime))
                     .col(timestamp_with_time_zone_null(WebhookDeliveries::LeaseUntil))
                     .col(timestamp_with_time_zone(WebhookDeliveries::CreateTime))
+                    .col(string_len_null(WebhookDeliveries::TraceParent, 64))
                     .foreign_key(
                         ForeignKey::create()
                             .from(WebhookDeliveries::Table, WebhookDeliveries::WebhookEndpointId)
