@@ -29,23 +29,13 @@ use partnerhub_proto::{
     },
 };
 use partnerhub_runtime::auth::{BearerToken, Subject, TokenKeys};
-use partnerhub_tests::{Backend, TestDatabase, bench::auto_approve_world, binary::ServerProcess};
+use partnerhub_tests::{
+    Backend, TestDatabase,
+    bench::{auto_approve_world, env_number, percentile, rss_kib},
+    binary::ServerProcess,
+};
 use tokio::{sync::Mutex, time::Instant};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with(field))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -156,10 +146,7 @@ async fn main() {
 
     let mut latencies = Arc::try_unwrap(latencies).unwrap().into_inner();
     latencies.sort_unstable();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        Duration::from_micros(latencies[index])
-    };
+    let percentile = |p: f64| percentile(&latencies, p);
     let report = format!(
         "event stream fan-out ({backend:?}; server: the partnerhub binary, its own process)\n\
          subscribers: {subscribers} over {connections} connections; partner changes: {changes} ({expected_events} events)\n\

@@ -28,25 +28,11 @@ use partnerhub_proto::{
 use partnerhub_runtime::auth::{BearerToken, Subject, TokenKeys};
 use partnerhub_tests::{
     Backend, TestDatabase,
-    bench::auto_approve_world,
+    bench::{auto_approve_world, env_number, percentile, rss_kib},
     binary::ServerProcess,
     http::{HttpServer, Received},
 };
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with(field))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
-}
 
 /// What the receiver saw: each webhook-id's arrivals, and each first arrival's latency (µs).
 #[derive(Default)]
@@ -166,10 +152,7 @@ async fn main() {
     let duplicates: u32 = seen.arrivals.values().map(|count| count - 1).sum();
     let mut latencies = seen.latencies;
     latencies.sort_unstable();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        Duration::from_micros(latencies[index])
-    };
+    let percentile = |p: f64| percentile(&latencies, p);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-reports");
     let stream = std::fs::read_to_string(dir.join("event_stream_fanout.txt"))
         .ok()

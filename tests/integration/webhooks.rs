@@ -57,6 +57,14 @@ impl Inbox {
 /// The secret of each path's endpoint, as the receiver knows it.
 type Secrets = Arc<Mutex<std::collections::HashMap<String, String>>>;
 
+/// Whether the Standard Webhooks library verifies `received` with its path's secret.
+fn verified(secrets: &Secrets, received: &Received) -> bool {
+    let secret = secrets.lock().unwrap().get(&received.path).cloned();
+    secret.is_some_and(|secret| {
+        standardwebhooks::Webhook::new(&secret).unwrap().verify(&received.body, &received.headers).is_ok()
+    })
+}
+
 /// A receiver verifying with the Standard Webhooks library; `answer` says
 /// what it answers to the n-th request (counting from 0).
 async fn receiver(
@@ -76,10 +84,7 @@ async fn receiver_on(
     let server = HttpServer::start_on(addr, None, {
         let inbox = inbox.clone();
         move |received: Received| {
-            let secret = secrets.lock().unwrap().get(&received.path).cloned();
-            let verified = secret.is_some_and(|secret| {
-                standardwebhooks::Webhook::new(&secret).unwrap().verify(&received.body, &received.headers).is_ok()
-            });
+            let verified = verified(&secrets, &received);
             let n = {
                 let mut inbox = inbox.0.lock().unwrap();
                 inbox.push((received, verified));
@@ -621,10 +626,7 @@ async fn a_hanging_endpoint_does_not_delay_the_others(backend: Backend) {
         let (inbox, secrets) = (inbox.clone(), secrets.clone());
         move |received: Received| {
             let hang = received.path == "/hanging";
-            let secret = secrets.lock().unwrap().get(&received.path).cloned();
-            let verified = secret.is_some_and(|secret| {
-                standardwebhooks::Webhook::new(&secret).unwrap().verify(&received.body, &received.headers).is_ok()
-            });
+            let verified = verified(&secrets, &received);
             inbox.0.lock().unwrap().push((received, verified));
             async move {
                 if hang {

@@ -84,3 +84,25 @@ pub async fn auto_approve_world(
     }
     AutoApproveWorld { source, destination, client, waba_ids }
 }
+
+/// A whole number from the environment variable `name`, else `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `p`-th percentile (0 to 1) of `sorted` microseconds.
+pub fn percentile(sorted: &[u64], p: f64) -> std::time::Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    std::time::Duration::from_micros(sorted.get(index).copied().unwrap_or(0))
+}

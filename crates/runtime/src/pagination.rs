@@ -33,6 +33,14 @@ pub fn page_size(raw: i32) -> Parsed<u64> {
     }
 }
 
+/// A page of at most `page_size` rows out of `rows`, read with a limit of
+/// `page_size + 1`, and whether more follow.
+pub fn split_page<T>(mut rows: Vec<T>, page_size: u64) -> (Vec<T>, bool) {
+    let more = rows.len() as u64 > page_size;
+    rows.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    (rows, more)
+}
+
 /// Seals and opens page tokens and cursors.
 #[derive(Clone)]
 pub struct TokenSeal {
@@ -65,6 +73,15 @@ impl TokenSeal {
     /// The token that continues after `last_key` under the same `scope`.
     pub fn next_page_token(&self, last_key: &str, scope: &str) -> String {
         self.seal(last_key, scope)
+    }
+
+    /// The `next_page_token` of a page whose last item has `last_key`: empty
+    /// when nothing follows.
+    pub fn continuation(&self, last_key: Option<&str>, more: bool, scope: &str) -> String {
+        match last_key {
+            Some(last_key) if more => self.next_page_token(last_key, scope),
+            _ => String::new(),
+        }
     }
 
     /// An opaque token holding `key`, bound to `scope`.

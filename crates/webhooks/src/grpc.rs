@@ -174,13 +174,13 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         use pb::create_webhook_endpoint_request::Owner as PbOwner;
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (partner_id, client_id) = match &r.owner {
-            Some(PbOwner::PartnerId(id)) => (Some(id.as_str()), None),
-            Some(PbOwner::ClientId(id)) => (None, Some(id.as_str())),
-            None => (None, None),
+        let named = match &r.owner {
+            Some(PbOwner::PartnerId(id)) => parse_owner(Some(id), None),
+            Some(PbOwner::ClientId(id)) => parse_owner(None, Some(id)),
+            None => Ok(None),
         };
         let (named, url, description) = (
-            parse_owner(partner_id, client_id),
+            named,
             required_text("url", &r.url, MAX_URL_LEN),
             optional_text("description", &r.description, MAX_DESCRIPTION_LEN),
         )
@@ -215,21 +215,19 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         use pb::list_webhook_endpoints_request::Owner as PbOwner;
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (partner_id, client_id) = match &r.owner {
-            Some(PbOwner::PartnerId(id)) => (Some(id.as_str()), None),
-            Some(PbOwner::ClientId(id)) => (None, Some(id.as_str())),
-            None => (None, None),
+        let named = match &r.owner {
+            Some(PbOwner::PartnerId(id)) => parse_owner(Some(id), None),
+            Some(PbOwner::ClientId(id)) => parse_owner(None, Some(id)),
+            None => Ok(None),
         };
-        let (named, size) = (parse_owner(partner_id, client_id), page_size(r.page_size)).validate()?;
+        let (named, size) = (named, page_size(r.page_size)).validate()?;
         let owner = owner_for(caller, named, "owner")?;
         let scope = format!("webhook endpoints of {owner:?}");
         let after = self.pages.page_token(&r.page_token, &scope).validate()?;
         let (endpoints, more) =
             store::list_endpoints(&self.db, &owner, after.as_deref(), size).await.map_err(WebhooksError::from)?;
-        let next_page_token = match endpoints.last() {
-            Some(last) if more => self.pages.next_page_token(&last.webhook_endpoint_id, &scope),
-            _ => String::new(),
-        };
+        let last = endpoints.last().map(|last| last.webhook_endpoint_id.as_str());
+        let next_page_token = self.pages.continuation(last, more, &scope);
         Ok(Response::new(pb::ListWebhookEndpointsResponse {
             endpoints: endpoints.into_iter().map(endpoint_to_proto).collect(),
             next_page_token,
@@ -307,10 +305,8 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         let (deliveries, more) = store::list_deliveries(&self.db, &endpoint_id, &states, before.as_deref(), size)
             .await
             .map_err(WebhooksError::from)?;
-        let next_page_token = match deliveries.last() {
-            Some((last, _)) if more => self.pages.next_page_token(&last.webhook_delivery_id, &scope),
-            _ => String::new(),
-        };
+        let last = deliveries.last().map(|(last, _)| last.webhook_delivery_id.as_str());
+        let next_page_token = self.pages.continuation(last, more, &scope);
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             deliveries: deliveries.into_iter().map(delivery_to_proto).collect(),
             next_page_token,

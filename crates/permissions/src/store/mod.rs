@@ -241,14 +241,13 @@ pub async fn list_grants(
         );
     }
     let limit = page_size.saturating_add(1);
-    let mut models = query
+    let models = query
         .order_by_asc(grant::Column::PartnerId)
         .order_by_asc(grant::Column::PhoneNumber)
         .limit(limit)
         .all(db)
         .await?;
-    let more = models.len() as u64 > page_size;
-    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    let (models, more) = partnerhub_runtime::pagination::split_page(models, page_size);
     Ok((models.into_iter().map(grant_from_model).collect(), more))
 }
 

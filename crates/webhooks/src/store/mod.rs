@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
     db::{StoreError, begin_write, database_now, database_time_after},
     ids::new_id,
+    pagination::split_page,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
@@ -82,11 +83,9 @@ pub async fn list_endpoints(
     if let Some(after) = after {
         query = query.filter(endpoint::Column::WebhookEndpointId.gt(after));
     }
-    let mut models =
+    let models =
         query.order_by_asc(endpoint::Column::WebhookEndpointId).limit(page_size.saturating_add(1)).all(db).await?;
-    let more = models.len() as u64 > page_size;
-    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
-    Ok((models, more))
+    Ok(split_page(models, page_size))
 }
 
 /// The fields `UpdateWebhookEndpoint` may set.
@@ -181,10 +180,9 @@ pub async fn list_deliveries(
     if let Some(before) = before {
         query = query.filter(delivery::Column::WebhookDeliveryId.lt(before));
     }
-    let mut models =
+    let models =
         query.order_by_desc(delivery::Column::WebhookDeliveryId).limit(page_size.saturating_add(1)).all(db).await?;
-    let more = models.len() as u64 > page_size;
-    models.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+    let (models, more) = split_page(models, page_size);
     let mut attempts = attempts_of(db, models.iter().map(|model| model.webhook_delivery_id.clone())).await?;
     let listed = models
         .into_iter()
