@@ -717,3 +717,73 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_at_delivery() {
     assert!(attempt.error.contains("private, loopback or link-local"), "{}", attempt.error);
     assert!(inbox.all().is_empty(), "nothing reached the address");
 }
+
+/// A replica killed while a POST of its is in flight: the claim lapses and
+/// another replica sends the delivery, with the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_at_a_sigkill_is_sent_by_another_replica() {
+    use base64::Engine as _;
+    use partnerhub_tests::{TestDatabase, binary::ServerProcess};
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let url = database.url().unwrap();
+    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    let env = [
+        ("PARTNERHUB__DATABASE__URL", url.as_str()),
+        ("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str()),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true"),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("PARTNERHUB__WEBHOOKS__FOLLOWER_LEASE", "2s"),
+        ("PARTNERHUB__WEBHOOKS__POLL_INTERVAL", "100ms"),
+        // A claim lasts twice this: long enough to kill the sender mid-POST, short enough to wait for.
+        ("PARTNERHUB__WEBHOOKS__REQUEST_TIMEOUT", "3s"),
+    ];
+    let first = ServerProcess::start_with(&database.data_dir().join("first"), &[], &env);
+    let clients = first.clients(Some(&key));
+    let s = scenario(&clients, false).await;
+    // The first POST hangs (the sender dies meanwhile); later ones are answered.
+    let inbox = Inbox::default();
+    let server = HttpServer::start(None, {
+        let inbox = inbox.clone();
+        move |received: Received| {
+            let first_request = {
+                let mut inbox = inbox.0.lock().unwrap();
+                inbox.push((received, true));
+                inbox.len() == 1
+            };
+            async move {
+                if first_request {
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                }
+                (http::StatusCode::OK, String::new())
+            }
+        }
+    })
+    .await;
+    clients
+        .webhooks(&s.destination_subject())
+        .create_webhook_endpoint(wh::CreateWebhookEndpointRequest {
+            owner: None,
+            url: format!("{}/hook", server.base_url),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    s.submit(&clients, "in-flight").await;
+    eventually("the POST in flight", Duration::from_secs(10), || {
+        let count = inbox.all().len();
+        async move { (count == 1).then_some(()) }
+    })
+    .await;
+    first.kill();
+
+    // Its claim lapses 6 s after it was taken; then the surviving replica sends it.
+    let second = ServerProcess::start_with(&database.data_dir().join("second"), &[], &env);
+    eventually("the delivery sent again", Duration::from_secs(20), || {
+        let count = inbox.all().len();
+        async move { (count >= 2).then_some(()) }
+    })
+    .await;
+    let all = inbox.all();
+    assert_eq!(all[0].0.headers["webhook-id"], all[1].0.headers["webhook-id"], "the same delivery");
+    drop(second);
+}

@@ -28,8 +28,6 @@ use crate::{
 
 /// The most of a response body read (then discarded).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// How much longer than one request a claim lasts.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -101,7 +99,8 @@ impl Dispatcher {
                 .map(|(endpoint, _)| endpoint.clone())
                 .collect()
         };
-        let lease = self.settings.request_timeout + LEASE_MARGIN;
+        // A POST ends within the request timeout; the rest is for recording it.
+        let lease = self.settings.request_timeout * 2;
         let claimed = store::claim_due(&self.db, free as u64, &busy, lease, now()).await?;
         let mut over_cap = Vec::new();
         for claim in claimed {
