@@ -388,6 +388,23 @@ async fn another_tenants_endpoint_answers_as_a_missing_one(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(listed.endpoints.len(), 1);
+    // At most twenty endpoints per owner.
+    for n in 1..20 {
+        create(&app, "partner:owner", None, format!("http://127.0.0.1:9/hook/{n}")).await;
+    }
+    let twenty_first = app
+        .webhooks("partner:owner")
+        .create_webhook_endpoint(wh::CreateWebhookEndpointRequest {
+            owner: None,
+            url: "http://127.0.0.1:9/hook/21".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (twenty_first.code(), reason(&twenty_first)),
+        (Code::ResourceExhausted, "TOO_MANY_WEBHOOK_ENDPOINTS".into())
+    );
     // A service has no business here at all.
     let service = app
         .webhooks("service:messaging")
@@ -690,7 +707,15 @@ async fn an_endpoint_failing_everything_for_long_is_disabled(backend: Backend) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].state(), WebhookDeliveryState::Failed);
     assert!(listed[0].attempts.len() >= 2 && listed[0].attempts.iter().all(|attempt| attempt.http_status == 503));
-    // Nothing more is sent to it.
+    // Nothing more is sent to it, not even on demand.
+    let redeliver = app
+        .webhooks(&s.destination_subject())
+        .redeliver_webhook_event(wh::RedeliverWebhookEventRequest {
+            webhook_delivery_id: listed[0].webhook_delivery_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((redeliver.code(), reason(&redeliver)), (Code::FailedPrecondition, "WEBHOOK_ENDPOINT_DISABLED".into()));
     let sent = inbox.all().len();
     assert_eq!(sent, listed[0].attempts.len());
 }

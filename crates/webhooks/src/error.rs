@@ -2,9 +2,9 @@
 
 use partnerhub_runtime::{
     db::StoreError,
-    error::{FieldViolation, Reason, invalid_argument, not_found},
+    error::{FieldViolation, Reason, invalid_argument, not_found, status},
 };
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::address::RefusedUrl;
 
@@ -13,6 +13,8 @@ use crate::address::RefusedUrl;
 pub enum WebhooksReason {
     WebhookEndpointNotFound,
     WebhookDeliveryNotFound,
+    WebhookEndpointDisabled,
+    TooManyWebhookEndpoints,
 }
 
 impl Reason for WebhooksReason {
@@ -20,6 +22,8 @@ impl Reason for WebhooksReason {
         match self {
             WebhooksReason::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",
             WebhooksReason::WebhookDeliveryNotFound => "WEBHOOK_DELIVERY_NOT_FOUND",
+            WebhooksReason::WebhookEndpointDisabled => "WEBHOOK_ENDPOINT_DISABLED",
+            WebhooksReason::TooManyWebhookEndpoints => "TOO_MANY_WEBHOOK_ENDPOINTS",
         }
     }
 }
@@ -33,6 +37,10 @@ pub enum WebhooksError {
     DeliveryNotFound(String),
     #[error("url {0}")]
     RefusedUrl(RefusedUrl),
+    #[error("webhook endpoint {0} is disabled; enable it (UpdateWebhookEndpoint, disabled: false) first")]
+    EndpointDisabled(String),
+    #[error("an owner may have at most {0} webhook endpoints; delete one first")]
+    TooManyEndpoints(u64),
     #[error("cannot generate a secret: {0}")]
     Random(getrandom::Error),
     /// The owner named does not exist (the account service says).
@@ -60,6 +68,15 @@ impl From<WebhooksError> for Status {
                 not_found(WebhooksReason::WebhookDeliveryNotFound, "webhook delivery", "webhookDeliveryId", &id)
             }
             WebhooksError::RefusedUrl(refused) => invalid_argument(&[FieldViolation::new("url", refused.to_string())]),
+            WebhooksError::EndpointDisabled(ref id) => status(
+                Code::FailedPrecondition,
+                WebhooksReason::WebhookEndpointDisabled,
+                err.to_string(),
+                [("webhookEndpointId", id.as_str())],
+            ),
+            WebhooksError::TooManyEndpoints(_) => {
+                status(Code::ResourceExhausted, WebhooksReason::TooManyWebhookEndpoints, err.to_string(), [])
+            }
             WebhooksError::Random(err) => {
                 tracing::error!(error = %err, "cannot generate a webhook secret");
                 partnerhub_runtime::error::internal()

@@ -46,6 +46,8 @@ const OWNERS: &[May] = &[May::Partners, May::Clients, May::Support];
 
 const MAX_URL_LEN: usize = 2048;
 const MAX_DESCRIPTION_LEN: usize = 500;
+/// The most endpoints one partner or client may have: each event is sent to every one.
+pub const MAX_ENDPOINTS_PER_OWNER: u64 = 20;
 /// The longest a rotated secret may keep signing.
 const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -190,6 +192,9 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         if caller.is_support() {
             self.check_owner_exists(&owner).await?;
         }
+        if store::count_endpoints(&self.db, &owner).await.map_err(WebhooksError::from)? >= MAX_ENDPOINTS_PER_OWNER {
+            return Err(WebhooksError::TooManyEndpoints(MAX_ENDPOINTS_PER_OWNER).into());
+        }
         let secret = generate_secret().map_err(WebhooksError::Random)?;
         let new = NewEndpoint { owner, url, description, secret: secret.clone() };
         let endpoint = store::create_endpoint(&self.db, new, now()).await.map_err(WebhooksError::from)?;
@@ -325,8 +330,9 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
             store::find_delivery(&self.db, &delivery_id).await.map_err(WebhooksError::from)?.ok_or_else(not_found)?;
         let endpoint =
             store::find_endpoint(&self.db, &delivery.webhook_endpoint_id).await.map_err(WebhooksError::from)?;
-        if !endpoint.is_some_and(|endpoint| may_see(caller, &endpoint)) {
-            return Err(not_found());
+        let endpoint = endpoint.filter(|endpoint| may_see(caller, endpoint)).ok_or_else(not_found)?;
+        if endpoint.disabled {
+            return Err(WebhooksError::EndpointDisabled(endpoint.webhook_endpoint_id).into());
         }
         if !store::redeliver(&self.db, &delivery_id, now()).await.map_err(WebhooksError::from)? {
             return Err(not_found());

@@ -69,6 +69,15 @@ pub async fn find_endpoint(db: &impl ConnectionTrait, id: &str) -> Result<Option
     endpoint::Entity::find_by_id(id).one(db).await
 }
 
+/// How many endpoints `owner` has.
+pub async fn count_endpoints(db: &DatabaseConnection, owner: &Owner) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    match owner {
+        Owner::Partner(id) => endpoint::Entity::find().filter(endpoint::Column::PartnerId.eq(id)).count(db).await,
+        Owner::Client(id) => endpoint::Entity::find().filter(endpoint::Column::ClientId.eq(id)).count(db).await,
+    }
+}
+
 /// An owner's endpoints after `after` (an ID), in creation order, and whether more follow.
 pub async fn list_endpoints(
     db: &DatabaseConnection,
