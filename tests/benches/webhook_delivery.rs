@@ -60,6 +60,7 @@ async fn main() {
         ("RUST_LOG", "warn,partnerhub::app=info"),
         ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true"),
         ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
+        ("PARTNERHUB__WEBHOOKS__MAX_ENDPOINTS_PER_OWNER", "1000"),
     ];
     if !url.is_empty() {
         env.push(("PARTNERHUB__DATABASE__URL", url.as_str()));

@@ -46,8 +46,6 @@ const OWNERS: &[May] = &[May::Partners, May::Clients, May::Support];
 
 const MAX_URL_LEN: usize = 2048;
 const MAX_DESCRIPTION_LEN: usize = 500;
-/// The most endpoints one partner or client may have: each event is sent to every one.
-pub const MAX_ENDPOINTS_PER_OWNER: u64 = 20;
 /// The longest a rotated secret may keep signing.
 const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -61,6 +59,7 @@ pub struct WebhooksApi {
     pages: TokenSeal,
     /// Wakes this replica's dispatcher (a redelivery is due now).
     wake: Arc<Notify>,
+    max_endpoints_per_owner: u64,
 }
 
 impl WebhooksApi {
@@ -70,8 +69,9 @@ impl WebhooksApi {
         addresses: AddressPolicy,
         pages: TokenSeal,
         wake: Arc<Notify>,
+        max_endpoints_per_owner: u64,
     ) -> Self {
-        Self { db, account, addresses, pages, wake }
+        Self { db, account, addresses, pages, wake, max_endpoints_per_owner }
     }
 
     /// The endpoint, if `caller` may see it; another tenant's answers as a missing one.
@@ -192,8 +192,9 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         if caller.is_support() {
             self.check_owner_exists(&owner).await?;
         }
-        if store::count_endpoints(&self.db, &owner).await.map_err(WebhooksError::from)? >= MAX_ENDPOINTS_PER_OWNER {
-            return Err(WebhooksError::TooManyEndpoints(MAX_ENDPOINTS_PER_OWNER).into());
+        if store::count_endpoints(&self.db, &owner).await.map_err(WebhooksError::from)? >= self.max_endpoints_per_owner
+        {
+            return Err(WebhooksError::TooManyEndpoints(self.max_endpoints_per_owner).into());
         }
         let secret = generate_secret().map_err(WebhooksError::Random)?;
         let new = NewEndpoint { owner, url, description, secret: secret.clone() };

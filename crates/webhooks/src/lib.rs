@@ -62,7 +62,14 @@ impl ServiceDefinition for WebhooksService {
         context.tasks.spawn(dispatcher.run(context.shutdown.clone()));
         let follower = Follower::new(context.db.clone(), partner_change, &settings, wake.clone());
         context.tasks.spawn(follower.run(context.shutdown.clone()));
-        let api = WebhooksApi::new(context.db.clone(), account, addresses, context.token_seal(), wake);
+        let api = WebhooksApi::new(
+            context.db.clone(),
+            account,
+            addresses,
+            context.token_seal(),
+            wake,
+            settings.max_endpoints_per_owner,
+        );
         let server = WebhookServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
         context.serve(Authenticated::new(server, context.authenticator.clone(), grpc::POLICY));
         Ok(())

@@ -25,6 +25,8 @@ pub struct WebhooksSettings {
     pub max_in_flight: usize,
     /// Deliveries in flight at once to one endpoint, so that a slow one cannot take every slot.
     pub max_in_flight_per_endpoint: usize,
+    /// The most endpoints one partner or client may have (each event is sent to every one).
+    pub max_endpoints_per_owner: u64,
     /// How often due deliveries are looked for (new events wake the dispatcher at once).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -44,6 +46,7 @@ impl Default for WebhooksSettings {
             allow_http: false,
             max_in_flight: 64,
             max_in_flight_per_endpoint: 4,
+            max_endpoints_per_owner: 20,
             poll_interval: Duration::from_secs(1),
             follower_lease: Duration::from_secs(15),
         }
@@ -100,7 +103,7 @@ impl ServiceSettings for WebhooksSettings {
             ("webhooks.poll_interval", self.poll_interval),
             ("webhooks.follower_lease", self.follower_lease),
         ])?;
-        if self.max_in_flight == 0 || self.max_in_flight_per_endpoint == 0 {
+        if self.max_in_flight == 0 || self.max_in_flight_per_endpoint == 0 || self.max_endpoints_per_owner == 0 {
             return Err(ConfigError::invalid("webhooks.max_in_flight", "must be at least 1"));
         }
         if self.retry_schedule.0.len() > 100 {
