@@ -88,7 +88,11 @@ impl Dispatcher {
 
     async fn claim_and_send(&self) -> Result<(), partnerhub_runtime::db::StoreError> {
         let free = self.slots.available_permits();
-        if free == 0 {
+        // Claim in batches: while many POSTs are in flight, wait until a
+        // quarter of the slots are free (each finishing POST wakes this loop)
+        // rather than paying a claim per delivery.
+        let in_flight = self.settings.max_in_flight - free;
+        if free == 0 || (in_flight > 0 && free < self.settings.max_in_flight.div_ceil(4)) {
             return Ok(());
         }
         let busy: Vec<String> = {

@@ -516,9 +516,11 @@ pub async fn record_attempt(
     let now = outcome.time;
     let endpoint_id = &claimed.endpoint.webhook_endpoint_id;
     let after = if outcome.delivered() {
+        // Written only when it changes: concurrent deliveries to one endpoint need not queue on its row.
         endpoint::Entity::update_many()
             .col_expr(endpoint::Column::FailingSince, Expr::value(Option::<DateTime<Utc>>::None))
             .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id))
+            .filter(endpoint::Column::FailingSince.is_not_null())
             .exec(&tx)
             .await?;
         AfterAttempt::Delivered
