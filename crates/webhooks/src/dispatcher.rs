@@ -39,7 +39,16 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     /// Deliveries in flight per endpoint, on this replica.
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// Delivered attempts, recorded together by [`Dispatcher::record_delivered`].
+    delivered: tokio::sync::mpsc::UnboundedSender<Delivered>,
+    to_record: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Delivered>>>>,
 }
+
+/// A delivered attempt, waiting to be recorded.
+type Delivered = (Claimed, AttemptOutcome);
+
+/// The most delivered attempts recorded in one transaction.
+const RECORD_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the webhook HTTP client: {0}")]
@@ -59,12 +68,34 @@ impl Dispatcher {
             .user_agent(concat!("partnerhub-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let slots = Arc::new(Semaphore::new(settings.max_in_flight));
-        Ok(Self { db, settings, client, addresses, wake, slots, in_flight: Arc::default() })
+        let (delivered, to_record) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Self {
+            db,
+            settings,
+            client,
+            addresses,
+            wake,
+            slots,
+            in_flight: Arc::default(),
+            delivered,
+            to_record: Arc::new(Mutex::new(Some(to_record))),
+        })
     }
 
     /// Claims and sends due deliveries until `shutdown`; woken by new
     /// deliveries and freed slots, and otherwise every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
+        let to_record = self.to_record.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let recorder = to_record.map(|to_record| tokio::spawn(record_delivered(self.db.clone(), to_record)));
+        self.dispatch(shutdown).await;
+        // What was delivered before the shutdown is still recorded.
+        drop(self);
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
+        }
+    }
+
+    async fn dispatch(&self, shutdown: CancellationToken) {
         let mut depth_checked: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             // Wakes that come while claiming are kept for the next round.
@@ -166,11 +197,18 @@ impl Dispatcher {
 
     async fn deliver_in(&self, claimed: Claimed) {
         let outcome = self.attempt(&claimed).await;
+        metrics().attempt_seconds.observe(outcome.duration.as_secs_f64());
+        if outcome.delivered() {
+            tracing::debug!(status = ?outcome.http_status, "webhook delivered");
+            // Recorded with others in one transaction; if the recorder is gone
+            // (shutdown), the claim lapses and the delivery is sent again.
+            let _ = self.delivered.send((claimed, outcome));
+            return;
+        }
         let attempts = u32::try_from(claimed.delivery.attempt_count).unwrap_or(0) + 1;
         let retry_in = self.settings.retry_schedule.delay_after(attempts).map(jitter);
         let recorded = store::record_attempt(&self.db, &claimed, &outcome, retry_in, self.settings.disable_after).await;
         let metrics = metrics();
-        metrics.attempt_seconds.observe(outcome.duration.as_secs_f64());
         let outcome_label = match &recorded {
             Ok(AfterAttempt::Delivered) => {
                 let age = (now() - claimed.delivery.create_time).to_std().unwrap_or_default();
@@ -247,6 +285,32 @@ impl Dispatcher {
             }
             Err(err) => tracing::debug!(error = %err, "cannot measure the webhook queue"),
         }
+    }
+}
+
+/// Records delivered attempts as they come, many in one transaction, until
+/// every sender is gone. A batch that cannot be recorded is left to its
+/// claims, which lapse: those deliveries are sent again (at least once).
+async fn record_delivered(db: DatabaseConnection, mut to_record: tokio::sync::mpsc::UnboundedReceiver<Delivered>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while to_record.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        match store::record_delivered(&db, &batch).await {
+            Ok(()) => {
+                let metrics = metrics();
+                let delivered = metrics.attempts.get_or_create(&OutcomeLabels { outcome: "delivered" });
+                for (claimed, _) in &batch {
+                    let age = (now() - claimed.delivery.create_time).to_std().unwrap_or_default();
+                    metrics.delivery_delay_seconds.observe(age.as_secs_f64());
+                    delivered.inc();
+                }
+            }
+            Err(err) => tracing::warn!(
+                error = %err,
+                deliveries = batch.len(),
+                "cannot record delivered webhooks; they will be sent again"
+            ),
+        }
+        batch.clear();
     }
 }
 

@@ -566,6 +566,46 @@ pub async fn record_attempt(
     Ok(after)
 }
 
+/// Records delivered attempts (2xx) in one transaction: each attempt, each
+/// delivery delivered, and their endpoints no longer failing.
+pub async fn record_delivered(
+    db: &DatabaseConnection,
+    delivered: &[(Claimed, AttemptOutcome)],
+) -> Result<(), StoreError> {
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let tx = begin_write(db).await?;
+    let attempts = delivered.iter().map(|(claimed, outcome)| attempt::ActiveModel {
+        webhook_delivery_id: Set(claimed.delivery.webhook_delivery_id.clone()),
+        attempt_time: Set(outcome.time),
+        http_status: Set(outcome.http_status.map_or(0, i32::from)),
+        error: Set(String::new()),
+        duration_ms: Set(i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX)),
+        ..Default::default()
+    });
+    attempt::Entity::insert_many(attempts).exec(&tx).await?;
+    let ids = delivered.iter().map(|(claimed, _)| claimed.delivery.webhook_delivery_id.clone());
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::State, Expr::value(DeliveryState::Delivered))
+        .col_expr(delivery::Column::NextAttemptTime, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(delivery::Column::AttemptCount, Expr::col(delivery::Column::AttemptCount).add(1))
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids))
+        .exec(&tx)
+        .await?;
+    let endpoints = delivered.iter().map(|(claimed, _)| claimed.endpoint.webhook_endpoint_id.clone());
+    // Written only where it changes: concurrent batches need not queue on endpoint rows.
+    endpoint::Entity::update_many()
+        .col_expr(endpoint::Column::FailingSince, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(endpoint::Column::WebhookEndpointId.is_in(endpoints))
+        .filter(endpoint::Column::FailingSince.is_not_null())
+        .exec(&tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Pending deliveries, and the age of the oldest that is due (for the gauges).
 pub async fn queue_depth(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<(u64, Option<Duration>), DbErr> {
     use sea_orm::PaginatorTrait;
