@@ -44,7 +44,7 @@ impl Default for WebhooksSettings {
             disable_after: Duration::from_secs(5 * 24 * 60 * 60),
             allow_private_networks: false,
             allow_http: false,
-            max_in_flight: 64,
+            max_in_flight: 256,
             max_in_flight_per_endpoint: 4,
             max_endpoints_per_owner: 20,
             poll_interval: Duration::from_secs(1),
