@@ -295,7 +295,12 @@ impl TokenKeys {
     /// `token` names a key of a served set that is not known yet.
     fn key_to_fetch(&self, token: &str) -> Option<(Arc<KeySet>, String)> {
         let jwks = self.jwks.as_ref()?;
-        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        // Only the provider's algorithms: a symmetric token never makes us fetch.
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
+            return None;
+        }
+        let kid = header.kid?;
         jwks.needs_fetch(&kid).then(|| (jwks.clone(), kid))
     }
 

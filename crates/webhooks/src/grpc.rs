@@ -287,7 +287,7 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         let secret = generate_secret().map_err(WebhooksError::Random)?;
         let now = now();
         let previous_until =
-            (!overlap.is_zero()).then(|| now + chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::MAX));
+            (!overlap.is_zero()).then(|| now + chrono::Duration::from_std(overlap).unwrap_or(chrono::Duration::zero()));
         let endpoint = store::rotate_secret(&self.db, &endpoint_id, secret.clone(), previous_until, now)
             .await
             .map_err(WebhooksError::from)?

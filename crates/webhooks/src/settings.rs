@@ -53,6 +53,9 @@ impl Default for WebhooksSettings {
     }
 }
 
+/// The longest one retry may be put off.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
 /// The delays between a delivery's attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule(pub Vec<Duration>);
@@ -109,6 +112,9 @@ impl ServiceSettings for WebhooksSettings {
         if self.retry_schedule.0.len() > 100 {
             return Err(ConfigError::invalid("webhooks.retry_schedule", "at most 100 retries"));
         }
+        if self.retry_schedule.0.iter().any(|delay| *delay > MAX_RETRY_DELAY) {
+            return Err(ConfigError::invalid("webhooks.retry_schedule", "each delay at most 30 days"));
+        }
         Ok(())
     }
 }
@@ -130,5 +136,10 @@ mod tests {
         assert_eq!(expected.delay_after(3), Some(Duration::from_secs(2)));
         assert_eq!(expected.delay_after(4), None, "three retries, then failed");
         assert_eq!(RetrySchedule::default().0.iter().sum::<Duration>().as_secs() / 3600, 27, "about a day");
+        let far = WebhooksSettings {
+            retry_schedule: RetrySchedule(vec![Duration::from_secs(31 * 24 * 60 * 60)]),
+            ..WebhooksSettings::default()
+        };
+        assert!(far.validate().unwrap_err().to_string().contains("webhooks.retry_schedule"));
     }
 }

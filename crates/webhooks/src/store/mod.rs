@@ -544,7 +544,8 @@ pub async fn record_attempt(
         match (disable, retry_in) {
             (true, _) => AfterAttempt::EndpointDisabled,
             (false, Some(delay)) => {
-                AfterAttempt::Retry(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
+                let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                AfterAttempt::Retry(now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC))
             }
             (false, None) => AfterAttempt::Failed,
         }
