@@ -812,3 +812,39 @@ async fn a_delivery_in_flight_at_a_sigkill_is_sent_by_another_replica() {
     assert_eq!(all[0].0.headers["webhook-id"], all[1].0.headers["webhook-id"], "the same delivery");
     drop(second);
 }
+
+/// A graceful stop does not wait for a POST in flight (it could take the whole
+/// request timeout): the POST is given up, its claim lapses, it is sent again later.
+#[tokio::test]
+async fn a_graceful_stop_does_not_wait_for_a_hanging_receiver() {
+    let mut app = TestApp::spawn_with(Backend::Sqlite, |settings| {
+        let webhooks = settings.webhooks();
+        webhooks.allow_http = true;
+        webhooks.allow_private_networks = true;
+        webhooks.poll_interval = Duration::from_millis(50);
+        webhooks.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let s = scenario(&app, false).await;
+    let inbox = Inbox::default();
+    let server = HttpServer::start(None, {
+        let inbox = inbox.clone();
+        move |received: Received| {
+            inbox.0.lock().unwrap().push((received, true));
+            async {
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                (http::StatusCode::OK, String::new())
+            }
+        }
+    })
+    .await;
+    create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    s.submit(&app, "hanging-at-stop").await;
+    eventually("the POST in flight", Duration::from_secs(10), || {
+        let count = inbox.all().len();
+        async move { (count == 1).then_some(()) }
+    })
+    .await;
+    // Within the 5 s grace the tests give, or `restart` fails.
+    app.restart().await;
+}

@@ -102,7 +102,7 @@ impl Dispatcher {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Err(err) = self.claim_and_send().await {
+            if let Err(err) = self.claim_and_send(&shutdown).await {
                 tracing::warn!(error = %err, "cannot claim webhook deliveries");
             }
             if depth_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
@@ -117,7 +117,7 @@ impl Dispatcher {
         }
     }
 
-    async fn claim_and_send(&self) -> Result<(), partnerhub_runtime::db::StoreError> {
+    async fn claim_and_send(&self, shutdown: &CancellationToken) -> Result<(), partnerhub_runtime::db::StoreError> {
         let free = self.slots.available_permits();
         // Claim in batches: while many POSTs are in flight, wait until a
         // quarter of the slots are free (each finishing POST wakes this loop)
@@ -159,8 +159,14 @@ impl Dispatcher {
                 continue;
             };
             let this = self.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                this.deliver(claim).await;
+                // At shutdown a POST in flight is given up: its claim lapses
+                // and the delivery is sent again (by this process restarted, or another).
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = this.deliver(claim) => {}
+                }
                 this.done_with(&endpoint_id);
                 drop(permit);
                 this.wake.notify_one();
