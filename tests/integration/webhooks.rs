@@ -848,3 +848,37 @@ async fn a_graceful_stop_does_not_wait_for_a_hanging_receiver() {
     // Within the 5 s grace the tests give, or `restart` fails.
     app.restart().await;
 }
+
+/// A redirect is an answer like any other that is not 2xx: recorded and
+/// retried, never followed.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let app = app(Backend::Sqlite).await;
+    let s = scenario(&app, false).await;
+    let inbox = Inbox::default();
+    let server = HttpServer::start(None, {
+        let inbox = inbox.clone();
+        move |received: Received| {
+            let redirect = received.path == "/hook";
+            inbox.0.lock().unwrap().push((received, true));
+            async move {
+                if redirect {
+                    (http::StatusCode::TEMPORARY_REDIRECT, "/elsewhere".to_owned())
+                } else {
+                    (http::StatusCode::OK, String::new())
+                }
+            }
+        }
+    })
+    .await;
+    let (endpoint, _) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    s.submit(&app, "redirected").await;
+    let delivery = eventually("two redirected attempts", Duration::from_secs(10), || {
+        let (app, id) = (&app, endpoint.webhook_endpoint_id.clone());
+        async move { deliveries(app, &id).await.into_iter().find(|delivery| delivery.attempts.len() >= 2) }
+    })
+    .await;
+    assert!(delivery.attempts.iter().all(|attempt| attempt.http_status == 307));
+    assert_eq!(delivery.state(), WebhookDeliveryState::Pending, "retried, as any non-2xx answer");
+    assert!(inbox.all().iter().all(|(received, _)| received.path == "/hook"), "the redirect was not followed");
+}

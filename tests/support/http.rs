@@ -33,7 +33,8 @@ pub struct Received {
     pub body: Bytes,
 }
 
-/// What the handler answers: a status and a body.
+/// What the handler answers: a status and a body. A redirection (3xx) is
+/// answered with the body as its `location` instead.
 pub type Answer = (http::StatusCode, String);
 
 type Handler = Arc<dyn Fn(Received) -> Pin<Box<dyn Future<Output = Answer> + Send>> + Send + Sync>;
@@ -119,7 +120,15 @@ impl HttpServer {
                                         body,
                                     };
                                     let (status, body) = handler(received).await;
-                                    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                                    let mut response = if status.is_redirection() {
+                                        let mut response = http::Response::new(Full::new(Bytes::new()));
+                                        if let Ok(location) = http::HeaderValue::from_str(&body) {
+                                            response.headers_mut().insert(http::header::LOCATION, location);
+                                        }
+                                        response
+                                    } else {
+                                        http::Response::new(Full::new(Bytes::from(body)))
+                                    };
                                     *response.status_mut() = status;
                                     Ok::<_, std::convert::Infallible>(response)
                                 }
