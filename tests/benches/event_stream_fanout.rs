@@ -73,6 +73,9 @@ async fn main() {
     // Subscribers, spread over a few connections, all watching everything.
     let expected_events = changes * 4;
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(subscribers * expected_events)));
+    // Each subscriber's median and worst lag: a subscriber that fell behind
+    // (a lag or replay loop) must not hide behind the percentiles of all.
+    let per_subscriber = Arc::new(Mutex::new(Vec::with_capacity(subscribers)));
     let finished = Arc::new(AtomicUsize::new(0));
     let mut subscriber_channels = Vec::new();
     for connection in 0..connections {
@@ -92,7 +95,7 @@ async fn main() {
             .await
             .unwrap()
             .into_inner();
-        let (latencies, finished) = (latencies.clone(), finished.clone());
+        let (latencies, finished, per_subscriber) = (latencies.clone(), finished.clone(), per_subscriber.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(expected_events);
             while mine.len() < expected_events {
@@ -104,6 +107,9 @@ async fn main() {
                     mine.push(latency.as_micros() as u64);
                 }
             }
+            let mut sorted = mine.clone();
+            sorted.sort_unstable();
+            per_subscriber.lock().await.push((percentile(&sorted, 0.5), percentile(&sorted, 1.0)));
             latencies.lock().await.extend(mine);
             finished.fetch_add(1, Ordering::Relaxed);
         }));
@@ -147,11 +153,15 @@ async fn main() {
     let mut latencies = Arc::try_unwrap(latencies).unwrap().into_inner();
     latencies.sort_unstable();
     let percentile = |p: f64| percentile(&latencies, p);
+    let per_subscriber = Arc::try_unwrap(per_subscriber).unwrap().into_inner();
+    let worst_median = per_subscriber.iter().map(|(median, _)| *median).max().unwrap_or_default();
+    let worst_max = per_subscriber.iter().map(|(_, max)| *max).max().unwrap_or_default();
     let report = format!(
         "event stream fan-out ({backend:?}; server: the partnerhub binary, its own process)\n\
          subscribers: {subscribers} over {connections} connections; partner changes: {changes} ({expected_events} events)\n\
          deliveries: {} in {elapsed:.2?}\n\
          commit-to-delivery latency: p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}\n\
+         worst subscriber: median lag {worst_median:.2?}, worst lag {worst_max:.2?}\n\
          server RSS: idle {} MiB, with subscribers {} MiB, peak while streaming {} MiB (high-water {} MiB)\n",
         latencies.len(),
         percentile(0.50),
