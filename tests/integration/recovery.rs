@@ -122,7 +122,9 @@ async fn a_database_outage_is_reported_once_per_task_and_flips_readiness() {
         let task = line.split("task=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("?");
         *failing.entry(task.trim_matches('"').to_owned()).or_default() += 1;
     }
-    assert!(failing.contains_key("migration_worker") && failing.contains_key("database_health_check"), "{log}");
+    for task in ["migration_worker", "database_health_check", "webhook_dispatcher"] {
+        assert!(failing.contains_key(task), "{task} did not report the outage:\n{log}");
+    }
     assert!(failing.values().all(|count| *count == 1), "each task reports an outage once: {failing:?}\n{log}");
     let errors = log.lines().filter(|line| line.contains("ERROR")).count();
     assert_eq!(errors, failing.values().sum::<usize>(), "no other error lines during the outage:\n{log}");

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use partnerhub_runtime::time::now;
+use partnerhub_runtime::{outage::Outage, time::now};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,9 @@ pub struct Dispatcher {
     slots: Arc<Semaphore>,
     /// Deliveries in flight per endpoint, on this replica.
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// A lost database is reported once, not per claim or attempt: the
+    /// deliveries are not lost (an unrecorded attempt's claim lapses and it is sent again).
+    outage: Outage,
     /// Delivered attempts, recorded together by [`Dispatcher::record_delivered`].
     delivered: tokio::sync::mpsc::UnboundedSender<Delivered>,
     to_record: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Delivered>>>>,
@@ -77,6 +80,7 @@ impl Dispatcher {
             wake,
             slots,
             in_flight: Arc::default(),
+            outage: Outage::new("webhook_dispatcher"),
             delivered,
             to_record: Arc::new(Mutex::new(Some(to_record))),
         })
@@ -86,7 +90,8 @@ impl Dispatcher {
     /// deliveries and freed slots, and otherwise every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
         let to_record = self.to_record.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let recorder = to_record.map(|to_record| tokio::spawn(record_delivered(self.db.clone(), to_record)));
+        let recorder =
+            to_record.map(|to_record| tokio::spawn(record_delivered(self.db.clone(), to_record, self.outage.clone())));
         self.dispatch(shutdown).await;
         // What was delivered before the shutdown is still recorded.
         drop(self);
@@ -102,8 +107,9 @@ impl Dispatcher {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Err(err) = self.claim_and_send(&shutdown).await {
-                tracing::warn!(error = %err, "cannot claim webhook deliveries");
+            match self.claim_and_send(&shutdown).await {
+                Ok(()) => self.outage.succeeded(),
+                Err(err) => self.outage.failed(&err),
             }
             if depth_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
                 depth_checked = Some(Instant::now());
@@ -226,7 +232,7 @@ impl Dispatcher {
             Ok(AfterAttempt::EndpointDisabled) => "disabled",
             // The claim lapses and another attempt follows: nothing is lost.
             Err(err) => {
-                tracing::warn!(error = %err, "cannot record a webhook attempt; it will be made again");
+                self.outage.failed(&err);
                 return;
             }
         };
@@ -297,7 +303,11 @@ impl Dispatcher {
 /// Records delivered attempts as they come, many in one transaction, until
 /// every sender is gone. A batch that cannot be recorded is left to its
 /// claims, which lapse: those deliveries are sent again (at least once).
-async fn record_delivered(db: DatabaseConnection, mut to_record: tokio::sync::mpsc::UnboundedReceiver<Delivered>) {
+async fn record_delivered(
+    db: DatabaseConnection,
+    mut to_record: tokio::sync::mpsc::UnboundedReceiver<Delivered>,
+    outage: Outage,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while to_record.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         match store::record_delivered(&db, &batch).await {
@@ -310,11 +320,7 @@ async fn record_delivered(db: DatabaseConnection, mut to_record: tokio::sync::mp
                     delivered.inc();
                 }
             }
-            Err(err) => tracing::warn!(
-                error = %err,
-                deliveries = batch.len(),
-                "cannot record delivered webhooks; they will be sent again"
-            ),
+            Err(err) => outage.failed(&err),
         }
         batch.clear();
     }

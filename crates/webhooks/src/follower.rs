@@ -11,7 +11,7 @@ use partnerhub_proto::partnerchange::v1::{
     WatchPartnerChangeEventsRequest, partner_change_service_client::PartnerChangeServiceClient,
     watch_partner_change_events_response::Kind,
 };
-use partnerhub_runtime::{peers::Peer, time::now};
+use partnerhub_runtime::{outage::Outage, peers::Peer, time::now};
 use sea_orm::DatabaseConnection;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,8 @@ pub struct Follower {
     holder: String,
     /// Wakes the dispatcher when deliveries were added.
     wake: Arc<Notify>,
+    /// A lost database or partner-change service is reported once, not per retry.
+    outage: Outage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,14 @@ enum FollowError {
 impl Follower {
     pub fn new(db: DatabaseConnection, partner_change: Peer, settings: &WebhooksSettings, wake: Arc<Notify>) -> Self {
         let holder = partnerhub_runtime::ids::new_id("replica");
-        Self { db, partner_change, lease: settings.follower_lease, holder, wake }
+        Self {
+            db,
+            partner_change,
+            lease: settings.follower_lease,
+            holder,
+            wake,
+            outage: Outage::new("webhook_follower"),
+        }
     }
 
     /// Follows the stream whenever this replica holds the lease, until `shutdown`.
@@ -65,7 +74,7 @@ impl Follower {
                     match self.follow(cursor, &shutdown).await {
                         Ok(()) => Duration::ZERO,
                         Err(err) => {
-                            tracing::warn!(error = %err, "stopped following the event stream; following again shortly");
+                            self.outage.failed(&err);
                             RETRY_DELAY
                         }
                     }
@@ -78,7 +87,7 @@ impl Follower {
                     self.lease / 3
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot take the follower lease");
+                    self.outage.failed(&err);
                     RETRY_DELAY
                 }
             };
@@ -104,6 +113,7 @@ impl Follower {
             .await
             .map_err(FollowError::Stream)?
             .into_inner();
+        self.outage.succeeded();
         let renew_every = self.lease / 3;
         let mut renew_at = Instant::now() + renew_every;
         loop {
