@@ -103,6 +103,14 @@ async fn a_database_outage_is_reported_once_per_task_and_flips_readiness() {
         services_status(server.addr).await.iter().all(|status| *status == ServingStatus::NotServing).then_some(())
     })
     .await;
+    // A call that needs the database meanwhile is UNAVAILABLE (retry), never INTERNAL.
+    let refused = server
+        .clients(Some(&key))
+        .webhooks("partner:p1")
+        .list_webhook_endpoints(partnerhub_proto::webhooks::v1::ListWebhookEndpointsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     admin.execute_unprepared(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await.unwrap();
     eventually("readiness to report SERVING again", Duration::from_secs(15), || async {
         services_status(server.addr).await.iter().all(|status| *status == ServingStatus::Serving).then_some(())
