@@ -882,3 +882,114 @@ async fn a_redirect_is_not_followed() {
     assert_eq!(delivery.state(), WebhookDeliveryState::Pending, "retried, as any non-2xx answer");
     assert!(inbox.all().iter().all(|(received, _)| received.path == "/hook"), "the redirect was not followed");
 }
+
+/// Update (url, description, disabled), pagination of the list, and delete.
+#[tokio::test]
+async fn an_endpoint_is_updated_listed_page_by_page_and_deleted() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
+        settings.webhooks().allow_http = true;
+        settings.webhooks().allow_private_networks = true;
+    })
+    .await;
+    let owner = app.webhooks("client:c-owner");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(create(&app, "client:c-owner", None, format!("http://127.0.0.1:9/{n}")).await.0.webhook_endpoint_id);
+    }
+    let update = |mask: &[&str], endpoint: wh::WebhookEndpoint| wh::UpdateWebhookEndpointRequest {
+        endpoint: Some(endpoint),
+        update_mask: Some(prost_types::FieldMask { paths: mask.iter().map(|path| (*path).to_owned()).collect() }),
+    };
+    let changed = owner
+        .clone()
+        .update_webhook_endpoint(update(
+            &["url", "description", "disabled"],
+            wh::WebhookEndpoint {
+                webhook_endpoint_id: ids[0].clone(),
+                url: "http://127.0.0.1:9/new".into(),
+                description: "renamed".into(),
+                disabled: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(
+        (changed.url.as_str(), changed.description.as_str(), changed.disabled),
+        ("http://127.0.0.1:9/new", "renamed", true)
+    );
+    assert_eq!(changed.disabled_reason, "disabled by its owner");
+    // Fields outside the mask stay; a bad mask or URL is refused naming the field.
+    let only_description = owner
+        .clone()
+        .update_webhook_endpoint(update(
+            &["description"],
+            wh::WebhookEndpoint {
+                webhook_endpoint_id: ids[0].clone(),
+                description: "again".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!((only_description.url.as_str(), only_description.disabled), ("http://127.0.0.1:9/new", true));
+    for (mask, url, field) in
+        [(&["secret"][..], "", "update_mask"), (&[][..], "", "update_mask"), (&["url"][..], "ftp://x/", "endpoint.url")]
+    {
+        let refused = owner
+            .clone()
+            .update_webhook_endpoint(update(
+                mask,
+                wh::WebhookEndpoint { webhook_endpoint_id: ids[0].clone(), url: url.into(), ..Default::default() },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.code(), violated_fields(&refused)),
+            (Code::InvalidArgument, vec![field.to_owned()]),
+            "{mask:?}"
+        );
+    }
+
+    // Two pages of two and one, in creation order.
+    let page = |token: String| {
+        let owner = owner.clone();
+        async move {
+            owner
+                .clone()
+                .list_webhook_endpoints(wh::ListWebhookEndpointsRequest {
+                    page_size: 2,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = page(String::new()).await;
+    let second = page(first.next_page_token.clone()).await;
+    let listed: Vec<String> =
+        first.endpoints.iter().chain(&second.endpoints).map(|endpoint| endpoint.webhook_endpoint_id.clone()).collect();
+    assert_eq!(listed, ids);
+    assert!(second.next_page_token.is_empty());
+
+    owner
+        .clone()
+        .delete_webhook_endpoint(wh::DeleteWebhookEndpointRequest { webhook_endpoint_id: ids[1].clone() })
+        .await
+        .unwrap();
+    let gone = owner
+        .clone()
+        .get_webhook_endpoint(wh::GetWebhookEndpointRequest { webhook_endpoint_id: ids[1].clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(page(String::new()).await.endpoints.len(), 2);
+}
