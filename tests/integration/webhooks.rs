@@ -427,12 +427,17 @@ async fn private_addresses_and_plain_http_are_refused_unless_allowed() {
         "https://10.0.0.7/hook",
         "https://[::1]/hook",
         "not a url",
-    ] {
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    // Within the length limit as sent, beyond it once percent-encoded.
+    .chain([format!("https://93.184.215.14/{}", "é".repeat(1500))])
+    {
         let refused = app
             .webhooks("partner:p1")
             .create_webhook_endpoint(wh::CreateWebhookEndpointRequest {
                 owner: None,
-                url: url.into(),
+                url: url.clone(),
                 description: String::new(),
             })
             .await

@@ -86,6 +86,11 @@ impl WebhooksApi {
 
     async fn check_url(&self, url: &str) -> Result<String, Status> {
         match self.addresses.check(url).await {
+            // Non-ASCII is percent-encoded: the stored form may be longer than what was sent.
+            Ok(url) if url.as_str().len() > MAX_URL_LEN => Err(invalid_argument(&[FieldViolation::new(
+                "url",
+                format!("must be at most {MAX_URL_LEN} characters once encoded"),
+            )])),
             Ok(url) => Ok(url.to_string()),
             Err(refused) => Err(WebhooksError::RefusedUrl(refused).into()),
         }
