@@ -26,6 +26,7 @@ use tonic::Code;
 use crate::fixtures::{scenario, wait_for_state};
 
 on_both_databases!(
+    a_delete_racing_an_update_or_a_rotation_answers_not_found_never_internal,
     a_hanging_endpoint_does_not_delay_the_others,
     an_endpoint_failing_everything_for_long_is_disabled,
     two_replicas_deliver_each_event_once,
@@ -997,4 +998,32 @@ async fn an_endpoint_is_updated_listed_page_by_page_and_deleted() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(page(String::new()).await.endpoints.len(), 2);
+}
+
+async fn a_delete_racing_an_update_or_a_rotation_answers_not_found_never_internal(backend: Backend) {
+    let app = app(backend).await;
+    let owner = app.webhooks("partner:racer");
+    for n in 0..10 {
+        let (endpoint, _) = create(&app, "partner:racer", None, format!("http://127.0.0.1:9/{n}")).await;
+        let id = endpoint.webhook_endpoint_id;
+        let (mut a, mut b, mut c) = (owner.clone(), owner.clone(), owner.clone());
+        let (deleted, updated, rotated) = tokio::join!(
+            a.delete_webhook_endpoint(wh::DeleteWebhookEndpointRequest { webhook_endpoint_id: id.clone() }),
+            b.update_webhook_endpoint(wh::UpdateWebhookEndpointRequest {
+                endpoint: Some(wh::WebhookEndpoint {
+                    webhook_endpoint_id: id.clone(),
+                    description: "raced".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["description".into()] }),
+            }),
+            c.rotate_webhook_secret(wh::RotateWebhookSecretRequest { webhook_endpoint_id: id.clone(), overlap: None }),
+        );
+        deleted.unwrap();
+        for outcome in [updated.map(drop), rotated.map(drop)] {
+            if let Err(status) = outcome {
+                assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            }
+        }
+    }
 }

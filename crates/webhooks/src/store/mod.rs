@@ -129,7 +129,11 @@ pub async fn update_endpoint(
         }
     }
     model.update_time = Set(now);
-    let updated = model.update(&tx).await?;
+    let updated = match model.update(&tx).await {
+        // Deleted by a concurrent call since it was read: as missing as if it never was.
+        Err(DbErr::RecordNotUpdated) => return Ok(None),
+        updated => updated?,
+    };
     tx.commit().await?;
     Ok(Some(updated))
 }
@@ -165,7 +169,11 @@ pub async fn rotate_secret(
     model.previous_secret = Set(previous_until.map(|_| previous));
     model.previous_secret_expire_time = Set(previous_until);
     model.update_time = Set(now);
-    let updated = model.update(&tx).await?;
+    let updated = match model.update(&tx).await {
+        // Deleted by a concurrent call since it was read: as missing as if it never was.
+        Err(DbErr::RecordNotUpdated) => return Ok(None),
+        updated => updated?,
+    };
     tx.commit().await?;
     Ok(Some(updated))
 }
