@@ -230,6 +230,7 @@ impl Dispatcher {
             Ok(AfterAttempt::Retry(_)) => "retry",
             Ok(AfterAttempt::Failed) => "failed",
             Ok(AfterAttempt::EndpointDisabled) => "disabled",
+            Ok(AfterAttempt::Deleted) => "deleted",
             // The claim lapses and another attempt follows: nothing is lost.
             Err(err) => {
                 self.outage.failed(&err);

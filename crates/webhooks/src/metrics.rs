@@ -9,7 +9,7 @@ use prometheus_client::{
 };
 
 /// What became of an attempt: `delivered`, `retry`, `failed` (the schedule
-/// exhausted) or `disabled` (the endpoint was disabled).
+/// exhausted), `disabled` (the endpoint was disabled) or `deleted` (with its endpoint, meanwhile).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,

@@ -498,6 +498,8 @@ pub enum AfterAttempt {
     Failed,
     /// The endpoint has failed everything for too long and was disabled.
     EndpointDisabled,
+    /// The delivery was deleted with its endpoint meanwhile: nothing to record.
+    Deleted,
 }
 
 /// Records an attempt and what follows from it: delivered; due again after
@@ -512,6 +514,14 @@ pub async fn record_attempt(
 ) -> Result<AfterAttempt, StoreError> {
     let tx = begin_write(db).await?;
     let delivery_id = &claimed.delivery.webhook_delivery_id;
+    let mut still_there = delivery::Entity::find_by_id(delivery_id);
+    if db.get_database_backend() == DbBackend::Postgres {
+        still_there = still_there.lock_shared();
+    }
+    if still_there.one(&tx).await?.is_none() {
+        tx.commit().await?;
+        return Ok(AfterAttempt::Deleted);
+    }
     let record = attempt::ActiveModel {
         webhook_delivery_id: Set(delivery_id.clone()),
         attempt_time: Set(outcome.time),
@@ -561,7 +571,7 @@ pub async fn record_attempt(
     let (state, next) = match after {
         AfterAttempt::Delivered => (DeliveryState::Delivered, None),
         AfterAttempt::Retry(at) => (DeliveryState::Pending, Some(at)),
-        AfterAttempt::Failed | AfterAttempt::EndpointDisabled => (DeliveryState::Failed, None),
+        AfterAttempt::Failed | AfterAttempt::EndpointDisabled | AfterAttempt::Deleted => (DeliveryState::Failed, None),
     };
     delivery::Entity::update_many()
         .col_expr(delivery::Column::State, Expr::value(state))
@@ -585,6 +595,23 @@ pub async fn record_delivered(
         return Ok(());
     }
     let tx = begin_write(db).await?;
+    // Deliveries deleted with their endpoint meanwhile are skipped (their
+    // rows locked until commit on PostgreSQL, so none can go in between).
+    let ids: Vec<String> = delivered.iter().map(|(claimed, _)| claimed.delivery.webhook_delivery_id.clone()).collect();
+    let mut still_there = delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::WebhookDeliveryId)
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids));
+    if db.get_database_backend() == DbBackend::Postgres {
+        still_there = still_there.lock_shared();
+    }
+    let still_there: std::collections::HashSet<String> = still_there.into_tuple().all(&tx).await?.into_iter().collect();
+    let delivered: Vec<&(Claimed, AttemptOutcome)> =
+        delivered.iter().filter(|(claimed, _)| still_there.contains(&claimed.delivery.webhook_delivery_id)).collect();
+    if delivered.is_empty() {
+        tx.commit().await?;
+        return Ok(());
+    }
     let attempts = delivered.iter().map(|(claimed, outcome)| attempt::ActiveModel {
         webhook_delivery_id: Set(claimed.delivery.webhook_delivery_id.clone()),
         attempt_time: Set(outcome.time),
