@@ -132,17 +132,14 @@ impl Dispatcher {
         if free == 0 || (in_flight > 0 && free < self.settings.max_in_flight.div_ceil(4)) {
             return Ok(());
         }
-        let busy: Vec<String> = {
-            let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-            in_flight
-                .iter()
-                .filter(|(_, count)| **count >= self.settings.max_in_flight_per_endpoint)
-                .map(|(endpoint, _)| endpoint.clone())
-                .collect()
-        };
+        let cap = self.settings.max_in_flight_per_endpoint;
+        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let busy: Vec<String> =
+            in_flight.iter().filter(|(_, count)| **count >= cap).map(|(endpoint, _)| endpoint.clone()).collect();
+        let room = |endpoint: &str| cap.saturating_sub(in_flight.get(endpoint).copied().unwrap_or(0));
         // A POST ends within the request timeout; the rest is for recording it.
         let lease = self.settings.request_timeout * 2;
-        let claimed = store::claim_due(&self.db, free as u64, &busy, lease, now()).await?;
+        let claimed = store::claim_due(&self.db, free as u64, &busy, room, lease, now()).await?;
         let mut over_cap = Vec::new();
         for claim in claimed {
             let endpoint_id = claim.endpoint.webhook_endpoint_id.clone();

@@ -404,13 +404,16 @@ pub struct Claimed {
     pub endpoint: endpoint::Model,
 }
 
-/// Claims up to `limit` due deliveries of enabled endpoints not in `busy`,
-/// for `lease` (by the database's clock): no other replica sends them until it lapses (a replica that
-/// dies mid-send leaves them to be taken over then).
+/// Claims up to `limit` due deliveries of enabled endpoints, at most
+/// `room(endpoint)` of each (none of those in `busy`), for `lease` (by the
+/// database's clock): no other replica sends them until it lapses (a replica
+/// that dies mid-send leaves them to be taken over then). Due rows beyond an
+/// endpoint's room are left untouched, not claimed and given back.
 pub async fn claim_due(
     db: &DatabaseConnection,
     limit: u64,
     busy: &[String],
+    room: impl Fn(&str) -> usize,
     lease: Duration,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
@@ -426,15 +429,17 @@ pub async fn claim_due(
         .from(endpoint::Entity)
         .and_where(endpoint::Column::Disabled.eq(false))
         .to_owned();
+    // A wider window than `limit`, so that a few busy endpoints' rows do not hide the others'.
+    let window = Ord::min(limit.saturating_mul(4), 4096);
     let mut due = Query::select();
-    due.column(delivery::Column::WebhookDeliveryId)
+    due.columns([delivery::Column::WebhookDeliveryId, delivery::Column::WebhookEndpointId])
         .from(delivery::Entity)
         .and_where(delivery::Column::State.eq(DeliveryState::Pending))
         .and_where(delivery::Column::NextAttemptTime.lte(now))
         .cond_where(free.clone())
         .and_where(delivery::Column::WebhookEndpointId.in_subquery(enabled))
         .order_by(delivery::Column::NextAttemptTime, sea_orm::Order::Asc)
-        .limit(limit);
+        .limit(window);
     if !busy.is_empty() {
         due.and_where(delivery::Column::WebhookEndpointId.is_not_in(busy.iter().cloned()));
     }
@@ -443,12 +448,23 @@ pub async fn claim_due(
         due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
     }
     let tx = begin_write(db).await?;
-    let ids: Vec<String> = tx
+    let rows: Vec<(String, String)> = tx
         .query_all(&due)
         .await?
         .iter()
-        .map(|row| row.try_get::<String>("", "webhook_delivery_id"))
-        .collect::<Result<_, _>>()?;
+        .map(|row| {
+            Ok((row.try_get::<String>("", "webhook_delivery_id")?, row.try_get::<String>("", "webhook_endpoint_id")?))
+        })
+        .collect::<Result<_, DbErr>>()?;
+    let mut taken: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for (id, endpoint_id) in &rows {
+        let count = taken.entry(endpoint_id.as_str()).or_default();
+        if *count < room(endpoint_id) && (ids.len() as u64) < limit {
+            *count += 1;
+            ids.push(id.clone());
+        }
+    }
     if ids.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());
