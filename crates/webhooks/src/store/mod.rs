@@ -408,7 +408,8 @@ pub struct Claimed {
 /// `room(endpoint)` of each (none of those in `busy`), for `lease` (by the
 /// database's clock): no other replica sends them until it lapses (a replica
 /// that dies mid-send leaves them to be taken over then). Due rows beyond an
-/// endpoint's room are left untouched, not claimed and given back.
+/// endpoint's room are left untouched, not claimed and given back (the
+/// endpoints already full are left out of the query).
 pub async fn claim_due(
     db: &DatabaseConnection,
     limit: u64,
@@ -429,8 +430,6 @@ pub async fn claim_due(
         .from(endpoint::Entity)
         .and_where(endpoint::Column::Disabled.eq(false))
         .to_owned();
-    // A wider window than `limit`, so that a few busy endpoints' rows do not hide the others'.
-    let window = Ord::min(limit.saturating_mul(4), 4096);
     let mut due = Query::select();
     due.columns([delivery::Column::WebhookDeliveryId, delivery::Column::WebhookEndpointId])
         .from(delivery::Entity)
@@ -439,7 +438,7 @@ pub async fn claim_due(
         .cond_where(free.clone())
         .and_where(delivery::Column::WebhookEndpointId.in_subquery(enabled))
         .order_by(delivery::Column::NextAttemptTime, sea_orm::Order::Asc)
-        .limit(window);
+        .limit(limit);
     if !busy.is_empty() {
         due.and_where(delivery::Column::WebhookEndpointId.is_not_in(busy.iter().cloned()));
     }
