@@ -65,12 +65,17 @@ impl Follower {
 
     /// Follows the stream whenever this replica holds the lease, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Each change of role is logged once, not every reconnect.
         let mut waiting_logged = false;
+        let mut holding = false;
         while !shutdown.is_cancelled() {
             let pause = match store::take_follower_lease(&self.db, &self.holder, self.lease).await {
                 Ok(Some(cursor)) => {
                     waiting_logged = false;
-                    tracing::info!(holder = %self.holder, "following the event stream for webhooks");
+                    if !holding {
+                        tracing::info!(holder = %self.holder, "following the event stream for webhooks");
+                        holding = true;
+                    }
                     match self.follow(cursor, &shutdown).await {
                         Ok(()) => Duration::ZERO,
                         Err(err) => {
@@ -80,6 +85,7 @@ impl Follower {
                     }
                 }
                 Ok(None) => {
+                    holding = false;
                     if !waiting_logged {
                         tracing::debug!("another replica follows the event stream");
                         waiting_logged = true;
