@@ -216,14 +216,10 @@ impl Dispatcher {
         }
         let attempts = u32::try_from(claimed.delivery.attempt_count).unwrap_or(0) + 1;
         let retry_in = self.settings.retry_schedule.delay_after(attempts).map(jitter);
-        let recorded = store::record_attempt(&self.db, &claimed, &outcome, retry_in, self.settings.disable_after).await;
+        let recorded =
+            store::record_failed_attempt(&self.db, &claimed, &outcome, retry_in, self.settings.disable_after).await;
         let metrics = metrics();
         let outcome_label = match &recorded {
-            Ok(AfterAttempt::Delivered) => {
-                let age = (now() - claimed.delivery.create_time).to_std().unwrap_or_default();
-                metrics.delivery_delay_seconds.observe(age.as_secs_f64());
-                "delivered"
-            }
             Ok(AfterAttempt::Retry(_)) => "retry",
             Ok(AfterAttempt::Failed) => "failed",
             Ok(AfterAttempt::EndpointDisabled) => "disabled",

@@ -16,8 +16,8 @@ use partnerhub_runtime::{
     pagination::split_page,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 
@@ -111,46 +111,28 @@ pub async fn update_endpoint(
     changes: EndpointChanges,
     now: DateTime<Utc>,
 ) -> Result<Option<endpoint::Model>, StoreError> {
-    let tx = begin_write(db).await?;
-    let Some(current) = find_endpoint(&tx, id).await? else { return Ok(None) };
-    let mut model = current.into_active_model();
-    if let Some(url) = changes.url {
-        model.url = Set(url);
-    }
-    if let Some(description) = changes.description {
-        model.description = Set(description);
-    }
-    if let Some(disabled) = changes.disabled {
-        model.disabled = Set(disabled);
-        model.disabled_reason = Set(if disabled { "disabled by its owner".to_owned() } else { String::new() });
-        if !disabled {
-            // A fresh start: the failures before it was disabled do not count against it.
-            model.failing_since = Set(None);
+    change_endpoint(db, id, now, |_, model| {
+        if let Some(url) = changes.url {
+            model.url = Set(url);
         }
-    }
-    model.update_time = Set(now);
-    let updated = match model.update(&tx).await {
-        // Deleted by a concurrent call since it was read: as missing as if it never was.
-        Err(DbErr::RecordNotUpdated) => return Ok(None),
-        updated => updated?,
-    };
-    tx.commit().await?;
-    Ok(Some(updated))
+        if let Some(description) = changes.description {
+            model.description = Set(description);
+        }
+        if let Some(disabled) = changes.disabled {
+            model.disabled = Set(disabled);
+            model.disabled_reason = Set(if disabled { "disabled by its owner".to_owned() } else { String::new() });
+            if !disabled {
+                // A fresh start: the failures before it was disabled do not count against it.
+                model.failing_since = Set(None);
+            }
+        }
+    })
+    .await
 }
 
-/// Deletes the endpoint and, with it, its deliveries and their attempts.
+/// Deletes the endpoint and, with it (the foreign keys cascade), its deliveries and their attempts.
 pub async fn delete_endpoint(db: &DatabaseConnection, id: &str) -> Result<bool, StoreError> {
-    let tx = begin_write(db).await?;
-    let deliveries = Query::select()
-        .column(delivery::Column::WebhookDeliveryId)
-        .from(delivery::Entity)
-        .and_where(delivery::Column::WebhookEndpointId.eq(id))
-        .to_owned();
-    attempt::Entity::delete_many().filter(attempt::Column::WebhookDeliveryId.in_subquery(deliveries)).exec(&tx).await?;
-    delivery::Entity::delete_many().filter(delivery::Column::WebhookEndpointId.eq(id)).exec(&tx).await?;
-    let deleted = endpoint::Entity::delete_by_id(id).exec(&tx).await?.rows_affected > 0;
-    tx.commit().await?;
-    Ok(deleted)
+    Ok(endpoint::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
 
 /// Makes `secret` the endpoint's; the current one keeps signing until `previous_until`, if given.
@@ -161,13 +143,26 @@ pub async fn rotate_secret(
     previous_until: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Option<endpoint::Model>, StoreError> {
+    change_endpoint(db, id, now, |current, model| {
+        model.secret = Set(secret);
+        model.previous_secret = Set(previous_until.map(|_| current.secret.clone()));
+        model.previous_secret_expire_time = Set(previous_until);
+    })
+    .await
+}
+
+/// Reads the endpoint and writes what `change` sets (and the update time) in
+/// one transaction; `None` when it is missing, or was deleted meanwhile.
+async fn change_endpoint(
+    db: &DatabaseConnection,
+    id: &str,
+    now: DateTime<Utc>,
+    change: impl FnOnce(&endpoint::Model, &mut endpoint::ActiveModel),
+) -> Result<Option<endpoint::Model>, StoreError> {
     let tx = begin_write(db).await?;
     let Some(current) = find_endpoint(&tx, id).await? else { return Ok(None) };
-    let previous = current.secret.clone();
-    let mut model = current.into_active_model();
-    model.secret = Set(secret);
-    model.previous_secret = Set(previous_until.map(|_| previous));
-    model.previous_secret_expire_time = Set(previous_until);
+    let mut model = current.clone().into_active_model();
+    change(&current, &mut model);
     model.update_time = Set(now);
     let updated = match model.update(&tx).await {
         // Deleted by a concurrent call since it was read: as missing as if it never was.
@@ -507,7 +502,6 @@ impl AttemptOutcome {
 /// What became of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterAttempt {
-    Delivered,
     /// Due again then.
     Retry(DateTime<Utc>),
     Failed,
@@ -517,10 +511,11 @@ pub enum AfterAttempt {
     Deleted,
 }
 
-/// Records an attempt and what follows from it: delivered; due again after
-/// `retry_in` (`None`: the schedule is exhausted, failed); and the endpoint
-/// disabled once it has failed everything since `disable_after` ago.
-pub async fn record_attempt(
+/// Records a failed attempt (delivered ones: [`record_delivered`]) and what
+/// follows from it: due again after `retry_in` (`None`: the schedule is
+/// exhausted, failed), and the endpoint disabled once it has failed
+/// everything since `disable_after` ago.
+pub async fn record_failed_attempt(
     db: &DatabaseConnection,
     claimed: &Claimed,
     outcome: &AttemptOutcome,
@@ -529,11 +524,7 @@ pub async fn record_attempt(
 ) -> Result<AfterAttempt, StoreError> {
     let tx = begin_write(db).await?;
     let delivery_id = &claimed.delivery.webhook_delivery_id;
-    let mut still_there = delivery::Entity::find_by_id(delivery_id);
-    if db.get_database_backend() == DbBackend::Postgres {
-        still_there = still_there.lock_shared();
-    }
-    if still_there.one(&tx).await?.is_none() {
+    if lock_existing(&tx, [delivery_id.clone()]).await?.is_empty() {
         tx.commit().await?;
         return Ok(AfterAttempt::Deleted);
     }
@@ -548,45 +539,28 @@ pub async fn record_attempt(
     attempt::Entity::insert(record).exec(&tx).await?;
     let now = outcome.time;
     let endpoint_id = &claimed.endpoint.webhook_endpoint_id;
-    let after = if outcome.delivered() {
-        // Written only when it changes: concurrent deliveries to one endpoint need not queue on its row.
-        endpoint::Entity::update_many()
-            .col_expr(endpoint::Column::FailingSince, Expr::value(Option::<DateTime<Utc>>::None))
-            .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id))
-            .filter(endpoint::Column::FailingSince.is_not_null())
-            .exec(&tx)
-            .await?;
-        AfterAttempt::Delivered
-    } else {
-        let failing_since = find_endpoint(&tx, endpoint_id).await?.and_then(|e| e.failing_since).unwrap_or(now);
-        let disable = now - failing_since >= chrono::Duration::from_std(disable_after).unwrap_or(chrono::Duration::MAX);
-        let mut update = endpoint::Entity::update_many()
-            .col_expr(endpoint::Column::FailingSince, Expr::value(failing_since))
-            .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id));
-        if disable {
-            let reason = format!(
-                "every delivery failed for {} (webhooks.disable_after)",
-                humantime::format_duration(disable_after)
-            );
-            update = update
-                .col_expr(endpoint::Column::Disabled, Expr::value(true))
-                .col_expr(endpoint::Column::DisabledReason, Expr::value(reason))
-                .col_expr(endpoint::Column::UpdateTime, Expr::value(now));
+    let failing_since = find_endpoint(&tx, endpoint_id).await?.and_then(|e| e.failing_since).unwrap_or(now);
+    let disable = now - failing_since >= chrono::Duration::from_std(disable_after).unwrap_or(chrono::Duration::MAX);
+    let mut update = endpoint::Entity::update_many()
+        .col_expr(endpoint::Column::FailingSince, Expr::value(failing_since))
+        .filter(endpoint::Column::WebhookEndpointId.eq(endpoint_id));
+    if disable {
+        let reason =
+            format!("every delivery failed for {} (webhooks.disable_after)", humantime::format_duration(disable_after));
+        update = update
+            .col_expr(endpoint::Column::Disabled, Expr::value(true))
+            .col_expr(endpoint::Column::DisabledReason, Expr::value(reason))
+            .col_expr(endpoint::Column::UpdateTime, Expr::value(now));
+    }
+    update.exec(&tx).await?;
+    let (after, state, next) = match (disable, retry_in) {
+        (true, _) => (AfterAttempt::EndpointDisabled, DeliveryState::Failed, None),
+        (false, Some(delay)) => {
+            let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            let at = now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC);
+            (AfterAttempt::Retry(at), DeliveryState::Pending, Some(at))
         }
-        update.exec(&tx).await?;
-        match (disable, retry_in) {
-            (true, _) => AfterAttempt::EndpointDisabled,
-            (false, Some(delay)) => {
-                let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                AfterAttempt::Retry(now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC))
-            }
-            (false, None) => AfterAttempt::Failed,
-        }
-    };
-    let (state, next) = match after {
-        AfterAttempt::Delivered => (DeliveryState::Delivered, None),
-        AfterAttempt::Retry(at) => (DeliveryState::Pending, Some(at)),
-        AfterAttempt::Failed | AfterAttempt::EndpointDisabled | AfterAttempt::Deleted => (DeliveryState::Failed, None),
+        (false, None) => (AfterAttempt::Failed, DeliveryState::Failed, None),
     };
     delivery::Entity::update_many()
         .col_expr(delivery::Column::State, Expr::value(state))
@@ -600,6 +574,23 @@ pub async fn record_attempt(
     Ok(after)
 }
 
+/// Which of the deliveries `ids` still exist (not deleted with their
+/// endpoint), their rows locked until commit on PostgreSQL so that none is
+/// deleted before the attempts written for them.
+async fn lock_existing(
+    tx: &DatabaseTransaction,
+    ids: impl IntoIterator<Item = String>,
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let mut query = delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::WebhookDeliveryId)
+        .filter(delivery::Column::WebhookDeliveryId.is_in(ids));
+    if tx.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_shared();
+    }
+    Ok(query.into_tuple().all(tx).await?.into_iter().collect())
+}
+
 /// Records delivered attempts (2xx) in one transaction: each attempt, each
 /// delivery delivered, and their endpoints no longer failing.
 pub async fn record_delivered(
@@ -610,17 +601,9 @@ pub async fn record_delivered(
         return Ok(());
     }
     let tx = begin_write(db).await?;
-    // Deliveries deleted with their endpoint meanwhile are skipped (their
-    // rows locked until commit on PostgreSQL, so none can go in between).
-    let ids: Vec<String> = delivered.iter().map(|(claimed, _)| claimed.delivery.webhook_delivery_id.clone()).collect();
-    let mut still_there = delivery::Entity::find()
-        .select_only()
-        .column(delivery::Column::WebhookDeliveryId)
-        .filter(delivery::Column::WebhookDeliveryId.is_in(ids));
-    if db.get_database_backend() == DbBackend::Postgres {
-        still_there = still_there.lock_shared();
-    }
-    let still_there: std::collections::HashSet<String> = still_there.into_tuple().all(&tx).await?.into_iter().collect();
+    // Deliveries deleted with their endpoint meanwhile are skipped.
+    let ids = delivered.iter().map(|(claimed, _)| claimed.delivery.webhook_delivery_id.clone());
+    let still_there = lock_existing(&tx, ids).await?;
     let delivered: Vec<&(Claimed, AttemptOutcome)> =
         delivered.iter().filter(|(claimed, _)| still_there.contains(&claimed.delivery.webhook_delivery_id)).collect();
     if delivered.is_empty() {
