@@ -15,6 +15,7 @@ use partnerhub_proto::{
     partnerchange::v1::PartnerChangeState as St,
     webhooks::v1::{self as wh, WebhookDeliveryState},
 };
+use partnerhub_tests::binary::ServerProcess;
 use partnerhub_tests::{
     Backend, ServiceSections, TestApp, eventually,
     http::{HttpServer, Received},
@@ -555,26 +556,34 @@ async fn two_replicas_deliver_each_event_once(backend: Backend) {
     drop(replica);
 }
 
+/// A PostgreSQL database, a signing key, and the environment of server
+/// processes on them that deliver to this machine and hand work over quickly.
+async fn process_setup() -> (partnerhub_tests::TestDatabase, String, Vec<(String, String)>) {
+    use base64::Engine as _;
+    let database = partnerhub_tests::TestDatabase::create(Backend::Postgres).await;
+    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    let env = [
+        ("PARTNERHUB__DATABASE__URL", database.url().unwrap()),
+        ("PARTNERHUB__AUTH__SIGNING_KEY", key.clone()),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true".to_owned()),
+        ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true".to_owned()),
+        ("PARTNERHUB__WEBHOOKS__FOLLOWER_LEASE", "2s".to_owned()),
+        ("PARTNERHUB__WEBHOOKS__POLL_INTERVAL", "100ms".to_owned()),
+    ];
+    (database, key, env.into_iter().map(|(name, value)| (name.to_owned(), value)).collect())
+}
+
 /// Two server processes on one PostgreSQL database; the one that follows the
 /// event stream for webhooks is killed with SIGKILL; the other takes over once
 /// its lease lapses, and no event is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_following_replica_killed_loses_no_event() {
-    use base64::Engine as _;
-    use partnerhub_tests::{TestDatabase, binary::ServerProcess};
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let url = database.url().unwrap();
-    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
-    let env = [
-        ("PARTNERHUB__DATABASE__URL", url.as_str()),
-        ("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str()),
-        ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true"),
-        ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
-        ("PARTNERHUB__WEBHOOKS__FOLLOWER_LEASE", "2s"),
-        ("PARTNERHUB__WEBHOOKS__POLL_INTERVAL", "100ms"),
-        ("PARTNERHUB__WEBHOOKS__RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms"),
-        ("PARTNERHUB__PARTNER_CHANGE__WORKER__POLL_INTERVAL", "100ms"),
-    ];
+    let (database, key, mut env) = process_setup().await;
+    env.extend([
+        ("PARTNERHUB__WEBHOOKS__RETRY_SCHEDULE".to_owned(), "200ms,200ms,200ms,200ms,200ms".to_owned()),
+        ("PARTNERHUB__PARTNER_CHANGE__WORKER__POLL_INTERVAL".to_owned(), "100ms".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
     // The first to start takes the follower's lease.
     // Each in its own directory: its own log.
     let first = ServerProcess::start_with(&database.data_dir().join("first"), &[], &env);
@@ -753,21 +762,10 @@ async fn a_name_that_resolves_to_a_private_address_is_refused_at_delivery() {
 /// another replica sends the delivery, with the same `webhook-id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_in_flight_at_a_sigkill_is_sent_by_another_replica() {
-    use base64::Engine as _;
-    use partnerhub_tests::{TestDatabase, binary::ServerProcess};
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let url = database.url().unwrap();
-    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
-    let env = [
-        ("PARTNERHUB__DATABASE__URL", url.as_str()),
-        ("PARTNERHUB__AUTH__SIGNING_KEY", key.as_str()),
-        ("PARTNERHUB__WEBHOOKS__ALLOW_HTTP", "true"),
-        ("PARTNERHUB__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true"),
-        ("PARTNERHUB__WEBHOOKS__FOLLOWER_LEASE", "2s"),
-        ("PARTNERHUB__WEBHOOKS__POLL_INTERVAL", "100ms"),
-        // A claim lasts twice this: long enough to kill the sender mid-POST, short enough to wait for.
-        ("PARTNERHUB__WEBHOOKS__REQUEST_TIMEOUT", "3s"),
-    ];
+    let (database, key, mut env) = process_setup().await;
+    // A claim lasts twice this: long enough to kill the sender mid-POST, short enough to wait for.
+    env.push(("PARTNERHUB__WEBHOOKS__REQUEST_TIMEOUT".to_owned(), "3s".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
     let first = ServerProcess::start_with(&database.data_dir().join("first"), &[], &env);
     let clients = first.clients(Some(&key));
     let s = scenario(&clients, false).await;
