@@ -2,11 +2,9 @@
 
 use partnerhub_runtime::{
     db::StoreError,
-    error::{FieldViolation, Reason, invalid_argument, not_found, status},
+    error::{Reason, not_found, status},
 };
 use tonic::{Code, Status};
-
-use crate::address::RefusedUrl;
 
 /// The reasons only the webhooks service gives (besides the shared ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +33,6 @@ pub enum WebhooksError {
     EndpointNotFound(String),
     #[error("webhook delivery {0} not found")]
     DeliveryNotFound(String),
-    #[error("url {0}")]
-    RefusedUrl(RefusedUrl),
     #[error("webhook endpoint {0} is disabled; enable it (UpdateWebhookEndpoint, disabled: false) first")]
     EndpointDisabled(String),
     #[error("an owner may have at most {0} webhook endpoints; delete one first")]
@@ -67,7 +63,6 @@ impl From<WebhooksError> for Status {
             WebhooksError::DeliveryNotFound(id) => {
                 not_found(WebhooksReason::WebhookDeliveryNotFound, "webhook delivery", "webhookDeliveryId", &id)
             }
-            WebhooksError::RefusedUrl(refused) => invalid_argument(&[FieldViolation::new("url", refused.to_string())]),
             WebhooksError::EndpointDisabled(ref id) => status(
                 Code::FailedPrecondition,
                 WebhooksReason::WebhookEndpointDisabled,

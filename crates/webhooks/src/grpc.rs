@@ -84,15 +84,17 @@ impl WebhooksApi {
         }
     }
 
-    async fn check_url(&self, url: &str) -> Result<String, Status> {
+    /// The URL as it is stored, if webhooks may be sent there; refused as the
+    /// request's `field` (`url`, `endpoint.url`).
+    async fn check_url(&self, field: &str, url: &str) -> Result<String, Status> {
+        let refused = |problem: String| invalid_argument(&[FieldViolation::new(field, problem)]);
         match self.addresses.check(url).await {
             // Non-ASCII is percent-encoded: the stored form may be longer than what was sent.
-            Ok(url) if url.as_str().len() > MAX_URL_LEN => Err(invalid_argument(&[FieldViolation::new(
-                "url",
-                format!("must be at most {MAX_URL_LEN} characters once encoded"),
-            )])),
+            Ok(url) if url.as_str().len() > MAX_URL_LEN => {
+                Err(refused(format!("must be at most {MAX_URL_LEN} characters once encoded")))
+            }
             Ok(url) => Ok(url.to_string()),
-            Err(refused) => Err(WebhooksError::RefusedUrl(refused).into()),
+            Err(problem) => Err(refused(problem.to_string())),
         }
     }
 
@@ -193,7 +195,7 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         )
             .validate()?;
         let owner = owner_for(caller, named, "owner")?;
-        let url = self.check_url(&url).await?;
+        let url = self.check_url("url", &url).await?;
         if caller.is_support() {
             self.check_owner_exists(&owner).await?;
         }
@@ -257,7 +259,7 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
         self.owned_endpoint(caller, &endpoint_id).await?;
         let mut changes = changes;
         if let Some(url) = &changes.url {
-            changes.url = Some(self.check_url(url).await.map_err(|status| rename_field(status, "endpoint.url"))?);
+            changes.url = Some(self.check_url("endpoint.url", url).await?);
         }
         let updated = store::update_endpoint(&self.db, &endpoint_id, changes, now())
             .await
@@ -348,15 +350,6 @@ impl pb::webhook_service_server::WebhookService for WebhooksApi {
             store::find_delivery(&self.db, &delivery_id).await.map_err(WebhooksError::from)?.ok_or_else(not_found)?;
         Ok(Response::new(pb::RedeliverWebhookEventResponse { delivery: Some(delivery_to_proto(delivery)) }))
     }
-}
-
-/// The violation of a refused URL, named as the request names the field.
-fn rename_field(status: Status, field: &str) -> Status {
-    if status.code() != Code::InvalidArgument {
-        return status;
-    }
-    let description = status.message().strip_prefix("url: ").unwrap_or(status.message()).to_owned();
-    invalid_argument(&[FieldViolation::new(field, description)])
 }
 
 fn endpoint_changes(r: &pb::UpdateWebhookEndpointRequest, given: &pb::WebhookEndpoint) -> Parsed<EndpointChanges> {
