@@ -88,10 +88,7 @@ async fn main() {
             "support:watcher",
         ));
         let mut stream = api
-            .watch_partner_change_events(pc::WatchPartnerChangeEventsRequest {
-                after_cursor: String::new(),
-                scope: None,
-            })
+            .watch_partner_change_events(pc::WatchPartnerChangeEventsRequest::default())
             .await
             .unwrap()
             .into_inner();

@@ -20,6 +20,7 @@ mod process;
 mod races;
 mod recovery;
 mod refusals;
+mod retention;
 mod saga;
 mod schedule;
 mod stream;

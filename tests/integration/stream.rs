@@ -91,7 +91,7 @@ fn collect(mut stream: Streaming<pc::WatchPartnerChangeEventsResponse>) -> Recei
 }
 
 fn watch_request(after_cursor: &str) -> pc::WatchPartnerChangeEventsRequest {
-    pc::WatchPartnerChangeEventsRequest { after_cursor: after_cursor.to_owned(), scope: None }
+    pc::WatchPartnerChangeEventsRequest { after_cursor: after_cursor.to_owned(), ..Default::default() }
 }
 
 async fn watch(app: &TestApp, subject: &str, after_cursor: &str) -> Received {
@@ -251,6 +251,7 @@ async fn each_subscriber_gets_only_its_own_events_and_bad_cursors_are_refused(ba
             scope: Some(pc::watch_partner_change_events_request::Scope::PartnerId(
                 theirs.destination.partner_id.clone(),
             )),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -263,6 +264,7 @@ async fn each_subscriber_gets_only_its_own_events_and_bad_cursors_are_refused(ba
             scope: Some(pc::watch_partner_change_events_request::Scope::PartnerId(
                 theirs.destination.partner_id.clone(),
             )),
+            ..Default::default()
         })
         .await;
     assert_eq!(snooping.unwrap_err().code(), Code::PermissionDenied);

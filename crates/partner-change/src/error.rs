@@ -22,6 +22,8 @@ pub enum PartnerChangeReason {
     WabaNotFound,
     InvalidState,
     SubscriberTooSlow,
+    /// A stream cursor older than the retained events.
+    CursorExpired,
 }
 
 impl Reason for PartnerChangeReason {
@@ -31,6 +33,7 @@ impl Reason for PartnerChangeReason {
             PartnerChangeReason::WabaNotFound => "WABA_NOT_FOUND",
             PartnerChangeReason::InvalidState => "INVALID_STATE",
             PartnerChangeReason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            PartnerChangeReason::CursorExpired => "CURSOR_EXPIRED",
         }
     }
 }

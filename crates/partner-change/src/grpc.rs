@@ -206,8 +206,11 @@ fn watch_response(item: StreamItem) -> pb::WatchPartnerChangeEventsResponse {
                 reason: event.reason.clone(),
             })
         }
-        StreamItem::Heartbeat { time } => {
-            pb::watch_partner_change_events_response::Kind::Heartbeat(pb::Heartbeat { time: Some(to_timestamp(time)) })
+        StreamItem::Heartbeat { time, cursor } => {
+            pb::watch_partner_change_events_response::Kind::Heartbeat(pb::Heartbeat {
+                time: Some(to_timestamp(time)),
+                cursor,
+            })
         }
     };
     pb::WatchPartnerChangeEventsResponse { kind: Some(kind) }
@@ -553,18 +556,28 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
                 id("client_id", client_id).map(|id| Some(EventScope::Client(id)))
             }
         };
-        let scope = event_scope(caller, named.validate()?)?;
+        let start_from = match pb::StartFrom::try_from(r.start_from) {
+            Err(_) => Err(FieldViolation::new("start_from", format!("{} is not a StartFrom value", r.start_from))),
+            Ok(pb::StartFrom::Unspecified) => Ok(pb::StartFrom::Unspecified),
+            Ok(_) if !r.after_cursor.is_empty() => {
+                Err(FieldViolation::new("start_from", "applies only to a stream without after_cursor"))
+            }
+            Ok(start_from) => Ok(start_from),
+        };
+        let (scope, start_from) = (event_scope(caller, named.validate()?)?, start_from.validate()?);
         let after = self.events.parse_cursor(&r.after_cursor, &scope).validate()?;
         let head = store::last_position(&self.db).await.map_err(PartnerChangeError::from)?;
         if after > head {
             return Err(invalid_argument(&[FieldViolation::new("after_cursor", "is ahead of this event log")]));
         }
-        tracing::info!(subscriber = %caller, ?scope, after, "event stream opened");
+        let from_now = start_from == pb::StartFrom::Now;
+        let after = if from_now { head } else { after };
+        tracing::info!(subscriber = %caller, ?scope, after, from_now, "event stream opened");
         let stream = watch(
             self.db.clone(),
             &self.events,
             self.stream_settings.clone(),
-            Subscription { scope, after },
+            Subscription { scope, after, announce_start: from_now },
             self.shutdown.clone(),
         );
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, |item| item.map(watch_response)))))

@@ -43,7 +43,8 @@ const STATE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 const EVENT_HUB_CAPACITY: usize = 4096;
 
 /// The partner-change service: its API, and on every replica the event
-/// tailer, the expiry sweeper, the state gauge and the migration worker loops.
+/// tailer, the event log's pruner, the expiry sweeper, the state gauge and the
+/// migration worker loops.
 #[derive(Debug, Clone, Copy)]
 pub struct PartnerChangeService;
 
@@ -81,6 +82,12 @@ impl ServiceDefinition for PartnerChangeService {
             events.clone(),
             settings.stream.clone(),
             context.notification_url(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(partnerhub_runtime::retention::run_pruner(
+            db.clone(),
+            store::EVENT_LOG,
+            context.settings.retention.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(worker::run_state_gauge(db.clone(), STATE_GAUGE_INTERVAL, shutdown.clone()));

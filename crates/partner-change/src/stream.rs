@@ -67,8 +67,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Status>> + S
 pub enum StreamItem {
     /// An event in the subscriber's scope, with the cursor to resume after it.
     Event { cursor: String, event: Arc<Event> },
-    /// Nothing happened for a while; the stream is alive.
-    Heartbeat { time: chrono::DateTime<chrono::Utc> },
+    /// Nothing happened for a while (or the stream starts from now); the
+    /// stream is alive, and `cursor` resumes from here.
+    Heartbeat { time: chrono::DateTime<chrono::Utc>, cursor: String },
 }
 
 /// How many events one catch-up read takes from the log.
@@ -210,8 +211,11 @@ pub async fn run_tailer(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     pub scope: EventScope,
-    /// The last position the subscriber has seen (0: from the beginning).
+    /// The last position the subscriber has seen (0: from the oldest retained event).
     pub after: i64,
+    /// Send a heartbeat first, so that the subscriber holds a cursor before
+    /// any event comes (a stream that starts from now).
+    pub announce_start: bool,
 }
 
 /// What a cursor is bound to. Spelled out (not a `Debug` form, which a Rust
@@ -285,6 +289,13 @@ impl Subscriber {
         shutdown: CancellationToken,
     ) -> Option<Status> {
         let mut last = self.subscription.after;
+        if self.subscription.announce_start {
+            match self.heartbeat(last).await {
+                Ok(()) => {}
+                Err(Stop::Gone) => return None,
+                Err(Stop::End(status)) => return Some(status),
+            }
+        }
         'catch_up: loop {
             match self.replay(&mut last).await {
                 Ok(()) => {}
@@ -321,7 +332,7 @@ impl Subscriber {
                             return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the event tailer stopped"));
                         }
                     },
-                    _ = heartbeat.tick() => self.send(StreamItem::Heartbeat { time: now() }).await,
+                    _ = heartbeat.tick() => self.heartbeat(last).await,
                 };
                 match outcome {
                     Ok(()) => {}
@@ -332,9 +343,11 @@ impl Subscriber {
         }
     }
 
-    /// Delivers every stored event in scope after `last`, advancing it.
+    /// Delivers every stored event in scope after `last`, advancing it. A
+    /// subscriber past whom the log was pruned is ended with OUT_OF_RANGE.
     async fn replay(&mut self, last: &mut i64) -> Result<(), Stop> {
         loop {
+            let read_after = *last;
             let batch = store::events_after(&self.db, *last, &self.subscription.scope, CATCH_UP_BATCH).await.map_err(
                 |err| {
                     tracing::warn!(error = %err, "cannot replay the event log");
@@ -345,6 +358,11 @@ impl Subscriber {
                     ))
                 },
             )?;
+            // Checked after the read: pruning only ever takes a prefix, so if
+            // nothing after `read_after` is gone now, the read lost nothing.
+            if read_after > 0 {
+                self.check_retained(read_after).await?;
+            }
             let full = batch.len() as u64 == CATCH_UP_BATCH;
             for event in batch {
                 *last = event.position;
@@ -355,6 +373,40 @@ impl Subscriber {
                 return Ok(());
             }
         }
+    }
+
+    /// Ends the stream if events after `after` have been pruned (see
+    /// `partnerhub_runtime::retention`): the cursor is older than the history.
+    async fn check_retained(&self, after: i64) -> Result<(), Stop> {
+        let oldest = store::oldest_position(&self.db).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot read the event log's retained range");
+            Stop::End(self.ending(
+                Code::Unavailable,
+                ErrorReason::Unavailable,
+                "the event log cannot be read right now",
+            ))
+        })?;
+        match oldest {
+            Some(oldest) if oldest > after + 1 => {
+                tracing::info!(after, oldest, "a subscriber's cursor is older than the retained events");
+                Err(Stop::End(status(
+                    Code::OutOfRange,
+                    PartnerChangeReason::CursorExpired,
+                    "the events after this cursor are older than the retained history (retention.events) and \
+                     have been pruned; start over with an empty after_cursor (from the oldest retained event) \
+                     or with start_from START_FROM_NOW",
+                    [("oldestRetainedPosition", oldest.to_string().as_str())],
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A heartbeat whose cursor resumes after `last` (every event in scope up
+    /// to it has been handed to the client's buffer before it).
+    async fn heartbeat(&self, last: i64) -> Result<(), Stop> {
+        let cursor = self.hub.cursor(last, &self.subscription.scope);
+        self.send(StreamItem::Heartbeat { time: now(), cursor }).await
     }
 
     async fn deliver(&mut self, event: Arc<Event>, cursor: String) -> Result<(), Stop> {

@@ -92,17 +92,21 @@ impl PermissionCache {
         let migrating = store::migrating_numbers(&self.db, None).await?;
         let loaded = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).loaded;
         if !loaded {
-            let (rows, position) = store::snapshot(&self.db).await?;
-            let mut by_partner: HashMap<String, HashSet<String>> = HashMap::new();
-            for (partner_id, number) in rows {
-                by_partner.entry(partner_id).or_default().insert(number);
-            }
-            *self.write() = Grants { by_partner, migrating, position, loaded: true, synced_at: Some(started) };
-            return Ok(());
+            return self.load(migrating, started).await;
         }
         loop {
             let after = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).position;
             let entries = store::log_after(&self.db, after, SYNC_BATCH).await?;
+            // Positions are dense and pruning keeps the newest entry: a first
+            // entry past `after + 1` means what lay between was pruned (this
+            // replica fell behind the retention). Start over from a snapshot.
+            if entries.first().is_some_and(|entry| entry.position > after + 1) {
+                tracing::warn!(
+                    after,
+                    "the permission log was pruned past this replica's position; reloading every grant"
+                );
+                return self.load(migrating, started).await;
+            }
             let full = entries.len() as u64 == SYNC_BATCH;
             let mut grants = self.write();
             let applied_at = chrono::Utc::now();
@@ -124,6 +128,17 @@ impl PermissionCache {
                 return Ok(());
             }
         }
+    }
+
+    /// Replaces the cache with every grant as of one snapshot.
+    async fn load(&self, migrating: HashMap<String, HashSet<String>>, started: Instant) -> Result<(), DbErr> {
+        let (rows, position) = store::snapshot(&self.db).await?;
+        let mut by_partner: HashMap<String, HashSet<String>> = HashMap::new();
+        for (partner_id, number) in rows {
+            by_partner.entry(partner_id).or_default().insert(number);
+        }
+        *self.write() = Grants { by_partner, migrating, position, loaded: true, synced_at: Some(started) };
+        Ok(())
     }
 
     /// After this replica changed permissions (committed): stop answering from
@@ -274,5 +289,31 @@ mod tests {
         db.execute_unprepared("DELETE FROM partner_change_moves WHERE partner_change_id = 'pc-1'").await.unwrap();
         cache.sync().await.unwrap();
         assert_eq!(cache.check("p", "+4915100000001"), Ok(true), "the fence ends with the migration");
+    }
+
+    #[tokio::test]
+    async fn a_replica_the_pruner_left_behind_reloads_every_grant_instead_of_missing_changes() {
+        let db = database().await;
+        let cache = PermissionCache::new(db.clone(), PermissionsSettings::default());
+        grant(&db, 1, "+4915100000001", true).await;
+        cache.sync().await.unwrap();
+        // While this replica does not read, the log moves on and its old part
+        // is pruned: entries 2 and 3 are gone before the cache has seen them.
+        grant(&db, 2, "+4915100000002", true).await;
+        grant(&db, 3, "+4915100000003", true).await;
+        grant(&db, 4, "+4915100000004", true).await;
+        db.execute_unprepared("DELETE FROM permission_grants WHERE phone_number = '+4915100000001'").await.unwrap();
+        let pruned =
+            partnerhub_runtime::retention::prune(&db, store::PERMISSION_LOG, chrono::Utc::now(), 2).await.unwrap();
+        assert_eq!(pruned, 2, "the oldest two of four entries (the newest is always kept)");
+        let pruned =
+            partnerhub_runtime::retention::prune(&db, store::PERMISSION_LOG, chrono::Utc::now(), 2).await.unwrap();
+        assert_eq!(pruned, 1, "then the third; the newest stays");
+
+        cache.sync().await.unwrap();
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "a pruned entry's grant, from the reload");
+        assert_eq!(cache.check("p", "+4915100000003"), Ok(true), "a pruned entry's grant, from the reload");
+        assert_eq!(cache.check("p", "+4915100000004"), Ok(true));
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(false), "a grant removed meanwhile is gone too");
     }
 }

@@ -27,8 +27,8 @@ use crate::{cache::PermissionCache, grpc::PermissionsApi, settings::PermissionsS
 
 pub use store::migrate;
 
-/// The permissions service: its API, and the cache of every grant that
-/// follows the permission log on every replica.
+/// The permissions service: its API, the cache of every grant that follows
+/// the permission log on every replica, and the permission log's pruner.
 #[derive(Debug, Clone, Copy)]
 pub struct PermissionsService;
 
@@ -49,6 +49,12 @@ impl ServiceDefinition for PermissionsService {
             tracing::warn!(error = %err, "cannot load the permission cache yet; checks go to the database");
         }
         context.tasks.spawn(cache.clone().follow(context.notification_url(), context.shutdown.clone()));
+        context.tasks.spawn(partnerhub_runtime::retention::run_pruner(
+            context.db.clone(),
+            store::PERMISSION_LOG,
+            context.settings.retention.clone(),
+            context.shutdown.clone(),
+        ));
         let api = PermissionsApi::new(context.db.clone(), account, cache, context.token_seal());
         let server = PermissionsServiceServer::new(api).max_decoding_message_size(context.max_message_bytes());
         context.serve(Authenticated::new(server, context.authenticator.clone(), grpc::POLICY));

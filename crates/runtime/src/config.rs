@@ -33,6 +33,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub peers: PeerSettings,
+    pub retention: RetentionSettings,
     /// Every other top-level table as read, until its service claims it.
     #[serde(flatten)]
     unclaimed: BTreeMap<String, config::Value>,
@@ -230,6 +231,32 @@ pub struct TelemetrySettings {
     pub metrics_listen_addr: Option<SocketAddr>,
 }
 
+/// How long the logs keep what they record: the partner change event log and
+/// the permission log. Each service prunes its own log, one replica at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Entries older than this are pruned (the newest entry is always kept).
+    /// A stream cursor older than what is kept then gets `OUT_OF_RANGE`.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// How often a replica looks for entries to prune.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// Entries deleted per transaction.
+    pub prune_batch: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            events: Duration::from_secs(90 * 24 * 60 * 60),
+            prune_interval: Duration::from_secs(10 * 60),
+            prune_batch: 1000,
+        }
+    }
+}
+
 /// Where each service's peers are: every replica's address, as a TOML list or
 /// a comma-separated string (`http://10.0.0.5:50051,http://10.0.0.6:50051`).
 /// Empty: this process's own listen address, which is right when all services
@@ -297,6 +324,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
             peers: PeerSettings::default(),
+            retention: RetentionSettings::default(),
             unclaimed: BTreeMap::new(),
             sections: Sections::default(),
         }
@@ -477,7 +505,12 @@ impl Settings {
             ("auth.jwks_check_interval", self.auth.jwks_check_interval),
             ("auth.jwks_refresh_interval", self.auth.jwks_refresh_interval),
             ("auth.jwks_min_fetch_interval", self.auth.jwks_min_fetch_interval),
+            ("retention.events", self.retention.events),
+            ("retention.prune_interval", self.retention.prune_interval),
         ])?;
+        if self.retention.prune_batch == 0 {
+            return Err(ConfigError::invalid("retention.prune_batch", "must be at least 1"));
+        }
         if self.auth.jwks_file.is_some() && self.auth.jwks_url.is_some() {
             return Err(ConfigError::invalid("auth.jwks_url", "set either auth.jwks_file or auth.jwks_url, not both"));
         }

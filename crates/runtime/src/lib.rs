@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod outage;
 pub mod pagination;
 pub mod peers;
+pub mod retention;
 pub mod rpc;
 pub mod server;
 pub mod service;

@@ -46,6 +46,9 @@ enum FollowError {
     Stream(tonic::Status),
     #[error("the event stream ended")]
     Ended,
+    /// The stored cursor is older than the events the log retains.
+    #[error("the stored cursor is older than the retained events: {0}")]
+    CursorExpired(tonic::Status),
     #[error(transparent)]
     Store(#[from] partnerhub_runtime::db::StoreError),
 }
@@ -68,6 +71,8 @@ impl Follower {
         // Each change of role is logged once, not every reconnect.
         let mut waiting_logged = false;
         let mut holding = false;
+        // Set when the stored cursor has expired: follow from the oldest retained event.
+        let mut from_oldest = false;
         while !shutdown.is_cancelled() {
             let pause = match store::take_follower_lease(&self.db, &self.holder, self.lease).await {
                 Ok(Some(cursor)) => {
@@ -76,8 +81,18 @@ impl Follower {
                         tracing::info!(holder = %self.holder, "following the event stream for webhooks");
                         holding = true;
                     }
+                    let cursor = if from_oldest { String::new() } else { cursor };
+                    from_oldest = false;
                     match self.follow(cursor, &shutdown).await {
                         Ok(()) => Duration::ZERO,
+                        // The events between were pruned before this service
+                        // saw them (it was away longer than `retention.events`):
+                        // they cannot be delivered; everything retained still is.
+                        Err(FollowError::CursorExpired(status)) => {
+                            tracing::error!(%status, "webhooks fell behind the event log's retention; following from the oldest retained event");
+                            from_oldest = true;
+                            Duration::ZERO
+                        }
                         Err(err) => {
                             self.outage.failed(&err);
                             RETRY_DELAY
@@ -110,7 +125,7 @@ impl Follower {
     /// Follows from `cursor` while this replica holds the lease. `Ok` when
     /// the lease was lost or at shutdown.
     async fn follow(&self, cursor: String, shutdown: &CancellationToken) -> Result<(), FollowError> {
-        let request = WatchPartnerChangeEventsRequest { after_cursor: cursor, scope: None };
+        let request = WatchPartnerChangeEventsRequest { after_cursor: cursor, ..Default::default() };
         let mut stream = self
             .partner_change
             .call(request, |channel, request| async move {
@@ -133,7 +148,10 @@ impl Follower {
                     renew_at = Instant::now() + renew_every;
                     continue;
                 }
-                message = stream.message() => message.map_err(FollowError::Stream)?.ok_or(FollowError::Ended)?,
+                message = stream.message() => message.map_err(|status| match status.code() {
+                    tonic::Code::OutOfRange => FollowError::CursorExpired(status),
+                    _ => FollowError::Stream(status),
+                })?.ok_or(FollowError::Ended)?,
             };
             let mut events = Vec::new();
             let mut next = Some(message);

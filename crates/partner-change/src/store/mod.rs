@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
     db::{StoreError, begin_write, database_now, database_time_after, head_position, take_positions},
+    retention::{self, PrunedLog},
     time::now,
 };
 use sea_orm::{
@@ -66,6 +67,15 @@ pub async fn events_after(
 /// The position of the newest event (0 when there is none).
 pub async fn last_position(db: &DatabaseConnection) -> Result<i64, StoreError> {
     Ok(head_position(db, "event_log_head").await?)
+}
+
+/// The event log as `partnerhub_runtime::retention` prunes it.
+pub const EVENT_LOG: PrunedLog =
+    PrunedLog { table: "partner_change_events", task: "event_log_pruner", lock_key: 7_262_101 };
+
+/// The oldest position the event log still holds (`None`: it holds none).
+pub async fn oldest_position(db: &DatabaseConnection) -> Result<Option<i64>, StoreError> {
+    Ok(retention::oldest_position(db, EVENT_LOG.table).await?)
 }
 
 /// What a transition changes besides the state.

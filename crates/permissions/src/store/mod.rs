@@ -277,6 +277,13 @@ pub async fn migration_in_progress(db: &DatabaseConnection, waba_ids: &[String])
 /// The PostgreSQL notification channel that wakes every replica's permission cache.
 pub const LOG_CHANNEL: &str = "partnerhub_permission_log";
 
+/// The permission log as `partnerhub_runtime::retention` prunes it.
+pub const PERMISSION_LOG: partnerhub_runtime::retention::PrunedLog = partnerhub_runtime::retention::PrunedLog {
+    table: "permission_log",
+    task: "permission_log_pruner",
+    lock_key: 7_262_102,
+};
+
 /// Appends `changes` to the permission log, last thing before commit (see
 /// [`take_positions`]: positions become visible in order, as in the event log).
 async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
