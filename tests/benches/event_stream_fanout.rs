@@ -87,11 +87,8 @@ async fn main() {
             subscriber_channels[index % connections].clone(),
             "support:watcher",
         ));
-        let mut stream = api
-            .watch_partner_change_events(pc::WatchPartnerChangeEventsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream =
+            api.watch_partner_change_events(pc::WatchPartnerChangeEventsRequest::default()).await.unwrap().into_inner();
         let (latencies, finished, per_subscriber) = (latencies.clone(), finished.clone(), per_subscriber.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(expected_events);

@@ -107,10 +107,7 @@ impl ServiceDefinition for PartnerChangeService {
             events.committed(),
         );
         if settings.worker.enabled {
-            for slot in 0..settings.worker.concurrency {
-                let owner = format!("{}-{slot}", new_id("worker"));
-                tasks.spawn(worker.replica(&owner).run(shutdown.clone()));
-            }
+            tasks.spawn(worker.clone().run(shutdown.clone()));
         }
         context.expose(worker);
         Ok(())

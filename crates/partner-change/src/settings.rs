@@ -47,7 +47,8 @@ pub struct StreamSettings {
 pub struct WorkerSettings {
     /// Off: this process never migrates (another replica must).
     pub enabled: bool,
-    /// How many requests this process migrates at once (each a claim loop of its own).
+    /// How many sagas this process drives at once (one claim loop fills them,
+    /// several requests per statement).
     pub concurrency: u32,
     /// How often an idle worker looks for approved requests.
     #[serde(with = "humantime_serde")]
@@ -91,7 +92,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            concurrency: 4,
+            concurrency: 32,
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(500),

@@ -1,9 +1,10 @@
 //! The migration saga and the expiry sweeper: background work that any number
 //! of replicas may run at once.
 //!
-//! A worker claims an APPROVED request by moving it to MIGRATING with a lease
-//! (one conditional write, with its MIGRATION_STARTED event), then drives the
-//! saga: re-check eligibility and move the WABA in the account service
+//! A worker claims APPROVED requests by moving them to MIGRATING with a lease
+//! (several per transaction, each a conditional write with its MIGRATION_STARTED
+//! event), then drives each one's saga in a task of its own, up to
+//! `worker.concurrency` at once: re-check eligibility and move the WABA in the account service
 //! (idempotent per request), record that, revoke the old partner's permissions
 //! and grant the named numbers (idempotent per request), mark COMPLETED.
 //!
@@ -36,8 +37,8 @@ use partnerhub_proto::{
 };
 use partnerhub_runtime::{db::StoreError, outage::Outage, peers::Peer, rpc::continue_trace};
 use sea_orm::{DatabaseConnection, Iterable};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use tracing::Instrument as _;
@@ -52,6 +53,9 @@ use crate::{
 
 /// The actor the worker's events name.
 pub const WORKER_ACTOR: &str = "service:partner-change";
+
+/// Requests claimed per statement, at most.
+const CLAIM_BATCH: usize = 16;
 
 /// What one call of [`MigrationWorker::run_once`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +212,7 @@ impl MigrationWorker {
     }
 
     /// The same worker under another name, with its own faults (tests run two
-    /// "replicas" this way, and a process runs `concurrency` of them).
+    /// "replicas" this way).
     pub fn replica(&self, owner: &str) -> Self {
         Self { owner: owner.to_owned(), faults: Faults::default(), ..self.clone() }
     }
@@ -219,8 +223,68 @@ impl MigrationWorker {
 
     /// Claims one request, if any waits, and drives its saga as far as it goes.
     pub async fn run_once(&self) -> Result<Step, WorkerError> {
-        let Some(change) = self.claim().await? else { return Ok(Step::Idle) };
-        // The migration continues the trace of the approval (or retry) that set it going.
+        let Some(change) = self.claim(1).await?.pop() else { return Ok(Step::Idle) };
+        self.migrate(change).await?;
+        Ok(Step::Worked)
+    }
+
+    /// Runs until `shutdown`: claims as many requests as it has free slots
+    /// (`concurrency` sagas in flight), several per statement, and drives each
+    /// saga in a task of its own; when nothing more waits, it sleeps until a
+    /// wake-up or the poll interval. At shutdown the sagas in flight finish
+    /// first. While the database is away it keeps trying, and says so once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(owner = %self.owner, concurrency = self.settings.concurrency, "migration worker started");
+        let slots = Arc::new(Semaphore::new(usize::try_from(self.settings.concurrency).unwrap_or(1).max(1)));
+        let sagas = TaskTracker::new();
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                first = slots.clone().acquire_owned() => first,
+            };
+            // The slots are never closed.
+            let Ok(first) = first else { break };
+            // Only this loop takes slots: those free now stay free until it does.
+            let room = (1 + slots.available_permits()).min(CLAIM_BATCH);
+            let mut idle = self.settings.poll_interval;
+            match self.claim(room as u64).await {
+                Ok(claimed) => {
+                    self.outage.succeeded();
+                    if claimed.len() == room {
+                        // More may be waiting: claim again as soon as a slot is free.
+                        idle = Duration::ZERO;
+                    }
+                    let mut first = Some(first);
+                    for change in claimed {
+                        let slot = first.take().or_else(|| slots.clone().try_acquire_owned().ok());
+                        let worker = self.clone();
+                        sagas.spawn(async move {
+                            if let Err(err) = worker.migrate(change).await {
+                                worker.outage.failed(&err);
+                            }
+                            drop(slot);
+                        });
+                    }
+                }
+                Err(err) => self.outage.failed(&err),
+            }
+            if idle.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+        sagas.close();
+        sagas.wait().await;
+        tracing::info!(owner = %self.owner, "migration worker stopped");
+    }
+
+    /// Drives a claimed request's saga, in the trace of the approval (or
+    /// retry) that set it going.
+    async fn migrate(&self, change: PartnerChange) -> Result<(), WorkerError> {
         let span = tracing::info_span!(
             "migration",
             otel.name = "migration",
@@ -228,66 +292,25 @@ impl MigrationWorker {
             owner = %self.owner,
         );
         continue_trace(&span, change.trace_parent.as_deref());
-        self.drive(change).instrument(span).await?;
-        Ok(Step::Worked)
+        self.drive(change).instrument(span).await
     }
 
-    /// Runs until `shutdown`: work while there is work, then wait for a
-    /// wake-up or the poll interval. A saga step in flight finishes first.
-    /// While the database is away it keeps trying, and says so once.
-    pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(owner = %self.owner, "migration worker started");
-        loop {
-            let idle = match self.run_once().await {
-                Ok(step) => {
-                    self.outage.succeeded();
-                    if step == Step::Worked {
-                        continue;
-                    }
-                    self.settings.poll_interval
-                }
-                Err(err) => {
-                    self.outage.failed(&err);
-                    self.settings.poll_interval
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(idle) => {}
-            }
+    /// Claims up to `limit` requests in one transaction (see [`store::claim`]).
+    async fn claim(&self, limit: u64) -> Result<Vec<PartnerChange>, WorkerError> {
+        let started = EventDraft {
+            event_type: EventType::MigrationStarted,
+            actor: WORKER_ACTOR.to_owned(),
+            reason: String::new(),
+        };
+        let claimed = store::claim(&self.db, &self.owner, self.settings.lease, limit, &started).await?;
+        if !claimed.is_empty() {
+            // Approved requests claimed have their MIGRATION_STARTED events.
+            self.events_committed.notify_one();
         }
-        tracing::info!(owner = %self.owner, "migration worker stopped");
-    }
-
-    async fn claim(&self) -> Result<Option<PartnerChange>, WorkerError> {
-        for candidate in store::claimable(&self.db, 8).await? {
-            let claimed = if candidate.state == State::Approved {
-                let draft = EventDraft {
-                    event_type: EventType::MigrationStarted,
-                    actor: WORKER_ACTOR.to_owned(),
-                    reason: String::new(),
-                };
-                let effects = Effects { lease: Some((self.owner.clone(), self.settings.lease)), ..Effects::default() };
-                store::apply_event(&self.db, &candidate, draft, effects).await
-            } else {
-                store::take_lease(&self.db, &candidate, &self.owner, self.settings.lease).await
-            };
-            match claimed {
-                Ok(change) => {
-                    if candidate.state == State::Approved {
-                        self.events_committed.notify_one();
-                    }
-                    tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = %change.saga_step, "migration claimed");
-                    return Ok(Some(change));
-                }
-                // Another worker took it first.
-                Err(WriteError::Conflict | WriteError::InvalidState { .. }) => continue,
-                Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail).into()),
-                Err(WriteError::Store(err)) => return Err(err.into()),
-            }
+        for change in &claimed {
+            tracing::info!(partner_change_id = %change.partner_change_id, owner = %self.owner, step = %change.saga_step, "migration claimed");
         }
-        Ok(None)
+        Ok(claimed)
     }
 
     async fn drive(&self, mut change: PartnerChange) -> Result<(), WorkerError> {

@@ -27,7 +27,7 @@ use partnerhub_runtime::{
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
 
 use self::entities::{event, partner_change};
@@ -182,6 +182,21 @@ pub async fn apply_event(
     draft: EventDraft,
     effects: Effects,
 ) -> Result<PartnerChange, WriteError> {
+    let tx = begin_write(db).await?;
+    let next = transition(&tx, expected, &draft, &effects).await?;
+    append_events(&tx, &[(&draft, next.clone())]).await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
+/// Writes the request as `draft` leaves it, within `tx`, if it still has the
+/// state and version read; the caller appends the event.
+async fn transition(
+    tx: &DatabaseTransaction,
+    expected: &PartnerChange,
+    draft: &EventDraft,
+    effects: &Effects,
+) -> Result<PartnerChange, WriteError> {
     let state = next_state(expected.state, draft.event_type)
         .ok_or(WriteError::InvalidState { state: expected.state, event: draft.event_type })?;
     let mut next = expected.clone();
@@ -203,8 +218,7 @@ pub async fn apply_event(
     if let Some(migrate_after) = effects.migrate_after {
         next.migrate_after = migrate_after;
     }
-    let backend = db.get_database_backend();
-    let tx = begin_write(db).await?;
+    let backend = tx.get_database_backend();
     let mut update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::State, Expr::value(state))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
@@ -229,17 +243,52 @@ pub async fn apply_event(
             .col_expr(partner_change::Column::Attempts, Expr::value(0));
     }
     let still_in_state = Condition::all().add(partner_change::Column::State.eq(expected.state));
-    update_if_unchanged(&tx, expected, update, still_in_state).await?;
-    append_events(&tx, &[(&draft, next.clone())]).await?;
-    tx.commit().await?;
+    update_if_unchanged(tx, expected, update, still_in_state).await?;
     Ok(next)
+}
+
+/// Claims up to `limit` requests a worker may take now for `owner`, for
+/// `lease`, in one transaction: approved ones (moved to MIGRATING, with their
+/// MIGRATION_STARTED events) and migrating ones whose lease lapsed (taken
+/// over). On PostgreSQL the candidates are read `FOR UPDATE SKIP LOCKED`, so
+/// replicas claiming at once take different requests instead of colliding.
+pub async fn claim(
+    db: &DatabaseConnection,
+    owner: &str,
+    lease: Duration,
+    limit: u64,
+    started: &EventDraft,
+) -> Result<Vec<PartnerChange>, StoreError> {
+    let tx = begin_write(db).await?;
+    let mut claimed = Vec::new();
+    let mut events = Vec::new();
+    for candidate in claimable_in(&tx, limit).await? {
+        let taken = if candidate.state == State::Approved {
+            let effects = Effects { lease: Some((owner.to_owned(), lease)), ..Effects::default() };
+            transition(&tx, &candidate, started, &effects).await.inspect(|next| events.push((started, next.clone())))
+        } else {
+            take_lease(&tx, &candidate, owner, lease).await
+        };
+        match taken {
+            Ok(change) => claimed.push(change),
+            // Changed by someone else since it was read: not this worker's to take.
+            Err(WriteError::Conflict | WriteError::InvalidState { .. }) => {}
+            Err(WriteError::Duplicate(detail)) => return Err(StoreError::UniqueViolation(detail)),
+            Err(WriteError::Store(err)) => return Err(err),
+        }
+    }
+    if !events.is_empty() {
+        append_events(&tx, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// Takes over a migrating request whose lease has lapsed (its worker crashed,
 /// or its retry delay has passed), for `lease` by the database's clock. No
 /// state changes, so no event.
 pub async fn take_lease(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     expected: &PartnerChange,
     owner: &str,
     lease: Duration,
@@ -365,21 +414,24 @@ pub async fn attempts(db: &DatabaseConnection, partner_change_id: &str) -> Resul
 }
 
 /// Requests a worker may take now: approved ones whose scheduled time (if any)
-/// has come by the database's clock, and migrating ones whose lease lapsed.
-pub async fn claimable(db: &DatabaseConnection, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
-    let backend = db.get_database_backend();
+/// has come by the database's clock, and migrating ones whose lease lapsed;
+/// locked, skipping those another transaction holds, on PostgreSQL.
+async fn claimable_in(tx: &DatabaseTransaction, limit: u64) -> Result<Vec<PartnerChange>, StoreError> {
+    let backend = tx.get_database_backend();
     let lapsed = Condition::all().add(partner_change::Column::State.eq(State::Migrating)).add(lease_lapsed(backend));
     let due = Condition::all().add(partner_change::Column::State.eq(State::Approved)).add(
         Condition::any()
             .add(partner_change::Column::MigrateAfter.is_null())
             .add(Expr::col(partner_change::Column::MigrateAfter).lte(database_now(backend))),
     );
-    let models = partner_change::Entity::find()
+    let mut query = partner_change::Entity::find()
         .filter(Condition::any().add(due).add(lapsed))
         .order_by_asc(partner_change::Column::UpdateTime)
-        .limit(limit)
-        .all(db)
-        .await?;
+        .limit(limit);
+    if backend == DbBackend::Postgres {
+        query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let models = query.all(tx).await?;
     models.into_iter().map(from_model).collect()
 }
 
