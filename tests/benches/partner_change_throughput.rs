@@ -1,50 +1,80 @@
 //! How many partner changes per second complete end to end: submit (to an
 //! auto-approving partner) → migration worker → TransferWaba → revoke → COMPLETED,
-//! with every service in one process on a fresh database, clients on loopback.
+//! with every service in one process on a fresh database, with the default
+//! configuration, clients on loopback; then the latency of the reads whose
+//! cost must not grow with history. Beside it, PostgreSQL's own pgbench
+//! (TPC-B, `-i -s 10`, `-c 8 -j 2 -T 20`) on the same server, measured first.
 //!
 //!     cargo bench -p partnerhub-tests --bench partner_change_throughput
+//!     BENCH_HISTORY=100000 cargo bench -p partnerhub-tests --bench partner_change_throughput
 //!
-//! Environment: BENCH_CHANGES (default 300), BENCH_CONCURRENCY (submits in
+//! Environment: BENCH_CHANGES (default 1000), BENCH_CONCURRENCY (submits in
 //! flight, default 32), BENCH_BACKEND (`postgres`, the default, or `sqlite`),
-//! BENCH_WORKERS (worker loops, default 4). Writes the report to stdout and to
-//! target/bench-reports/partner_change_throughput.txt. A measurement, not a test.
+//! BENCH_WORKERS (`worker.concurrency`; default: the configured default),
+//! BENCH_HISTORY (completed changes stored beforehand, with their events and
+//! permission-log entries, bulk-inserted; default 0), BENCH_PGBENCH (0 skips
+//! pgbench), BENCH_READS (calls per read latency, default 300). Writes the
+//! report to stdout and to target/bench-reports/partner_change_throughput[-history].txt.
+//! A measurement, not a test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failing loudly is right
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt::Write as _, future::Future, process::Command, sync::Arc, time::Duration};
 
-use partnerhub_proto::partnerchange::v1 as pc;
-use partnerhub_tests::{Backend, ServiceSections, TestApp, bench::auto_approve_world};
+use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as pm};
+use partnerhub_runtime::config::DatabaseSettings;
+use partnerhub_tests::{
+    Backend, ServiceSections, TestApp,
+    bench::{HISTORY_CLIENT, auto_approve_world, env_number, percentile, preload_history},
+};
 use tokio::{sync::Semaphore, time::Instant};
-
-fn env_number(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() {
-    let changes = env_number("BENCH_CHANGES", 300);
+    let changes = env_number("BENCH_CHANGES", 1000);
     let concurrency = env_number("BENCH_CONCURRENCY", 32);
-    let workers = env_number("BENCH_WORKERS", 4);
+    let history = env_number("BENCH_HISTORY", 0);
+    let reads = env_number("BENCH_READS", 300);
+    let workers = std::env::var("BENCH_WORKERS").ok().and_then(|value| value.parse::<u32>().ok());
     let backend = match std::env::var("BENCH_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
         _ => Backend::Postgres,
     };
-    let app = TestApp::spawn_with(backend, |settings| {
-        settings.database.max_connections = 20;
-        settings.partner_change().worker.concurrency = workers;
-        settings.partner_change().worker.poll_interval = Duration::from_millis(20);
-    })
+    let mut report = String::new();
+    let pgbench = (backend == Backend::Postgres && env_number("BENCH_PGBENCH", 1) != 0).then(pgbench_tps).flatten();
+
+    let mut preload_time = Duration::ZERO;
+    let app = TestApp::spawn_prepared(
+        backend,
+        |settings| {
+            // The defaults, where the test harness sets its own.
+            settings.database.max_connections = DatabaseSettings::default().max_connections;
+            let worker = &mut settings.partner_change().worker;
+            let defaults = partnerhub_partner_change::settings::WorkerSettings::default();
+            (worker.poll_interval, worker.backoff_initial, worker.backoff_max) =
+                (defaults.poll_interval, defaults.backoff_initial, defaults.backoff_max);
+            if let Some(workers) = workers {
+                worker.concurrency = workers;
+            }
+        },
+        async |db| {
+            if history > 0 {
+                preload_time = preload_history(db, history).await;
+            }
+        },
+    )
     .await;
+    let workers = app.settings.clone().partner_change().worker.concurrency;
 
     // Set-up (not measured).
-    let world = auto_approve_world(&mut app.account("support:bench"), changes as usize, 2).await;
-    let (destination, client, wabas) = (world.destination, world.client, world.waba_ids);
+    let world = auto_approve_world(&mut app.account("support:bench"), changes, 2).await;
+    let (destination, client, wabas) = (world.destination, world.client, world.waba_ids.clone());
 
     // Measured: every submit, until the last change completes.
     let started = Instant::now();
-    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let permits = Arc::new(Semaphore::new(concurrency));
     let mut submits = Vec::new();
+    let mut change_ids = Vec::new();
     for (index, waba_id) in wabas.into_iter().enumerate() {
         let permit = permits.clone().acquire_owned().await.unwrap();
         let mut client_api = app.partner_change(&format!("client:{}", client.client_id));
@@ -57,54 +87,171 @@ async fn main() {
             migrate_after: None,
         };
         submits.push(tokio::spawn(async move {
-            client_api.submit_partner_change(request).await.unwrap();
+            let change = client_api.submit_partner_change(request).await.unwrap().into_inner().partner_change.unwrap();
             drop(permit);
+            change.partner_change_id
         }));
     }
     for submit in submits {
-        submit.await.unwrap();
+        change_ids.push(submit.await.unwrap());
     }
     let submitted_after = started.elapsed();
-    let mut lister = app.partner_change("support:bench");
+    let mut support = app.partner_change("support:bench");
     loop {
-        let mut completed = 0;
-        let mut page_token = String::new();
-        loop {
-            let page = lister
-                .list_partner_changes(pc::ListPartnerChangesRequest {
-                    client_id: client.client_id.clone(),
-                    states: vec![pc::PartnerChangeState::Completed.into()],
-                    page_size: 500,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            completed += page.partner_changes.len();
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        if completed == changes as usize {
+        let completed = count_completed(&mut support, &client.client_id).await;
+        if completed == changes {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(600), "only {completed} of {changes} completed in 10 minutes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
+    let per_second = changes as f64 / elapsed.as_secs_f64();
 
-    let report = format!(
-        "partner change throughput ({backend:?}, all services in one process, {workers} worker loops)\n\
-         changes: {changes}, submits in flight: {concurrency}\n\
-         all submitted after: {submitted_after:.2?}\n\
-         all completed after: {elapsed:.2?}\n\
-         completed per second: {:.1}\n",
-        f64::from(changes) / elapsed.as_secs_f64()
-    );
+    let title = if history > 0 { format!(", {history} changes of history") } else { String::new() };
+    writeln!(
+        report,
+        "partner change throughput ({backend:?}, all services in one process, default configuration{title})"
+    )
+    .unwrap();
+    if history > 0 {
+        writeln!(report, "history preloaded in: {preload_time:.2?}").unwrap();
+    }
+    writeln!(report, "worker.concurrency: {workers}; changes: {changes}, submits in flight: {concurrency}").unwrap();
+    writeln!(report, "all submitted after: {submitted_after:.2?}").unwrap();
+    writeln!(report, "all completed after: {elapsed:.2?}").unwrap();
+    writeln!(report, "completed per second: {per_second:.1}").unwrap();
+    match pgbench {
+        Some(tps) => writeln!(
+            report,
+            "pgbench TPC-B (-s 10 -c 8 -j 2 -T 20) on the same server: {tps:.0} tps; changes/s ÷ pgbench tps = {:.3}",
+            per_second / tps
+        )
+        .unwrap(),
+        None => writeln!(report, "pgbench: not run (absent, BENCH_PGBENCH=0, or SQLite)").unwrap(),
+    }
+
+    // The reads whose cost must not grow with history, one call at a time.
+    let history_change = if history > 0 { format!("pc-history-{:09}", history / 2) } else { change_ids[0].clone() };
+    writeln!(report, "\nread latency, {reads} sequential calls each (p50 / p99):").unwrap();
+    let list = |client_id: String| {
+        let support = app.partner_change("support:bench");
+        move || {
+            let request =
+                pc::ListPartnerChangesRequest { client_id: client_id.clone(), page_size: 50, ..Default::default() };
+            let mut support = support.clone();
+            async move { support.list_partner_changes(request).await.map(drop) }
+        }
+    };
+    let line = latency(reads, list(client.client_id.clone())).await;
+    writeln!(report, "  ListPartnerChanges (the bench's client, {changes} changes, page of 50): {line}").unwrap();
+    if history > 0 {
+        let line = latency(reads, list(HISTORY_CLIENT.to_owned())).await;
+        writeln!(report, "  ListPartnerChanges (the history's client, {history} changes, page of 50): {line}").unwrap();
+    }
+    let line = latency(reads, || {
+        let request = pc::GetPartnerChangeHistoryRequest { partner_change_id: history_change.clone() };
+        let mut support = support.clone();
+        async move { support.get_partner_change_history(request).await.map(drop) }
+    })
+    .await;
+    writeln!(report, "  GetPartnerChangeHistory: {line}").unwrap();
+    let preview_waba = world.waba_ids[0].clone();
+    let line = latency(reads, || {
+        // Back to the source partner (which does not auto-approve): a full check.
+        let request = pc::PreviewPartnerChangeRequest {
+            waba_id: preview_waba.clone(),
+            destination_partner_id: world.source.partner_id.clone(),
+            migrate_after: None,
+        };
+        let mut client_api = app.partner_change(&format!("client:{}", client.client_id));
+        async move { client_api.preview_partner_change(request).await.map(drop) }
+    })
+    .await;
+    writeln!(report, "  PreviewPartnerChange: {line}").unwrap();
+    let messaging = app.permissions("service:messaging");
+    let line = latency(reads, || {
+        let request = pm::CheckPermissionRequest {
+            partner_id: destination.partner_id.clone(),
+            phone_number: "+4915100000001".into(),
+        };
+        let mut messaging = messaging.clone();
+        async move { messaging.check_permission(request).await.map(drop) }
+    })
+    .await;
+    writeln!(report, "  CheckPermission: {line}").unwrap();
+
     print!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-reports");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("partner_change_throughput.txt"), report).unwrap();
+    let name = if history > 0 { "partner_change_throughput-history.txt" } else { "partner_change_throughput.txt" };
+    std::fs::write(dir.join(name), report).unwrap();
+}
+
+async fn count_completed(
+    support: &mut pc::partner_change_service_client::PartnerChangeServiceClient<partnerhub_tests::Authed>,
+    client_id: &str,
+) -> usize {
+    let mut completed = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = support
+            .list_partner_changes(pc::ListPartnerChangesRequest {
+                client_id: client_id.to_owned(),
+                states: vec![pc::PartnerChangeState::Completed.into()],
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        completed += page.partner_changes.len();
+        if page.next_page_token.is_empty() {
+            return completed;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// p50 / p99 of `calls` sequential calls (after 20 to warm up).
+async fn latency<F, Fut>(calls: usize, mut call: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    for _ in 0..20 {
+        call().await.unwrap();
+    }
+    let mut micros = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        call().await.unwrap();
+        micros.push(u64::try_from(started.elapsed().as_micros()).unwrap());
+    }
+    micros.sort_unstable();
+    format!("{:.2?} / {:.2?}", percentile(&micros, 0.50), percentile(&micros, 0.99))
+}
+
+/// pgbench's TPC-B transactions per second on the local server, on a
+/// database of its own (created and dropped here); `None` without pgbench.
+fn pgbench_tps() -> Option<f64> {
+    let database = format!("partnerhub_pgbench_{}", uuid::Uuid::new_v4().simple());
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program).args(["-h", "127.0.0.1", "-U", "postgres"]).args(args).output()
+    };
+    let created = run("createdb", &[&database]).ok().filter(|output| output.status.success())?;
+    drop(created);
+    let tps = (|| {
+        let init =
+            run("pgbench", &["-i", "-s", "10", "-q", &database]).ok().filter(|output| output.status.success())?;
+        drop(init);
+        let output = run("pgbench", &["-c", "8", "-j", "2", "-T", "20", &database]).ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find(|line| line.starts_with("tps = "))
+            .and_then(|line| line.trim_start_matches("tps = ").split_whitespace().next()?.parse().ok())
+    })();
+    let _ = run("dropdb", &[&database]);
+    tps
 }

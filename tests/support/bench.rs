@@ -106,3 +106,140 @@ pub fn percentile(sorted: &[u64], p: f64) -> std::time::Duration {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     std::time::Duration::from_micros(sorted.get(index).copied().unwrap_or(0))
 }
+
+/// The tenant that preloaded history belongs to: a client with `count`
+/// completed partner changes from one partner to another.
+pub const HISTORY_CLIENT: &str = "client-history";
+pub const HISTORY_SOURCE: &str = "partner-history-source";
+pub const HISTORY_DESTINATION: &str = "partner-history-destination";
+
+/// Stores `count` completed partner changes of [`HISTORY_CLIENT`], each with
+/// its four events (SUBMITTED, APPROVED, MIGRATION_STARTED, COMPLETED) and
+/// two permission-log entries, spread over the last 30 days: bulk inserts
+/// straight into the tables (not through the API), into a migrated database
+/// before the services start. Returns how long it took.
+pub async fn preload_history(db: &sea_orm::DatabaseConnection, count: usize) -> std::time::Duration {
+    use chrono::{Duration, Utc};
+    use partnerhub_partner_change::{
+        domain::{PartnerChange, SagaStep, State},
+        store::{
+            entities::{event, partner_change},
+            snapshot,
+        },
+    };
+    use partnerhub_permissions::store::entities::log_entry;
+    use sea_orm::{ConnectionTrait, EntityTrait, Set, TransactionTrait};
+
+    const CHUNK: usize = 500;
+    let started = std::time::Instant::now();
+    let now = Utc::now();
+    let span = Duration::days(30);
+    let mut position = 0i64;
+    let mut log_position = 0i64;
+    for chunk_start in (0..count).step_by(CHUNK) {
+        let chunk = chunk_start..(chunk_start + CHUNK).min(count);
+        let (mut changes, mut events, mut log) = (Vec::new(), Vec::new(), Vec::new());
+        for index in chunk {
+            let created = now - span + span * i32::try_from(index).unwrap() / i32::try_from(count).unwrap();
+            let numbers = vec![format!("+4930{index:09}"), format!("+4940{index:09}")];
+            let mut change = PartnerChange {
+                partner_change_id: format!("pc-history-{index:09}"),
+                request_id: format!("history-{index}"),
+                waba_id: format!("waba-history-{index:09}"),
+                client_id: HISTORY_CLIENT.to_owned(),
+                source_partner_id: HISTORY_SOURCE.to_owned(),
+                destination_partner_id: HISTORY_DESTINATION.to_owned(),
+                state: State::PendingApproval,
+                phone_numbers: numbers.clone(),
+                grant_phone_numbers: Vec::new(),
+                skipped_grant_phone_numbers: Vec::new(),
+                accepted_terms_version: "v1".to_owned(),
+                failure_reason: String::new(),
+                saga_step: SagaStep::Transfer,
+                version: 1,
+                create_time: created,
+                update_time: created,
+                expire_time: created + Duration::days(14),
+                trace_parent: None,
+                migrate_after: None,
+            };
+            use partnerhub_partner_change::domain::EventType::*;
+            for (event_type, state) in [
+                (Submitted, State::PendingApproval),
+                (Approved, State::Approved),
+                (MigrationStarted, State::Migrating),
+                (Completed, State::Completed),
+            ] {
+                change.state = state;
+                change.version += 1;
+                change.update_time += Duration::milliseconds(10);
+                if event_type == Completed {
+                    change.saga_step = SagaStep::Permissions;
+                }
+                position += 1;
+                events.push(event::ActiveModel {
+                    position: Set(position),
+                    partner_change_id: Set(change.partner_change_id.clone()),
+                    event_type: Set(event_type),
+                    state: Set(state),
+                    actor: Set("service:partner-change".to_owned()),
+                    reason: Set(String::new()),
+                    time: Set(change.update_time),
+                    client_id: Set(change.client_id.clone()),
+                    source_partner_id: Set(change.source_partner_id.clone()),
+                    destination_partner_id: Set(change.destination_partner_id.clone()),
+                    snapshot: Set(snapshot::encode(&change).unwrap()),
+                });
+            }
+            for number in &numbers {
+                log_position += 1;
+                log.push(log_entry::ActiveModel {
+                    position: Set(log_position),
+                    partner_id: Set(HISTORY_SOURCE.to_owned()),
+                    phone_number: Set(number.clone()),
+                    allowed: Set(false),
+                    time: Set(change.update_time),
+                });
+            }
+            changes.push(partner_change::ActiveModel {
+                partner_change_id: Set(change.partner_change_id.clone()),
+                request_id: Set(change.request_id.clone()),
+                waba_id: Set(change.waba_id.clone()),
+                client_id: Set(change.client_id.clone()),
+                source_partner_id: Set(change.source_partner_id.clone()),
+                destination_partner_id: Set(change.destination_partner_id.clone()),
+                state: Set(State::Completed),
+                phone_numbers: Set(numbers.join(",")),
+                grant_phone_numbers: Set(String::new()),
+                skipped_grant_phone_numbers: Set(String::new()),
+                accepted_terms_version: Set(change.accepted_terms_version.clone()),
+                failure_reason: Set(String::new()),
+                saga_step: Set(SagaStep::Permissions),
+                version: Set(change.version),
+                attempts: Set(0),
+                lease_owner: Set(None),
+                lease_expire_time: Set(None),
+                open_waba_id: Set(None),
+                create_time: Set(change.create_time),
+                update_time: Set(change.update_time),
+                expire_time: Set(change.expire_time),
+                trace_parent: Set(None),
+                migrate_after: Set(None),
+            });
+        }
+        let tx = db.begin().await.unwrap();
+        partner_change::Entity::insert_many(changes).exec(&tx).await.unwrap();
+        for events in events.chunks(CHUNK) {
+            event::Entity::insert_many(events.to_vec()).exec(&tx).await.unwrap();
+        }
+        log_entry::Entity::insert_many(log).exec(&tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    for (head, last) in [("event_log_head", position), ("permission_log_head", log_position)] {
+        db.execute_unprepared(&format!("UPDATE {head} SET last_position = {last} WHERE id = 1")).await.unwrap();
+    }
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        db.execute_unprepared("ANALYZE").await.unwrap();
+    }
+    started.elapsed()
+}

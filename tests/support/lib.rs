@@ -84,6 +84,16 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with `configure` applied to the settings last.
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::spawn_prepared(backend, configure, async |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn_with`], with `prepare` run on the migrated
+    /// database before any service starts (benchmarks preload history there).
+    pub async fn spawn_prepared(
+        backend: Backend,
+        configure: impl FnOnce(&mut Settings),
+        prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection),
+    ) -> TestApp {
         init_test_tracing();
         let database = TestDatabase::create(backend).await;
         let secret = [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat();
@@ -99,6 +109,11 @@ impl TestApp {
         settings.partner_change().worker.backoff_max = Duration::from_millis(50);
         configure(&mut settings);
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
+        {
+            let db = partnerhub::app::open_database(&settings).await.unwrap();
+            prepare(&db).await;
+            db.close().await.unwrap();
+        }
         let app = Application::start(&settings, SERVICES).await.unwrap();
         let channel = channel_to(app.local_addr());
         TestApp { settings, app: Some(app), channel, keys, signing_secret: secret, _database: Some(database) }
