@@ -57,9 +57,9 @@ async fn main() {
                 worker.concurrency = workers;
             }
         },
-        async |db| {
+        async |db, keys| {
             if history > 0 {
-                preload_time = preload_history(db, history).await;
+                preload_time = preload_history(db, keys, history).await;
             }
         },
     )

@@ -117,8 +117,15 @@ pub const HISTORY_DESTINATION: &str = "partner-history-destination";
 /// its four events (SUBMITTED, APPROVED, MIGRATION_STARTED, COMPLETED) and
 /// two permission-log entries, spread over the last 30 days: bulk inserts
 /// straight into the tables (not through the API), into a migrated database
-/// before the services start. Returns how long it took.
-pub async fn preload_history(db: &sea_orm::DatabaseConnection, count: usize) -> std::time::Duration {
+/// before the services start. The webhooks service's follower is left where a
+/// running deployment's would be, caught up (its cursor at the last event,
+/// sealed with `keys`), and PostgreSQL's tables vacuumed as autovacuum would
+/// have kept them. Returns how long it took.
+pub async fn preload_history(
+    db: &sea_orm::DatabaseConnection,
+    keys: &partnerhub_runtime::auth::TokenKeys,
+    count: usize,
+) -> std::time::Duration {
     use chrono::{Duration, Utc};
     use partnerhub_partner_change::{
         domain::{PartnerChange, SagaStep, State},
@@ -238,8 +245,11 @@ pub async fn preload_history(db: &sea_orm::DatabaseConnection, count: usize) -> 
     for (head, last) in [("event_log_head", position), ("permission_log_head", log_position)] {
         db.execute_unprepared(&format!("UPDATE {head} SET last_position = {last} WHERE id = 1")).await.unwrap();
     }
+    let hub = partnerhub_partner_change::stream::EventHub::new(16, keys.token_seal().clone());
+    let cursor = hub.cursor(position, &partnerhub_partner_change::store::EventScope::All);
+    db.execute_unprepared(&format!("UPDATE webhook_follower SET cursor = '{cursor}' WHERE id = 1")).await.unwrap();
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        db.execute_unprepared("ANALYZE").await.unwrap();
+        db.execute_unprepared("VACUUM ANALYZE").await.unwrap();
     }
     started.elapsed()
 }

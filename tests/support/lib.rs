@@ -84,15 +84,16 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with `configure` applied to the settings last.
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        Self::spawn_prepared(backend, configure, async |_| {}).await
+        Self::spawn_prepared(backend, configure, async |_, _| {}).await
     }
 
     /// Like [`TestApp::spawn_with`], with `prepare` run on the migrated
-    /// database before any service starts (benchmarks preload history there).
+    /// database, with the deployment's keys, before any service starts
+    /// (benchmarks preload history there).
     pub async fn spawn_prepared(
         backend: Backend,
         configure: impl FnOnce(&mut Settings),
-        prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection),
+        prepare: impl AsyncFnOnce(&sea_orm::DatabaseConnection, &TokenKeys),
     ) -> TestApp {
         init_test_tracing();
         let database = TestDatabase::create(backend).await;
@@ -111,7 +112,7 @@ impl TestApp {
         let keys = TokenKeys::load_or_generate(&settings).unwrap();
         {
             let db = partnerhub::app::open_database(&settings).await.unwrap();
-            prepare(&db).await;
+            prepare(&db, &keys).await;
             db.close().await.unwrap();
         }
         let app = Application::start(&settings, SERVICES).await.unwrap();

@@ -348,19 +348,32 @@ pub async fn record_events(
     if !still_holder {
         return Ok(false);
     }
+    // One read of every enabled endpoint that sees any event of the batch.
+    let partners: Vec<String> = events.iter().flat_map(|event| event.partner_ids.iter().cloned()).collect();
+    let clients: Vec<String> = events.iter().map(|event| event.client_id.clone()).collect();
+    let watching: Vec<(String, Option<String>, Option<String>)> = endpoint::Entity::find()
+        .select_only()
+        .column(endpoint::Column::WebhookEndpointId)
+        .column(endpoint::Column::PartnerId)
+        .column(endpoint::Column::ClientId)
+        .filter(endpoint::Column::Disabled.eq(false))
+        .filter(
+            Condition::any()
+                .add(endpoint::Column::PartnerId.is_in(partners))
+                .add(endpoint::Column::ClientId.is_in(clients)),
+        )
+        .into_tuple()
+        .all(&tx)
+        .await?;
     for event in events {
-        let endpoints: Vec<String> = endpoint::Entity::find()
-            .select_only()
-            .column(endpoint::Column::WebhookEndpointId)
-            .filter(endpoint::Column::Disabled.eq(false))
-            .filter(
-                Condition::any()
-                    .add(endpoint::Column::PartnerId.is_in(event.partner_ids.iter().cloned()))
-                    .add(endpoint::Column::ClientId.eq(&event.client_id)),
-            )
-            .into_tuple()
-            .all(&tx)
-            .await?;
+        let endpoints: Vec<String> = watching
+            .iter()
+            .filter(|(_, partner_id, client_id)| {
+                partner_id.as_ref().is_some_and(|id| event.partner_ids.contains(id))
+                    || client_id.as_ref() == Some(&event.client_id)
+            })
+            .map(|(endpoint_id, _, _)| endpoint_id.clone())
+            .collect();
         if endpoints.is_empty() {
             continue;
         }
