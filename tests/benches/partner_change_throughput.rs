@@ -181,6 +181,12 @@ async fn main() {
     .await;
     writeln!(report, "  CheckPermission: {line}").unwrap();
 
+    if history > 0 && backend == Backend::Postgres {
+        writeln!(report, "\nquery plans with the history (EXPLAIN; a Seq Scan on a big table would grow with it):")
+            .unwrap();
+        report.push_str(&explain_plans(&app.database_url()).await);
+    }
+
     print!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-reports");
     std::fs::create_dir_all(&dir).unwrap();
@@ -254,4 +260,46 @@ fn pgbench_tps() -> Option<f64> {
     })();
     let _ = run("dropdb", &[&database]);
     tps
+}
+
+/// The plans of the queries whose cost must not grow with history, one line
+/// per plan node, as PostgreSQL chooses them on the loaded database.
+async fn explain_plans(url: &str) -> String {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(url).await.unwrap();
+    let queries = [
+        (
+            "ListPartnerChanges (a client)",
+            "SELECT * FROM partner_changes WHERE client_id = 'client-history' ORDER BY partner_change_id DESC LIMIT 51",
+        ),
+        (
+            "GetPartnerChangeHistory",
+            "SELECT * FROM partner_change_events WHERE partner_change_id = 'pc-history-000050000' ORDER BY position",
+        ),
+        (
+            "the worker's claim",
+            "SELECT * FROM partner_changes WHERE (state = 'APPROVED' AND (migrate_after IS NULL OR migrate_after <= now())) OR (state = 'MIGRATING' AND (lease_expire_time IS NULL OR lease_expire_time < now())) ORDER BY update_time LIMIT 16 FOR UPDATE SKIP LOCKED",
+        ),
+        ("the permission cache's migrating numbers", "SELECT * FROM partner_change_moves"),
+        (
+            "a partner's stream replay",
+            "SELECT * FROM partner_change_events WHERE position > 0 AND (source_partner_id = 'partner-history-source' OR destination_partner_id = 'partner-history-source') ORDER BY position LIMIT 256",
+        ),
+        (
+            "the permission cache's log read",
+            "SELECT * FROM permission_log WHERE position > 199990 ORDER BY position LIMIT 1000",
+        ),
+    ];
+    let mut plans = String::new();
+    for (name, sql) in queries {
+        writeln!(plans, "  {name}:").unwrap();
+        let rows = db
+            .query_all_raw(Statement::from_string(db.get_database_backend(), format!("EXPLAIN {sql}")))
+            .await
+            .unwrap();
+        for row in rows {
+            writeln!(plans, "    {}", row.try_get::<String>("", "QUERY PLAN").unwrap()).unwrap();
+        }
+    }
+    plans
 }
