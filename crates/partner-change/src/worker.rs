@@ -246,14 +246,12 @@ impl MigrationWorker {
             let Ok(first) = first else { break };
             // Only this loop takes slots: those free now stay free until it does.
             let room = (1 + slots.available_permits()).min(CLAIM_BATCH);
-            let mut idle = self.settings.poll_interval;
+            let mut more_waiting = false;
             match self.claim(room as u64).await {
                 Ok(claimed) => {
                     self.outage.succeeded();
-                    if claimed.len() == room {
-                        // More may be waiting: claim again as soon as a slot is free.
-                        idle = Duration::ZERO;
-                    }
+                    // A full claim: more may be waiting; claim again as soon as a slot is free.
+                    more_waiting = claimed.len() == room;
                     let mut first = Some(first);
                     for change in claimed {
                         let slot = first.take().or_else(|| slots.clone().try_acquire_owned().ok());
@@ -268,13 +266,13 @@ impl MigrationWorker {
                 }
                 Err(err) => self.outage.failed(&err),
             }
-            if idle.is_zero() {
+            if more_waiting {
                 continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(idle) => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
         sagas.close();
