@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write, database_now, database_time_after, head_position, take_positions},
+    db::{LogRows, StoreError, append_to_log, begin_write, database_now, database_time_after, head_position},
     retention::{self, PrunedLog},
     time::now,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
@@ -593,33 +593,47 @@ pub async fn list(
 
 /// Appends events with positions taken from the log head; see the module documentation.
 async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, PartnerChange)]) -> Result<(), DbErr> {
-    let count = i64::try_from(events.len()).map_err(|_| DbErr::Custom("too many events".into()))?;
-    let last = take_positions(tx, "event_log_head", count).await?;
-    if tx.get_database_backend() == DbBackend::Postgres {
-        // Delivered at commit (and never if the transaction rolls back): a
-        // wake-up for every replica's tailer. The log itself is the data.
-        tx.execute_unprepared(&format!("NOTIFY {EVENTS_CHANNEL}, '{last}'")).await?;
-    }
-    for (offset, (draft, snapshot)) in (0..count).rev().zip(events) {
+    let mut rows = Vec::with_capacity(events.len());
+    for (draft, snapshot) in events {
         let snapshot_json = snapshot::encode(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
-        event::ActiveModel {
-            position: Set(last - offset),
-            partner_change_id: Set(snapshot.partner_change_id.clone()),
-            event_type: Set(draft.event_type),
-            state: Set(snapshot.state),
-            actor: Set(draft.actor.clone()),
-            reason: Set(draft.reason.clone()),
-            time: Set(snapshot.update_time),
-            client_id: Set(snapshot.client_id.clone()),
-            source_partner_id: Set(snapshot.source_partner_id.clone()),
-            destination_partner_id: Set(snapshot.destination_partner_id.clone()),
-            snapshot: Set(snapshot_json),
-        }
-        .insert(tx)
-        .await?;
+        rows.push(vec![
+            snapshot.partner_change_id.clone().into(),
+            draft.event_type.into_value().into(),
+            snapshot.state.into_value().into(),
+            draft.actor.clone().into(),
+            draft.reason.clone().into(),
+            snapshot.update_time.into(),
+            snapshot.client_id.clone().into(),
+            snapshot.source_partner_id.clone().into(),
+            snapshot.destination_partner_id.clone().into(),
+            snapshot_json.into(),
+        ]);
     }
+    let log = LogRows {
+        head_table: "event_log_head",
+        table: "partner_change_events",
+        columns: EVENT_COLUMNS,
+        rows,
+        // A wake-up for every replica's tailer; the log itself is the data.
+        channel: EVENTS_CHANNEL,
+    };
+    append_to_log(tx, log).await?;
     Ok(())
 }
+
+/// The event log's columns, besides the position, as `append_events` fills them.
+const EVENT_COLUMNS: &[&str] = &[
+    "partner_change_id",
+    "event_type",
+    "state",
+    "actor",
+    "reason",
+    "time",
+    "client_id",
+    "source_partner_id",
+    "destination_partner_id",
+    "snapshot",
+];
 
 fn split_numbers(text: &str) -> Vec<String> {
     if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }

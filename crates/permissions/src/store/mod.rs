@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{StoreError, begin_write, database_now, head_position, take_positions},
+    db::{LogRows, StoreError, append_to_log, begin_write, database_now, head_position},
     ids::new_id,
     time::now,
     validate::PhoneNumber,
@@ -285,25 +285,24 @@ pub const PERMISSION_LOG: partnerhub_runtime::retention::PrunedLog = partnerhub_
 };
 
 /// Appends `changes` to the permission log, last thing before commit (see
-/// [`take_positions`]: positions become visible in order, as in the event log).
+/// [`append_to_log`]: positions become visible in order, as in the event log).
 async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
     if changes.is_empty() {
         return Ok(());
     }
-    let count = i64::try_from(changes.len()).map_err(|_| DbErr::Custom("too many changes".into()))?;
-    let last = take_positions(tx, "permission_log_head", count).await?;
     let time = now();
-    let rows = changes.iter().zip((0..count).rev()).map(|((number, allowed), offset)| log_entry::ActiveModel {
-        position: Set(last - offset),
-        partner_id: Set(partner_id.to_owned()),
-        phone_number: Set((*number).to_owned()),
-        allowed: Set(*allowed),
-        time: Set(time),
-    });
-    log_entry::Entity::insert_many(rows).exec(tx).await?;
-    if tx.get_database_backend() == DbBackend::Postgres {
-        tx.execute_unprepared(&format!("NOTIFY {LOG_CHANNEL}, '{last}'")).await?;
-    }
+    let rows = changes
+        .iter()
+        .map(|(number, allowed)| vec![partner_id.into(), (*number).into(), (*allowed).into(), time.into()])
+        .collect();
+    let log = LogRows {
+        head_table: "permission_log_head",
+        table: "permission_log",
+        columns: &["partner_id", "phone_number", "allowed", "time"],
+        rows,
+        channel: LOG_CHANNEL,
+    };
+    append_to_log(tx, log).await?;
     Ok(())
 }
 
