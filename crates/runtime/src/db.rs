@@ -237,7 +237,9 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
     if tx.get_database_backend() != DbBackend::Postgres {
         let last = take_positions(tx, head_table, count).await?;
         let mut insert = Query::insert();
-        insert.into_table(Alias::new(table)).columns(std::iter::once("position").chain(columns.iter().copied()).map(Alias::new));
+        insert
+            .into_table(Alias::new(table))
+            .columns(std::iter::once("position").chain(columns.iter().copied()).map(Alias::new));
         for (offset, row) in (0..count).rev().zip(rows) {
             let values = std::iter::once(Value::from(last - offset)).chain(row).map(SimpleExpr::from);
             insert.values(values).map_err(|err| DbErr::Custom(err.to_string()))?;
