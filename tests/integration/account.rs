@@ -1,9 +1,10 @@
 //! The account RPCs through the real gRPC client, on both databases.
 
 use partnerhub_proto::account::v1 as pb;
-use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases, reason};
 use prost_types::FieldMask;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 use crate::fixtures::{self, unique_number};
 
@@ -13,6 +14,7 @@ on_both_databases!(
     clients_report_missing_company_info_and_keep_payment_methods,
     a_phone_number_belongs_to_one_waba_only,
     wabas_are_listed_oldest_first_in_pages,
+    a_waba_context_is_the_waba_its_client_and_the_partner_named,
     data_written_before_a_graceful_restart_is_there_after,
 );
 
@@ -228,6 +230,48 @@ async fn a_phone_number_belongs_to_one_waba_only(backend: Backend) {
         })
         .await;
     assert_refused(no_client, Code::NotFound, "CLIENT_NOT_FOUND");
+}
+
+async fn a_waba_context_is_the_waba_its_client_and_the_partner_named(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let source = fixtures::partner(&app, "Source", pb::PaymentProcessor::Stripe).await;
+    let destination = fixtures::partner(&app, "Destination", pb::PaymentProcessor::Adyen).await;
+    let client = fixtures::client(&app, "Bakery Ltd").await;
+    let number = unique_number();
+    let waba = fixtures::waba(&app, &client.client_id, &source.partner_id, &[&number]).await;
+    let mut service = app.account("service:partner-change");
+    let context = |partner_id: &str| pb::GetWabaContextRequest {
+        waba_id: waba.waba_id.clone(),
+        partner_id: partner_id.to_owned(),
+    };
+
+    let read = service.get_waba_context(context(&destination.partner_id)).await.unwrap().into_inner();
+    let (read_waba, read_client, read_partner) = (read.waba.unwrap(), read.client.unwrap(), read.partner.unwrap());
+    assert_eq!((read_waba.waba_id, read_waba.partner_id), (waba.waba_id.clone(), source.partner_id.clone()));
+    assert_eq!(read_waba.phone_numbers, [number]);
+    assert_eq!(read_client.client_id, client.client_id);
+    assert_eq!(read_client.missing_company_info_fields, client.missing_company_info_fields);
+    assert_eq!(read_partner.partner_id, destination.partner_id);
+    assert_eq!(read_partner.payment_processor(), pb::PaymentProcessor::Adyen);
+
+    // A partner that does not exist, or none named, is left out; no error.
+    let read = service.get_waba_context(context("partner-doesnotexist")).await.unwrap().into_inner();
+    assert!(read.waba.is_some() && read.client.is_some() && read.partner.is_none());
+    let read = service.get_waba_context(context("")).await.unwrap().into_inner();
+    assert!(read.waba.is_some() && read.partner.is_none());
+
+    let missing = service
+        .get_waba_context(pb::GetWabaContextRequest { waba_id: "waba-nope".into(), partner_id: String::new() })
+        .await;
+    assert_refused(missing, Code::NotFound, "WABA_NOT_FOUND");
+    let malformed = service
+        .get_waba_context(pb::GetWabaContextRequest { waba_id: String::new(), partner_id: "not an id!".into() })
+        .await
+        .unwrap_err();
+    assert_eq!((malformed.code(), reason(&malformed)), (Code::InvalidArgument, "INVALID_REQUEST".to_owned()));
+    let fields: Vec<String> =
+        malformed.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["waba_id", "partner_id"], "every bad field named at once");
 }
 
 async fn wabas_are_listed_oldest_first_in_pages(backend: Backend) {

@@ -26,6 +26,7 @@ enum Rpc {
     AddPhoneNumber,
     GetWaba,
     ListWabas,
+    GetWabaContext,
     TransferWaba,
 }
 
@@ -63,6 +64,7 @@ const MATRIX: &[(Rpc, [Code; 6])] = &[
     (Rpc::AddPhoneNumber, [PD, PD, PD, PD, OK, OK]),
     (Rpc::GetWaba, [OK, NF, OK, NF, OK, OK]),
     (Rpc::ListWabas, [OK, NF, OK, NF, OK, OK]),
+    (Rpc::GetWabaContext, [PD, PD, PD, PD, OK, OK]),
     (Rpc::TransferWaba, [PD, PD, PD, PD, OK, PD]),
 ];
 
@@ -196,6 +198,13 @@ async fn attempt(app: &TestApp, world: &World, rpc: Rpc, who: Who, target: Targe
                 .await
                 .map(drop)
         }
+        Rpc::GetWabaContext => account
+            .get_waba_context(pb::GetWabaContextRequest {
+                waba_id: world.waba(target).into(),
+                partner_id: world.partner(target).into(),
+            })
+            .await
+            .map(drop),
         Rpc::TransferWaba => {
             // A WABA of its own per attempt, so that an allowed transfer does not disturb the next.
             let waba = fixtures::waba(app, world.client(target), world.partner(target), &[]).await;

@@ -52,6 +52,7 @@ pub const POLICY: Policy = &[
     ("AddPhoneNumber", &[May::Support, May::Services]),
     ("GetWaba", &[May::Clients, May::Partners, May::Support, May::Services]),
     ("ListWabas", &[May::Clients, May::Partners, May::Support, May::Services]),
+    ("GetWabaContext", &[May::Support, May::Services]),
     // Moves a WABA between partners: the partner-change service's alone.
     ("TransferWaba", &[May::MigrationService]),
 ];
@@ -232,6 +233,24 @@ impl pb::account_service_server::AccountService for AccountApi {
         Ok(Response::new(pb::ListWabasResponse {
             wabas: wabas.into_iter().map(waba_to_proto).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn get_waba_context(
+        &self,
+        request: Request<pb::GetWabaContextRequest>,
+    ) -> RpcResult<pb::GetWabaContextResponse> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let waba_id = id("waba_id", &r.waba_id);
+        let partner_id = if r.partner_id.is_empty() { Ok(None) } else { id("partner_id", &r.partner_id).map(Some) };
+        let (waba_id, partner_id) = (waba_id, partner_id).validate()?;
+        allow(caller.is_operator())?;
+        let (waba, client, partner) = store::waba_context(&self.db, &waba_id, partner_id.as_deref()).await?;
+        Ok(Response::new(pb::GetWabaContextResponse {
+            waba: Some(waba_to_proto(waba)),
+            client: Some(client_to_proto(client)),
+            partner: partner.map(partner_to_proto),
         }))
     }
 

@@ -1,7 +1,7 @@
 //! The facts the partner change rules need, asked of the account service.
 
 use partnerhub_proto::account::v1::{
-    GetClientRequest, GetPartnerRequest, GetWabaRequest, GetWabaResponse, TransferWabaRequest, TransferWabaResponse,
+    GetWabaContextRequest, GetWabaRequest, GetWabaResponse, TransferWabaRequest, TransferWabaResponse,
     account_service_client::AccountServiceClient,
 };
 use partnerhub_runtime::peers::Peer;
@@ -48,36 +48,24 @@ impl Accounts {
             .map(Response::into_inner)
     }
 
-    /// The WABA, its client, and the destination partner (if it exists).
+    /// The WABA, its client, and the destination partner (if it exists), in one call.
     pub async fn world(&self, waba_id: &str, destination_partner_id: &str) -> Result<World, FactsError> {
-        let waba = match self.get_waba(waba_id).await {
-            Ok(response) => response.waba.ok_or_else(|| Status::internal("GetWaba returned no WABA"))?,
+        let request =
+            GetWabaContextRequest { waba_id: waba_id.to_owned(), partner_id: destination_partner_id.to_owned() };
+        let context = match self
+            .peer
+            .call(request, |channel, request| async move {
+                AccountServiceClient::new(channel).get_waba_context(request).await
+            })
+            .await
+        {
+            Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => return Err(FactsError::WabaNotFound(waba_id.to_owned())),
             Err(status) => return Err(status.into()),
         };
-        let request = GetClientRequest { client_id: waba.client_id.clone() };
-        let client =
-            self.peer
-                .call(request, |channel, request| async move {
-                    AccountServiceClient::new(channel).get_client(request).await
-                })
-                .await?
-                .into_inner()
-                .client
-                .ok_or_else(|| Status::internal("GetClient returned no client"))?;
-        let request = GetPartnerRequest { partner_id: destination_partner_id.to_owned() };
-        let destination = match self
-            .peer
-            .call(
-                request,
-                |channel, request| async move { AccountServiceClient::new(channel).get_partner(request).await },
-            )
-            .await
-        {
-            Ok(response) => response.into_inner().partner,
-            Err(status) if status.code() == Code::NotFound => None,
-            Err(status) => return Err(status.into()),
-        };
+        let waba = context.waba.ok_or_else(|| Status::internal("GetWabaContext returned no WABA"))?;
+        let client = context.client.ok_or_else(|| Status::internal("GetWabaContext returned no client"))?;
+        let destination = context.partner;
         Ok(World {
             waba_id: waba.waba_id,
             client_id: waba.client_id,

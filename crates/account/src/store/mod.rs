@@ -262,6 +262,26 @@ pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, 
     with_numbers(db, vec![model]).await?.pop().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
 }
 
+/// A WABA with its client and, if `partner_id` names one, that partner: the
+/// facts a partner change is judged on. The reads after the WABA's run at once.
+pub async fn waba_context(
+    db: &DatabaseConnection,
+    waba_id: &str,
+    partner_id: Option<&str>,
+) -> Result<(Waba, Client, Option<Partner>), AccountError> {
+    let waba = get_waba(db, waba_id).await?;
+    let partner = async {
+        let Some(partner_id) = partner_id else { return Ok(None) };
+        match get_partner(db, partner_id).await {
+            Ok(partner) => Ok(Some(partner)),
+            Err(AccountError::PartnerNotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    };
+    let (client, partner) = tokio::try_join!(get_client(db, &waba.client_id), partner)?;
+    Ok((waba, client, partner))
+}
+
 /// One page of an owner's WABAs, oldest first, after the WABA ID `after`.
 /// Returns the page and whether more follow.
 pub async fn list_wabas(
