@@ -312,6 +312,9 @@ impl MigrationWorker {
     }
 
     async fn drive(&self, mut change: PartnerChange) -> Result<(), WorkerError> {
+        // The WABA's numbers as the move left them, when this task made the
+        // move: the permissions step then need not read them again.
+        let mut moved_numbers = None;
         loop {
             let step = change.saga_step;
             let started = Instant::now();
@@ -321,9 +324,12 @@ impl MigrationWorker {
                     .holding_lease(&partner_change_id, self.transfer(&mut change))
                     .instrument(step_span(step))
                     .await
-                    .map(|()| Vec::new()),
+                    .map(|numbers| {
+                        moved_numbers = Some(numbers);
+                        Vec::new()
+                    }),
                 SagaStep::Permissions => {
-                    self.holding_lease(&partner_change_id, self.move_permissions(&change))
+                    self.holding_lease(&partner_change_id, self.move_permissions(&change, moved_numbers.take()))
                         .instrument(step_span(step))
                         .await
                 }
@@ -405,8 +411,9 @@ impl MigrationWorker {
         }
     }
 
-    /// Re-checks that the change may still go ahead, then moves the WABA.
-    async fn transfer(&self, change: &mut PartnerChange) -> Result<(), StepError> {
+    /// Re-checks that the change may still go ahead, then moves the WABA;
+    /// returns the WABA's numbers as the move left them.
+    async fn transfer(&self, change: &mut PartnerChange) -> Result<Vec<String>, StepError> {
         let world = match self.accounts.world(&change.waba_id, &change.destination_partner_id).await {
             Ok(world) => world,
             Err(FactsError::WabaNotFound(id)) => {
@@ -452,7 +459,7 @@ impl MigrationWorker {
         match self.accounts.transfer(request).await {
             Ok(outcome) => {
                 tracing::info!(partner_change_id = %change.partner_change_id, already_applied = outcome.already_applied, "WABA moved");
-                Ok(())
+                Ok(outcome.waba.map(|waba| waba.phone_numbers).unwrap_or_default())
             }
             Err(status) => Err(classify("moving the WABA", &status)),
         }
@@ -480,12 +487,21 @@ impl MigrationWorker {
     /// Revokes every permission of the old partner on the moved numbers, then
     /// grants the numbers named at submit to the new partner; returns the
     /// named numbers that have left the WABA since, which are not granted.
-    async fn move_permissions(&self, change: &PartnerChange) -> Result<Vec<String>, StepError> {
-        let on_waba = self
-            .accounts
-            .phone_numbers(&change.waba_id)
-            .await
-            .map_err(|status| StepError::Transient(describe("reading the WABA's numbers", &status)))?;
+    /// `moved_numbers`: the WABA's numbers as the move left them, if this task
+    /// made it (otherwise, after a restart, they are read now).
+    async fn move_permissions(
+        &self,
+        change: &PartnerChange,
+        moved_numbers: Option<Vec<String>>,
+    ) -> Result<Vec<String>, StepError> {
+        let on_waba = match moved_numbers {
+            Some(numbers) => numbers,
+            None => self
+                .accounts
+                .phone_numbers(&change.waba_id)
+                .await
+                .map_err(|status| StepError::Transient(describe("reading the WABA's numbers", &status)))?,
+        };
         // The numbers as submitted, and any added to the WABA since: all moved.
         let mut numbers = change.phone_numbers.clone();
         numbers.extend(on_waba.iter().filter(|number| !change.phone_numbers.contains(number)).cloned());
