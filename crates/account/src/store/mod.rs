@@ -330,26 +330,35 @@ pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Resu
         }
         Err(err) => return Err(err.into()),
     }
-    if partner::Entity::find_by_id(&transfer.to_partner_id).one(&tx).await?.is_none() {
-        return Err(AccountError::PartnerNotFound(transfer.to_partner_id.clone()));
-    }
+    // The destination's foreign key says whether it exists; the moved row comes back.
     let moved = waba::Entity::update_many()
         .col_expr(waba::Column::PartnerId, Expr::value(&transfer.to_partner_id))
         .col_expr(waba::Column::Version, Expr::col(waba::Column::Version).add(1))
         .col_expr(waba::Column::UpdateTime, Expr::value(now()))
         .filter(waba::Column::WabaId.eq(&transfer.waba_id))
         .filter(waba::Column::PartnerId.eq(&transfer.from_partner_id))
-        .exec(&tx)
-        .await?;
-    if moved.rows_affected == 0 {
+        .exec_with_returning(&tx)
+        .await
+        .map_err(StoreError::from);
+    let moved = match moved {
+        Ok(moved) => moved,
+        Err(StoreError::ForeignKeyViolation(_)) => {
+            return Err(AccountError::PartnerNotFound(transfer.to_partner_id.clone()));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let Some(moved) = moved.into_iter().next() else {
         let current = find_waba_model(&tx, &transfer.waba_id).await?;
         return Err(AccountError::SourcePartnerMismatch {
             waba_id: transfer.waba_id.clone(),
             expected: transfer.from_partner_id.clone(),
             actual: current.partner_id,
         });
-    }
-    let waba = get_waba(&tx, &transfer.waba_id).await?;
+    };
+    let waba = with_numbers(&tx, vec![moved])
+        .await?
+        .pop()
+        .ok_or_else(|| AccountError::WabaNotFound(transfer.waba_id.clone()))?;
     tx.commit().await?;
     tracing::info!(
         waba_id = %transfer.waba_id,
