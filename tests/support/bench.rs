@@ -101,6 +101,23 @@ pub fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The machine's CPU time so far, from `/proc/stat`'s first line: (busy, idle) in ticks.
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let busy = fields.iter().take(8).sum::<u64>() - idle;
+    (busy, idle)
+}
+
+/// The share of the machine's CPU time that was idle between two [`cpu_ticks`] readings.
+pub fn idle_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let (busy, idle) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+    if busy + idle == 0 { 0.0 } else { idle as f64 / (busy + idle) as f64 }
+}
+
 /// The `p`-th percentile (0 to 1) of `sorted` microseconds.
 pub fn percentile(sorted: &[u64], p: f64) -> std::time::Duration {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
