@@ -362,12 +362,8 @@ async fn lock_fences(
     } else {
         on_conflict.update_column(fence::Column::TouchTime);
     }
-    fence::Entity::insert_many(rows).on_conflict(on_conflict).exec(tx).await?;
-    fence::Entity::find()
-        .filter(fence::Column::PartnerId.eq(partner_id))
-        .filter(fence::Column::PhoneNumber.is_in(sorted.iter().map(|number| number.as_str())))
-        .all(tx)
-        .await
+    // Every row comes back, inserted or updated: the upsert always updates.
+    fence::Entity::insert_many(rows).on_conflict(on_conflict).exec_with_returning(tx).await
 }
 
 async fn insert_grants(
