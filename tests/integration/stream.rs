@@ -21,6 +21,7 @@ on_both_databases!(
     replay_then_live_delivers_every_event_once_in_order_under_concurrent_writers,
     each_subscriber_gets_only_its_own_events_and_bad_cursors_are_refused,
     idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_blocking_others,
+    a_stalled_subscriber_is_held_to_its_byte_budget,
     a_late_commit_is_never_skipped,
     shutdown_ends_streams_with_a_cursor_to_resume_from,
 );
@@ -307,26 +308,13 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     // events (600 KB) outgrow every buffer on the way — HTTP/2 buffers about
     // 400 KB per stream on the sending side whatever the peer's window — so the
     // stalled subscriber's own buffer fills.
-    let mut s = scenario(&app, false).await;
-    let numbers: Vec<String> = (0..300).map(|_| fixtures::unique_number()).collect();
-    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-    s.waba = fixtures::waba(&app, &s.client.client_id, &s.source.partner_id, &numbers).await;
+    let s = big_waba_scenario(&app).await;
     // Subscribed just before the events: left idle for long, the stalled one
     // would be ended for its unread heartbeats alone, before any event.
     let mut stalled_client = app.partner_change_with_window("support:stalled", 64).await;
     let stalled = stalled_client.watch_partner_change_events(watch_request("")).await.unwrap().into_inner();
     let fast = watch(&app, "support:fast", "").await;
-    let mut as_client = app.partner_change(&s.client_subject());
-    for round in 0..EVENTS / 2 {
-        let submitted = s.submit(&app, &format!("r{round}")).await;
-        as_client
-            .cancel_partner_change(pc::CancelPartnerChangeRequest {
-                partner_change_id: submitted.partner_change_id,
-                reason: String::new(),
-            })
-            .await
-            .unwrap();
-    }
+    submit_and_cancel(&app, &s, EVENTS / 2).await;
     let all = fast.wait_for_events(EVENTS).await;
     assert_eq!(all.len(), EVENTS, "the fast subscriber got everything while the other stalled");
 
@@ -347,6 +335,67 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     let mut rejoined = got.clone();
     rejoined.extend(rest);
     assert_eq!(steps(&rejoined), steps(&all), "resuming loses nothing");
+}
+
+/// A scenario whose WABA has 300 numbers: each event's snapshot is about 6 KB.
+async fn big_waba_scenario(app: &TestApp) -> Scenario {
+    let mut s = scenario(app, false).await;
+    let numbers: Vec<String> = (0..300).map(|_| fixtures::unique_number()).collect();
+    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    s.waba = fixtures::waba(app, &s.client.client_id, &s.source.partner_id, &numbers).await;
+    s
+}
+
+/// Two events per round: a submit, then its cancellation.
+async fn submit_and_cancel(app: &TestApp, s: &Scenario, rounds: usize) {
+    let mut as_client = app.partner_change(&s.client_subject());
+    for round in 0..rounds {
+        let submitted = s.submit(app, &format!("r{round}")).await;
+        as_client
+            .cancel_partner_change(pc::CancelPartnerChangeRequest {
+                partner_change_id: submitted.partner_change_id,
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_stalled_subscriber_is_held_to_its_byte_budget(backend: Backend) {
+    const EVENTS: usize = 100;
+    const BUDGET: usize = 16 * 1024;
+    let app = TestApp::spawn_with(backend, |settings| {
+        let stream = &mut settings.partner_change().stream;
+        // Room for far more events than are written: only the bytes can run out.
+        stream.subscriber_buffer = 10_000;
+        stream.subscriber_buffer_bytes = BUDGET;
+        stream.stall_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let s = big_waba_scenario(&app).await;
+    let mut stalled_client = app.partner_change_with_window("support:stalled", 64).await;
+    let stalled = stalled_client.watch_partner_change_events(watch_request("")).await.unwrap().into_inner();
+    // 100 events of about 6 KB: more than the HTTP/2 layer's send buffer
+    // (about 400 KB) and the 16 KiB budget together.
+    submit_and_cancel(&app, &s, EVENTS / 2).await;
+
+    let stalled = collect(stalled);
+    let end = eventually("the stalled stream to end", Duration::from_secs(20), || async { stalled.end() }).await;
+    let status = end.unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::ResourceExhausted, "SUBSCRIBER_TOO_SLOW"),
+        "{status:?}"
+    );
+    let got = stalled.events();
+    let held: usize = got.iter().map(prost::Message::encoded_len).sum();
+    assert!(got.len() < EVENTS, "ended before the end of the log: {} events", got.len());
+    assert!(
+        held <= 512 * 1024,
+        "what it was handed is what the HTTP/2 send buffer and its own budget hold: {held} bytes"
+    );
+    let resume = status.get_details_error_info().unwrap().metadata.get("resumeAfterCursor").cloned().unwrap();
+    assert_eq!(Some(&resume), got.last().map(|event| &event.cursor), "resume after the last event it was given");
 }
 
 async fn a_late_commit_is_never_skipped(backend: Backend) {

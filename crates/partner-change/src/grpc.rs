@@ -862,3 +862,65 @@ fn history_entry(event: Event) -> pb::HistoryEntry {
         event_type: event_type_to_proto(event.event_type).into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prost::Message as _;
+
+    use super::*;
+    use crate::domain::{Event, EventType, SagaStep};
+
+    /// A subscriber's byte budget counts items by their approximate size: it
+    /// must stay close to what the wire really carries, small or large.
+    #[test]
+    fn an_items_approximate_size_is_close_to_its_encoded_size() {
+        let time = now();
+        for numbers in [0, 2, 300] {
+            let change = PartnerChange {
+                partner_change_id: "pc-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+                request_id: "request-1".into(),
+                waba_id: "waba-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+                client_id: "client-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+                source_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+                destination_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8ea0".into(),
+                state: State::Migrating,
+                phone_numbers: (0..numbers).map(|n| format!("+49151{n:08}")).collect(),
+                grant_phone_numbers: (0..numbers / 2).map(|n| format!("+49151{n:08}")).collect(),
+                skipped_grant_phone_numbers: Vec::new(),
+                accepted_terms_version: "v1".into(),
+                migrate_after: None,
+                failure_reason: String::new(),
+                saga_step: SagaStep::Transfer,
+                version: 3,
+                create_time: time,
+                update_time: time,
+                expire_time: time,
+                trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            };
+            let event = Event {
+                position: 42,
+                partner_change_id: change.partner_change_id.clone(),
+                event_type: EventType::MigrationStarted,
+                state: State::Migrating,
+                actor: "service:partner-change".into(),
+                reason: String::new(),
+                time,
+                snapshot: change,
+            };
+            let items = [
+                StreamItem::Event { cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into(), event: Arc::new(event) },
+                StreamItem::Heartbeat { time, cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into() },
+            ];
+            for item in items {
+                let (approximate, encoded) = (item.approximate_bytes(), watch_response(item).encoded_len());
+                let ratio = approximate as f64 / encoded as f64;
+                assert!(
+                    (0.8..=1.6).contains(&ratio),
+                    "{numbers} numbers: {approximate} approximated, {encoded} encoded"
+                );
+            }
+        }
+    }
+}

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub stream_subscribers: Gauge,
     pub stream_delivery_lag_seconds: Histogram,
     pub stream_subscribers_ended_too_slow: Counter,
+    pub stream_buffered_bytes: Gauge,
 }
 
 /// The service's series, registered on first use.
@@ -50,6 +51,7 @@ pub fn metrics() -> &'static Metrics {
             stream_subscribers: Gauge::default(),
             stream_delivery_lag_seconds: latency_histogram(),
             stream_subscribers_ended_too_slow: Counter::default(),
+            stream_buffered_bytes: Gauge::default(),
         };
         register("partner_change", |registry| {
             registry.register("saga_steps", "Migration saga steps, by outcome", metrics.saga_steps.clone());
@@ -87,6 +89,11 @@ pub fn metrics() -> &'static Metrics {
                 "event_stream_subscribers_ended_too_slow",
                 "Subscribers ended with SUBSCRIBER_TOO_SLOW",
                 metrics.stream_subscribers_ended_too_slow.clone(),
+            );
+            registry.register(
+                "event_stream_buffered_bytes",
+                "Bytes (approximate encoded size) of events waiting in subscribers' buffers, all subscribers together",
+                metrics.stream_buffered_bytes.clone(),
             );
         });
         metrics

@@ -35,10 +35,19 @@ pub struct StreamSettings {
     pub poll_interval: Duration,
     /// Events buffered for one subscriber before it counts as not reading.
     pub subscriber_buffer: usize,
+    /// Bytes (of the messages' approximate encoded size) buffered for one
+    /// subscriber before it counts as not reading, whichever of this and
+    /// `subscriber_buffer` is reached first. What one stalled subscriber
+    /// holds is this plus the HTTP/2 layer's per-stream send buffer.
+    pub subscriber_buffer_bytes: usize,
     /// A subscriber whose buffer stays full this long is ended, told where to resume.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
 }
+
+/// Bounds of `stream.subscriber_buffer_bytes`.
+const MIN_SUBSCRIBER_BUFFER_BYTES: usize = 4 * 1024;
+const MAX_SUBSCRIBER_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
 
 /// The migration worker. Any number of replicas may run it: a request is
 /// claimed with a lease, and a lapsed lease lets another replica resume it.
@@ -83,6 +92,7 @@ impl Default for StreamSettings {
             heartbeat_interval: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             subscriber_buffer: 256,
+            subscriber_buffer_bytes: 256 * 1024,
             stall_timeout: Duration::from_secs(10),
         }
     }
@@ -131,6 +141,12 @@ impl ServiceSettings for PartnerChangeSettings {
         if self.stream.subscriber_buffer < 2 {
             return Err(ConfigError::invalid("partner_change.stream.subscriber_buffer", "must be at least 2"));
         }
+        if !(MIN_SUBSCRIBER_BUFFER_BYTES..=MAX_SUBSCRIBER_BUFFER_BYTES).contains(&self.stream.subscriber_buffer_bytes) {
+            return Err(ConfigError::invalid(
+                "partner_change.stream.subscriber_buffer_bytes",
+                "must be from 4096 (4 KiB) to 1073741824 (1 GiB)",
+            ));
+        }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::invalid(
                 "partner_change.worker.concurrency",
@@ -152,5 +168,20 @@ mod tests {
         settings.worker.lease = Duration::from_millis(50);
         let err = settings.validate().expect_err("a lease shorter than 100ms must be refused");
         assert!(err.to_string().contains("partner_change.worker.lease"), "{err}");
+    }
+
+    #[test]
+    fn a_subscriber_byte_budget_out_of_bounds_is_refused() {
+        for bytes in [0, 4095, 1024 * 1024 * 1024 + 1] {
+            let mut settings = PartnerChangeSettings::default();
+            settings.stream.subscriber_buffer_bytes = bytes;
+            let err = settings.validate().expect_err("out of bounds");
+            assert!(err.to_string().contains("partner_change.stream.subscriber_buffer_bytes"), "{bytes}: {err}");
+        }
+        for bytes in [4096, 1024 * 1024 * 1024] {
+            let mut settings = PartnerChangeSettings::default();
+            settings.stream.subscriber_buffer_bytes = bytes;
+            settings.validate().unwrap();
+        }
     }
 }

@@ -13,8 +13,9 @@
 //! position it has seen. Whatever commits after the replay's last read is
 //! published after the subscription began, so nothing falls between the two.
 //! A subscriber that lags on the broadcast replays from the log again; one
-//! whose client stops reading (its buffer stays full for `stall_timeout`) is
-//! ended with RESOURCE_EXHAUSTED and the cursor to resume from. A slow
+//! whose client stops reading (its buffer, bounded in events and in bytes,
+//! stays full for `stall_timeout`) is ended with RESOURCE_EXHAUSTED and the
+//! cursor to resume from. A slow
 //! subscriber never blocks the tailer, the writers or other subscribers.
 //!
 //! Subscribers yield domain items ([`StreamItem`]); `grpc` maps them to the wire.
@@ -30,7 +31,7 @@ use partnerhub_runtime::{
     validate::Parsed,
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -70,6 +71,60 @@ pub enum StreamItem {
     /// Nothing happened for a while (or the stream starts from now); the
     /// stream is alive, and `cursor` resumes from here.
     Heartbeat { time: chrono::DateTime<chrono::Utc>, cursor: String },
+}
+
+impl StreamItem {
+    /// About what the item takes encoded on the wire (each text field with its
+    /// tag and length, a fixed allowance for numbers and times): what a
+    /// subscriber's byte budget counts. Cheap, and exact enough to bound memory.
+    pub(crate) fn approximate_bytes(&self) -> usize {
+        const FIELD: usize = 2;
+        let text = |value: &str| value.len() + FIELD;
+        match self {
+            StreamItem::Heartbeat { cursor, .. } => text(cursor) + 16,
+            StreamItem::Event { cursor, event } => {
+                let change = &event.snapshot;
+                let texts = [
+                    cursor.as_str(),
+                    &event.actor,
+                    &event.reason,
+                    &change.partner_change_id,
+                    &change.request_id,
+                    &change.waba_id,
+                    &change.client_id,
+                    &change.source_partner_id,
+                    &change.destination_partner_id,
+                    &change.accepted_terms_version,
+                    &change.failure_reason,
+                    change.trace_parent.as_deref().unwrap_or_default(),
+                ];
+                let numbers = [&change.phone_numbers, &change.grant_phone_numbers, &change.skipped_grant_phone_numbers];
+                texts.iter().map(|value| text(value)).sum::<usize>()
+                    + numbers.iter().flat_map(|list| list.iter()).map(|number| text(number)).sum::<usize>()
+                    + 96
+            }
+        }
+    }
+}
+
+/// An item in a subscriber's buffer holds its bytes of the subscriber's
+/// budget until the gRPC layer takes it (to encode and send it).
+struct Buffered {
+    item: Result<StreamItem, Status>,
+    _bytes: Budgeted,
+}
+
+/// Bytes taken from a subscriber's budget; given back (and taken off the
+/// buffered-bytes gauge) when dropped.
+struct Budgeted {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+}
+
+impl Drop for Budgeted {
+    fn drop(&mut self) {
+        metrics().stream_buffered_bytes.dec_by(self.bytes);
+    }
 }
 
 /// How many events one catch-up read takes from the log.
@@ -239,6 +294,7 @@ pub fn watch(
     shutdown: CancellationToken,
 ) -> EventStream {
     let (events, events_out) = mpsc::channel(settings.subscriber_buffer);
+    let budget = Arc::new(Semaphore::new(settings.subscriber_buffer_bytes));
     // Always room for the one status that ends the stream, however full the buffer is.
     let (end, end_out) = mpsc::channel(1);
     // Subscribe before the replay reads the log: see the module documentation.
@@ -248,7 +304,7 @@ pub fn watch(
     let span = tracing::Span::current();
     tokio::spawn(
         async move {
-            let mut subscriber = Subscriber { db, hub, settings, subscription, events, last_delivered: None };
+            let mut subscriber = Subscriber { db, hub, settings, subscription, events, budget, last_delivered: None };
             metrics().stream_subscribers.inc();
             let ended = subscriber.run(live, shutdown).await;
             metrics().stream_subscribers.dec();
@@ -258,7 +314,9 @@ pub fn watch(
         }
         .instrument(span),
     );
-    Box::pin(ReceiverStream::new(events_out).chain(ReceiverStream::new(end_out)))
+    // Taking an item out gives its bytes back to the budget.
+    let events_out = ReceiverStream::new(events_out).map(|buffered: Buffered| buffered.item);
+    Box::pin(events_out.chain(ReceiverStream::new(end_out)))
 }
 
 struct Subscriber {
@@ -267,7 +325,9 @@ struct Subscriber {
     hub: EventHub,
     settings: StreamSettings,
     subscription: Subscription,
-    events: mpsc::Sender<Result<StreamItem, Status>>,
+    events: mpsc::Sender<Buffered>,
+    /// The bytes the client's buffer may hold (`subscriber_buffer_bytes`).
+    budget: Arc<Semaphore>,
     /// The position of the last event handed to the client's buffer.
     last_delivered: Option<i64>,
 }
@@ -417,19 +477,38 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Hands `item` to the client's buffer once the buffer has room for it,
+    /// in events and in bytes; a client that leaves it full for
+    /// `stall_timeout` is too slow.
     async fn send(&self, item: StreamItem) -> Result<(), Stop> {
-        match self.events.send_timeout(Ok(item), self.settings.stall_timeout).await {
+        let deadline = tokio::time::Instant::now() + self.settings.stall_timeout;
+        // A single item bigger than the whole budget waits for all of it.
+        let bytes = item.approximate_bytes().min(self.settings.subscriber_buffer_bytes);
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = match tokio::time::timeout_at(deadline, self.budget.clone().acquire_many_owned(permits)).await {
+            Ok(Ok(permit)) => permit,
+            // The budget is never closed; were it, nobody would be reading.
+            Ok(Err(_)) => return Err(Stop::Gone),
+            Err(_) => return Err(self.too_slow()),
+        };
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        metrics().stream_buffered_bytes.inc_by(bytes);
+        let buffered = Buffered { item: Ok(item), _bytes: Budgeted { _permit: permit, bytes } };
+        match self.events.send_timeout(buffered, deadline.saturating_duration_since(tokio::time::Instant::now())).await
+        {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                metrics().stream_subscribers_ended_too_slow.inc();
-                Err(Stop::End(self.ending(
-                    Code::ResourceExhausted,
-                    PartnerChangeReason::SubscriberTooSlow,
-                    "this subscriber fell too far behind",
-                )))
-            }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(self.too_slow()),
         }
+    }
+
+    fn too_slow(&self) -> Stop {
+        metrics().stream_subscribers_ended_too_slow.inc();
+        Stop::End(self.ending(
+            Code::ResourceExhausted,
+            PartnerChangeReason::SubscriberTooSlow,
+            "this subscriber fell too far behind",
+        ))
     }
 
     /// A status that ends the stream and says where to resume.
