@@ -31,7 +31,7 @@ use partnerhub_runtime::{
     validate::Parsed,
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -343,6 +343,11 @@ enum Stop {
 impl Subscriber {
     /// Replays, then follows the live events; returns the status that ends the
     /// stream, or `None` when the client went away.
+    ///
+    /// The live path runs once per event per subscriber (a thousand
+    /// subscribers: a thousand times), so it arms no timer per event: the
+    /// cancellation is registered once, and the heartbeat timer is only moved
+    /// when it fires (to the interval after the last message, if one went out since).
     async fn run(
         &mut self,
         mut live: broadcast::Receiver<Arc<LiveEvent>>,
@@ -356,32 +361,33 @@ impl Subscriber {
                 Err(Stop::End(status)) => return Some(status),
             }
         }
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let every = self.settings.heartbeat_interval;
         'catch_up: loop {
             match self.replay(&mut last).await {
                 Ok(()) => {}
                 Err(Stop::Gone) => return None,
                 Err(Stop::End(status)) => return Some(status),
             }
-            let mut heartbeat = tokio::time::interval_at(
-                tokio::time::Instant::now() + self.settings.heartbeat_interval,
-                self.settings.heartbeat_interval,
-            );
+            let mut last_sent = tokio::time::Instant::now();
+            let heartbeat = tokio::time::sleep_until(last_sent + every);
+            tokio::pin!(heartbeat);
             loop {
                 let outcome = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the server is shutting down")),
+                    () = &mut cancelled => return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the server is shutting down")),
                     received = live.recv() => match received {
                         Ok(live) if live.event.position <= last => Ok(()),
                         Ok(live) => {
                             last = live.event.position;
                             match live.cursor_for(&self.subscription.scope) {
                                 Some(cursor) => {
-                                heartbeat.reset();
-                                let event = live.event.clone();
-                                let delivered = self.deliver(event, cursor.to_owned()).await;
-                                let lag = (now() - live.event.time).to_std().unwrap_or_default();
-                                metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
-                                delivered
+                                    last_sent = tokio::time::Instant::now();
+                                    let delivered = self.deliver(live.event.clone(), cursor.to_owned()).await;
+                                    let lag = (now() - live.event.time).to_std().unwrap_or_default();
+                                    metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
+                                    delivered
                                 }
                                 None => Ok(()),
                             }
@@ -392,7 +398,18 @@ impl Subscriber {
                             return Some(self.ending(Code::Unavailable, ErrorReason::ServerShuttingDown, "the event tailer stopped"));
                         }
                     },
-                    _ = heartbeat.tick() => self.heartbeat(last).await,
+                    () = &mut heartbeat => {
+                        let due = last_sent + every;
+                        if tokio::time::Instant::now() < due {
+                            // Something went out since: idle only from then on.
+                            heartbeat.as_mut().reset(due);
+                            Ok(())
+                        } else {
+                            last_sent = tokio::time::Instant::now();
+                            heartbeat.as_mut().reset(last_sent + every);
+                            self.heartbeat(last).await
+                        }
+                    }
                 };
                 match outcome {
                     Ok(()) => {}
@@ -479,21 +496,32 @@ impl Subscriber {
 
     /// Hands `item` to the client's buffer once the buffer has room for it,
     /// in events and in bytes; a client that leaves it full for
-    /// `stall_timeout` is too slow.
+    /// `stall_timeout` is too slow. With room (the usual case) no timer is armed.
     async fn send(&self, item: StreamItem) -> Result<(), Stop> {
-        let deadline = tokio::time::Instant::now() + self.settings.stall_timeout;
         // A single item bigger than the whole budget waits for all of it.
         let bytes = item.approximate_bytes().min(self.settings.subscriber_buffer_bytes);
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let permit = match tokio::time::timeout_at(deadline, self.budget.clone().acquire_many_owned(permits)).await {
-            Ok(Ok(permit)) => permit,
-            // The budget is never closed; were it, nobody would be reading.
-            Ok(Err(_)) => return Err(Stop::Gone),
-            Err(_) => return Err(self.too_slow()),
+        let deadline = tokio::time::Instant::now() + self.settings.stall_timeout;
+        let permit = match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(Stop::Gone),
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout_at(deadline, self.budget.clone().acquire_many_owned(permits)).await {
+                    Ok(Ok(permit)) => permit,
+                    // The budget is never closed; were it, nobody would be reading.
+                    Ok(Err(_)) => return Err(Stop::Gone),
+                    Err(_) => return Err(self.too_slow()),
+                }
+            }
         };
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         metrics().stream_buffered_bytes.inc_by(bytes);
         let buffered = Buffered { item: Ok(item), _bytes: Budgeted { _permit: permit, bytes } };
+        let buffered = match self.events.try_send(buffered) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
+            Err(mpsc::error::TrySendError::Full(buffered)) => buffered,
+        };
         match self.events.send_timeout(buffered, deadline.saturating_duration_since(tokio::time::Instant::now())).await
         {
             Ok(()) => Ok(()),
