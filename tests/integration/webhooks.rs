@@ -24,7 +24,7 @@ use partnerhub_tests::{
 use partnerhub_webhooks::settings::RetrySchedule;
 use tonic::Code;
 
-use crate::fixtures::{scenario, wait_for_state};
+use crate::fixtures::{scenario, unique_number, wait_for_state};
 
 on_both_databases!(
     a_delete_racing_an_update_or_a_rotation_answers_not_found_never_internal,
@@ -35,6 +35,7 @@ on_both_databases!(
     a_failing_receiver_gets_the_event_again_with_the_same_webhook_id,
     a_receiver_that_was_down_gets_everything_once_it_is_back,
     another_tenants_endpoint_answers_as_a_missing_one,
+    a_follower_whose_cursor_was_pruned_carries_on_from_the_oldest_kept_event,
 );
 
 /// What a receiver got: each request, and whether the library verified it.
@@ -304,6 +305,87 @@ async fn a_receiver_that_was_down_gets_everything_once_it_is_back(backend: Backe
     expected.sort();
     assert_eq!(types(&inbox.bodies_at("/hook")), expected);
     assert!(inbox.all().iter().all(|(_, verified)| *verified));
+}
+
+/// The webhooks service was away longer than the event log keeps events: its
+/// stored cursor is older than the oldest event kept. The stream refuses the
+/// cursor (OUT_OF_RANGE); the follower carries on from the oldest kept event
+/// instead of retrying the dead cursor forever, and delivers nothing twice.
+async fn a_follower_whose_cursor_was_pruned_carries_on_from_the_oldest_kept_event(backend: Backend) {
+    use partnerhub_webhooks::store::entities::follower;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+
+    let app = TestApp::spawn_with(backend, |settings| {
+        let webhooks = settings.webhooks();
+        webhooks.allow_http = true;
+        webhooks.allow_private_networks = true;
+        webhooks.poll_interval = Duration::from_millis(50);
+        // Renewed every 300 ms: a lease taken by another holder is noticed quickly.
+        webhooks.follower_lease = Duration::from_millis(900);
+    })
+    .await;
+    let s = scenario(&app, true).await;
+    let secrets = Secrets::default();
+    let (server, inbox) = receiver(secrets.clone(), |_| http::StatusCode::NO_CONTENT).await;
+    let (_, secret) = create(&app, &s.destination_subject(), None, format!("{}/hook", server.base_url)).await;
+    secrets.lock().unwrap().insert("/hook".into(), secret);
+    let delivered = async |count: usize| {
+        eventually(&format!("{count} webhooks"), Duration::from_secs(20), || {
+            let got = inbox.bodies_at("/hook").len();
+            async move { (got >= count).then_some(()) }
+        })
+        .await
+    };
+
+    let first = s.submit(&app, "before-the-absence").await;
+    wait_for_state(&app, &first.partner_change_id, St::Completed).await;
+    delivered(4).await;
+    let bodies = inbox.bodies_at("/hook");
+    let oldest_cursor = bodies
+        .iter()
+        .find(|body| body["type"] == "partner_change.submitted")
+        .and_then(|body| body["data"]["cursor"].as_str())
+        .unwrap()
+        .to_owned();
+
+    // Months later: all but the newest event pruned, and the service back with
+    // the cursor of the first event it ever read (as if it had been away since).
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    let pruned = partnerhub_runtime::retention::prune(
+        &db,
+        partnerhub_partner_change::store::EVENT_LOG,
+        chrono::Utc::now() + chrono::Duration::days(1),
+        1000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 3, "all but the newest of the four events");
+    follower::Entity::update_many()
+        .col_expr(follower::Column::Cursor, Expr::value(oldest_cursor))
+        .col_expr(follower::Column::Holder, Expr::value(Some("replica-that-was-away")))
+        .col_expr(
+            follower::Column::LeaseUntil,
+            Expr::value(Some(chrono::Utc::now() + chrono::Duration::milliseconds(500))),
+        )
+        .filter(follower::Column::Id.eq(1))
+        .exec(&db)
+        .await
+        .unwrap();
+
+    // Events after the absence (another WABA of the client, to the same
+    // destination) still reach the endpoint, and nothing twice.
+    let mut s = s;
+    s.waba = crate::fixtures::waba(&app, &s.client.client_id, &s.source.partner_id, &[&unique_number()]).await;
+    let second = s.submit(&app, "after-the-absence").await;
+    wait_for_state(&app, &second.partner_change_id, St::Completed).await;
+    delivered(8).await;
+    let bodies = inbox.bodies_at("/hook");
+    let changes: Vec<&str> =
+        bodies.iter().map(|body| body["data"]["partner_change"]["partner_change_id"].as_str().unwrap()).collect();
+    assert_eq!(changes.iter().filter(|id| **id == second.partner_change_id).count(), 4, "{changes:?}");
+    let ids: std::collections::HashSet<_> =
+        inbox.all().iter().map(|(received, _)| received.headers["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 8, "each event delivered once, the one read again included");
 }
 
 async fn another_tenants_endpoint_answers_as_a_missing_one(backend: Backend) {
