@@ -178,6 +178,7 @@ async fn a_caller_that_may_never_call_a_method_is_denied_before_its_request_is_r
         ("AddPhoneNumber", &[S, O, M]),
         ("GetWaba", ALL),
         ("ListWabas", ALL),
+        ("GetWabaContext", &[S, O, M]),
         ("TransferWaba", &[M]),
         ("PreviewPartnerChange", &[C, S]),
         ("SubmitPartnerChange", &[C, S]),

@@ -149,12 +149,12 @@ async fn one_partner_change_is_one_trace_with_metrics_and_logs_to_match() {
     assert_eq!(revoke_call.parent_span_id, permissions_step.span_id);
     assert_eq!(revoke_served.parent_span_id, revoke_call.span_id);
     // The submit's own look-up of the WABA reached the account service in the same trace.
-    let get_waba = "partnerhub.account.v1.AccountService/GetWaba";
+    let get_waba = "partnerhub.account.v1.AccountService/GetWabaContext";
     assert!(
         spans.iter().any(|span| span.service == "partnerhub-account"
             && span.name == get_waba
             && spans.iter().any(|call| call.span_id == span.parent_span_id && call.parent_span_id == submit.span_id)),
-        "the submit's GetWaba is not under it: {spans:#?}"
+        "the submit's GetWabaContext is not under it: {spans:#?}"
     );
 
     // --- Metrics ---
