@@ -44,7 +44,7 @@ async fn main() {
     let mut report = String::new();
     let pgbench = (backend == Backend::Postgres && env_number("BENCH_PGBENCH", 1) != 0).then(pgbench_tps).flatten();
 
-    let mut preload_time = Duration::ZERO;
+    let (mut preload_time, mut history_middle) = (Duration::ZERO, String::new());
     let app = TestApp::spawn_prepared(
         backend,
         |settings| {
@@ -60,7 +60,7 @@ async fn main() {
         },
         async |db, keys| {
             if history > 0 {
-                preload_time = preload_history(db, keys, history).await;
+                (preload_time, history_middle) = preload_history(db, keys, history).await;
             }
         },
     )
@@ -155,7 +155,7 @@ async fn main() {
     }
 
     // The reads whose cost must not grow with history, one call at a time.
-    let history_change = if history > 0 { format!("pc-history-{:09}", history / 2) } else { change_ids[0].clone() };
+    let history_change = if history > 0 { history_middle.clone() } else { change_ids[0].clone() };
     writeln!(report, "\nread latency, {reads} sequential calls each (p50 / p99):").unwrap();
     let list = |client_id: String| {
         let support = app.partner_change("support:bench");
@@ -207,7 +207,7 @@ async fn main() {
     if history > 0 && backend == Backend::Postgres {
         writeln!(report, "\nquery plans with the history (EXPLAIN; a Seq Scan on a big table would grow with it):")
             .unwrap();
-        report.push_str(&explain_plans(&app.database_url()).await);
+        report.push_str(&explain_plans(&app.database_url(), &client.client_id, &history_middle).await);
     }
 
     print!("{report}");
@@ -287,30 +287,31 @@ fn pgbench_tps() -> Option<f64> {
 
 /// The plans of the queries whose cost must not grow with history, one line
 /// per plan node, as PostgreSQL chooses them on the loaded database.
-async fn explain_plans(url: &str) -> String {
+async fn explain_plans(url: &str, bench_client: &str, history_change: &str) -> String {
     use sea_orm::{ConnectionTrait, Database, Statement};
     let db = Database::connect(url).await.unwrap();
+    let list = |client: &str| {
+        format!("SELECT * FROM partner_changes WHERE client_id = '{client}' ORDER BY partner_change_id DESC LIMIT 51")
+    };
     let queries = [
-        (
-            "ListPartnerChanges (a client)",
-            "SELECT * FROM partner_changes WHERE client_id = 'client-history' ORDER BY partner_change_id DESC LIMIT 51",
-        ),
+        ("ListPartnerChanges (the history's client)", list(HISTORY_CLIENT)),
+        ("ListPartnerChanges (the bench's client)", list(bench_client)),
         (
             "GetPartnerChangeHistory",
-            "SELECT * FROM partner_change_events WHERE partner_change_id = 'pc-history-000050000' ORDER BY position",
+            format!("SELECT * FROM partner_change_events WHERE partner_change_id = '{history_change}' ORDER BY position"),
         ),
         (
             "the worker's claim",
-            "SELECT * FROM partner_changes WHERE (state = 'APPROVED' AND (migrate_after IS NULL OR migrate_after <= now())) OR (state = 'MIGRATING' AND (lease_expire_time IS NULL OR lease_expire_time < now())) ORDER BY update_time LIMIT 16 FOR UPDATE SKIP LOCKED",
+            "SELECT * FROM partner_changes WHERE (state = 'APPROVED' AND (migrate_after IS NULL OR migrate_after <= now())) OR (state = 'MIGRATING' AND (lease_expire_time IS NULL OR lease_expire_time < now())) ORDER BY update_time LIMIT 16 FOR UPDATE SKIP LOCKED".to_owned(),
         ),
-        ("the permission cache's migrating numbers", "SELECT * FROM partner_change_moves"),
+        ("the permission cache's migrating numbers", "SELECT * FROM partner_change_moves".to_owned()),
         (
             "a partner's stream replay",
-            "SELECT * FROM partner_change_events WHERE position > 0 AND (source_partner_id = 'partner-history-source' OR destination_partner_id = 'partner-history-source') ORDER BY position LIMIT 256",
+            "SELECT * FROM partner_change_events WHERE position > 0 AND (source_partner_id = 'partner-history-source' OR destination_partner_id = 'partner-history-source') ORDER BY position LIMIT 256".to_owned(),
         ),
         (
             "the permission cache's log read",
-            "SELECT * FROM permission_log WHERE position > 199990 ORDER BY position LIMIT 1000",
+            "SELECT * FROM permission_log WHERE position > 199990 ORDER BY position LIMIT 1000".to_owned(),
         ),
     ];
     let mut plans = String::new();

@@ -130,6 +130,17 @@ pub const HISTORY_CLIENT: &str = "client-history";
 pub const HISTORY_SOURCE: &str = "partner-history-source";
 pub const HISTORY_DESTINATION: &str = "partner-history-destination";
 
+/// The ID of the `index`-th of `count` preloaded changes: a UUIDv7 of its
+/// creation time, as the service would have given it (so that the history
+/// sorts before anything created now, as in a deployment that has been running).
+pub fn history_change_id(index: usize, count: usize, now: chrono::DateTime<chrono::Utc>) -> String {
+    let span = chrono::Duration::days(30);
+    let created = now - span + span * i32::try_from(index).unwrap() / i32::try_from(count).unwrap();
+    let (secs, nanos) = (created.timestamp(), created.timestamp_subsec_nanos());
+    let uuid = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs.unsigned_abs(), nanos));
+    format!("pc-{}", uuid.simple())
+}
+
 /// Stores `count` completed partner changes of [`HISTORY_CLIENT`], each with
 /// its four events (SUBMITTED, APPROVED, MIGRATION_STARTED, COMPLETED) and
 /// two permission-log entries, spread over the last 30 days: bulk inserts
@@ -137,12 +148,12 @@ pub const HISTORY_DESTINATION: &str = "partner-history-destination";
 /// before the services start. The webhooks service's follower is left where a
 /// running deployment's would be, caught up (its cursor at the last event,
 /// sealed with `keys`), and PostgreSQL's tables vacuumed as autovacuum would
-/// have kept them. Returns how long it took.
+/// have kept them. Returns how long it took and the ID of the middle change.
 pub async fn preload_history(
     db: &sea_orm::DatabaseConnection,
     keys: &partnerhub_runtime::auth::TokenKeys,
     count: usize,
-) -> std::time::Duration {
+) -> (std::time::Duration, String) {
     use chrono::{Duration, Utc};
     use partnerhub_partner_change::{
         domain::{PartnerChange, SagaStep, State},
@@ -160,14 +171,19 @@ pub async fn preload_history(
     let span = Duration::days(30);
     let mut position = 0i64;
     let mut log_position = 0i64;
+    let mut middle = String::new();
     for chunk_start in (0..count).step_by(CHUNK) {
         let chunk = chunk_start..(chunk_start + CHUNK).min(count);
         let (mut changes, mut events, mut log) = (Vec::new(), Vec::new(), Vec::new());
         for index in chunk {
             let created = now - span + span * i32::try_from(index).unwrap() / i32::try_from(count).unwrap();
             let numbers = vec![format!("+4930{index:09}"), format!("+4940{index:09}")];
+            let partner_change_id = history_change_id(index, count, now);
+            if index == count / 2 {
+                middle.clone_from(&partner_change_id);
+            }
             let mut change = PartnerChange {
-                partner_change_id: format!("pc-history-{index:09}"),
+                partner_change_id,
                 request_id: format!("history-{index}"),
                 waba_id: format!("waba-history-{index:09}"),
                 client_id: HISTORY_CLIENT.to_owned(),
@@ -268,5 +284,5 @@ pub async fn preload_history(
     if db.get_database_backend() == sea_orm::DbBackend::Postgres {
         db.execute_unprepared("VACUUM ANALYZE").await.unwrap();
     }
-    started.elapsed()
+    (started.elapsed(), middle)
 }
