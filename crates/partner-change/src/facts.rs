@@ -6,6 +6,7 @@ use partnerhub_proto::account::v1::{
 };
 use partnerhub_runtime::peers::Peer;
 use tonic::{Code, Response, Status};
+use tonic_types::StatusExt as _;
 
 use crate::domain::{ClientFacts, PartnerFacts};
 
@@ -60,7 +61,11 @@ impl Accounts {
             .await
         {
             Ok(response) => response.into_inner(),
-            Err(status) if status.code() == Code::NotFound => return Err(FactsError::WabaNotFound(waba_id.to_owned())),
+            // Only the WABA itself missing is the answer "no such WABA"; any
+            // other NOT_FOUND (its client, which cannot go missing) is not.
+            Err(status) if status.code() == Code::NotFound && waba_missing(&status) => {
+                return Err(FactsError::WabaNotFound(waba_id.to_owned()));
+            }
             Err(status) => return Err(status.into()),
         };
         let waba = context.waba.ok_or_else(|| Status::internal("GetWabaContext returned no WABA"))?;
@@ -104,4 +109,10 @@ impl Accounts {
         });
         Ok(transferred.await?.into_inner())
     }
+}
+
+/// Whether a NOT_FOUND from the account service is about the WABA (its reason,
+/// or a bare status that names none).
+fn waba_missing(status: &Status) -> bool {
+    status.get_details_error_info().is_none_or(|info| info.reason == "WABA_NOT_FOUND")
 }

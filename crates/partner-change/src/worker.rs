@@ -325,7 +325,7 @@ impl MigrationWorker {
                     .instrument(step_span(step))
                     .await
                     .map(|numbers| {
-                        moved_numbers = Some(numbers);
+                        moved_numbers = numbers;
                         Vec::new()
                     }),
                 SagaStep::Permissions => {
@@ -412,8 +412,9 @@ impl MigrationWorker {
     }
 
     /// Re-checks that the change may still go ahead, then moves the WABA;
-    /// returns the WABA's numbers as the move left them.
-    async fn transfer(&self, change: &mut PartnerChange) -> Result<Vec<String>, StepError> {
+    /// returns the WABA's numbers as the move left them (as the account
+    /// service answered; `None` if it did not say).
+    async fn transfer(&self, change: &mut PartnerChange) -> Result<Option<Vec<String>>, StepError> {
         let world = match self.accounts.world(&change.waba_id, &change.destination_partner_id).await {
             Ok(world) => world,
             Err(FactsError::WabaNotFound(id)) => {
@@ -459,7 +460,7 @@ impl MigrationWorker {
         match self.accounts.transfer(request).await {
             Ok(outcome) => {
                 tracing::info!(partner_change_id = %change.partner_change_id, already_applied = outcome.already_applied, "WABA moved");
-                Ok(outcome.waba.map(|waba| waba.phone_numbers).unwrap_or_default())
+                Ok(outcome.waba.map(|waba| waba.phone_numbers))
             }
             Err(status) => Err(classify("moving the WABA", &status)),
         }
