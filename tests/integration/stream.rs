@@ -319,6 +319,21 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
     assert_eq!(all.len(), EVENTS, "the fast subscriber got everything while the other stalled");
 
     // The stalled one, once it reads: what was buffered, then a clear status to resume from.
+    let (got, status) = ended_too_slow(stalled).await;
+    assert!(got.len() < EVENTS, "it was ended before the end of the log: {}", got.len());
+    let resume = status.get_details_error_info().unwrap().metadata.get("resumeAfterCursor").cloned().unwrap();
+    assert_eq!(Some(&resume), got.last().map(|event| &event.cursor), "resume after the last event it was given");
+    let rest = watch(&app, "support:stalled", &resume).await.wait_for_events(EVENTS - got.len()).await;
+    let mut rejoined = got.clone();
+    rejoined.extend(rest);
+    assert_eq!(steps(&rejoined), steps(&all), "resuming loses nothing");
+}
+
+/// Reads a stalled stream now: the events it had been given, and the
+/// SUBSCRIBER_TOO_SLOW status that ended it.
+async fn ended_too_slow(
+    stalled: Streaming<pc::WatchPartnerChangeEventsResponse>,
+) -> (Vec<pc::PartnerChangeEvent>, Status) {
     let stalled = collect(stalled);
     let end = eventually("the stalled stream to end", Duration::from_secs(20), || async { stalled.end() }).await;
     let status = end.unwrap_err();
@@ -327,14 +342,7 @@ async fn idle_streams_get_heartbeats_and_a_stalled_subscriber_is_ended_without_b
         (Code::ResourceExhausted, "SUBSCRIBER_TOO_SLOW"),
         "{status:?}"
     );
-    let got = stalled.events();
-    assert!(got.len() < EVENTS, "it was ended before the end of the log: {}", got.len());
-    let resume = status.get_details_error_info().unwrap().metadata.get("resumeAfterCursor").cloned().unwrap();
-    assert_eq!(Some(&resume), got.last().map(|event| &event.cursor), "resume after the last event it was given");
-    let rest = watch(&app, "support:stalled", &resume).await.wait_for_events(EVENTS - got.len()).await;
-    let mut rejoined = got.clone();
-    rejoined.extend(rest);
-    assert_eq!(steps(&rejoined), steps(&all), "resuming loses nothing");
+    (stalled.events(), status)
 }
 
 /// A scenario whose WABA has 300 numbers: each event's snapshot is about 6 KB.
@@ -379,15 +387,7 @@ async fn a_stalled_subscriber_is_held_to_its_byte_budget(backend: Backend) {
     // (about 400 KB) and the 16 KiB budget together.
     submit_and_cancel(&app, &s, EVENTS / 2).await;
 
-    let stalled = collect(stalled);
-    let end = eventually("the stalled stream to end", Duration::from_secs(20), || async { stalled.end() }).await;
-    let status = end.unwrap_err();
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (Code::ResourceExhausted, "SUBSCRIBER_TOO_SLOW"),
-        "{status:?}"
-    );
-    let got = stalled.events();
+    let (got, status) = ended_too_slow(stalled).await;
     let held: usize = got.iter().map(prost::Message::encoded_len).sum();
     assert!(got.len() < EVENTS, "ended before the end of the log: {} events", got.len());
     assert!(
