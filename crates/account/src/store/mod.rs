@@ -14,9 +14,9 @@ use partnerhub_runtime::{
     time::now,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-    sea_query::{Expr, ExprTrait},
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, Set,
+    sea_query::{Alias, Expr, ExprTrait, Query},
 };
 
 use self::entities::{client, partner, payment_method, phone_number, waba, waba_transfer};
@@ -263,23 +263,48 @@ pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, 
 }
 
 /// A WABA with its client and, if `partner_id` names one, that partner: the
-/// facts a partner change is judged on. The reads after the WABA's run at once.
+/// facts a partner change is judged on. One query joins the three rows; the
+/// WABA's numbers and the client's payment methods are read beside each other.
 pub async fn waba_context(
     db: &DatabaseConnection,
     waba_id: &str,
     partner_id: Option<&str>,
 ) -> Result<(Waba, Client, Option<Partner>), AccountError> {
-    let waba = get_waba(db, waba_id).await?;
-    let partner = async {
-        let Some(partner_id) = partner_id else { return Ok(None) };
-        match get_partner(db, partner_id).await {
-            Ok(partner) => Ok(Some(partner)),
-            Err(AccountError::PartnerNotFound(_)) => Ok(None),
-            Err(err) => Err(err),
-        }
+    let mut joined = Query::select();
+    prefixed_columns::<waba::Entity>(&mut joined, "w_");
+    prefixed_columns::<client::Entity>(&mut joined, "c_");
+    prefixed_columns::<partner::Entity>(&mut joined, "p_");
+    joined
+        .from(waba::Entity)
+        .inner_join(
+            client::Entity,
+            Expr::col((client::Entity, client::Column::ClientId)).equals((waba::Entity, waba::Column::ClientId)),
+        )
+        // No partner named: a condition no row meets, so the partner's columns are NULL.
+        .left_join(partner::Entity, Expr::col((partner::Entity, partner::Column::PartnerId)).eq(partner_id))
+        .and_where(Expr::col((waba::Entity, waba::Column::WabaId)).eq(waba_id));
+    let row = db.query_one(&joined).await?.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
+    let waba_model = waba::Model::from_query_result(&row, "w_")?;
+    let client_model = client::Model::from_query_result(&row, "c_")?;
+    let partner_model = match row.try_get::<Option<String>>("p_", partner::Column::PartnerId.as_str())? {
+        Some(_) => Some(partner::Model::from_query_result(&row, "p_")?),
+        None => None,
     };
-    let (client, partner) = tokio::try_join!(get_client(db, &waba.client_id), partner)?;
-    Ok((waba, client, partner))
+    let methods = payment_method::Entity::find()
+        .filter(payment_method::Column::ClientId.eq(&client_model.client_id))
+        .order_by_asc(payment_method::Column::PaymentMethodId)
+        .all(db);
+    let (mut wabas, methods) = tokio::try_join!(with_numbers(db, vec![waba_model]), methods)?;
+    let waba = wabas.pop().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
+    Ok((waba, client_from_models(client_model, methods), partner_model.map(partner_from_model)))
+}
+
+/// Selects every column of `E`, each named with `prefix` (as
+/// `FromQueryResult::from_query_result(row, prefix)` reads them back).
+fn prefixed_columns<E: EntityTrait>(select: &mut sea_orm::sea_query::SelectStatement, prefix: &str) {
+    for column in E::Column::iter() {
+        select.expr_as(Expr::col((E::default(), column)), Alias::new(format!("{prefix}{}", column.as_str())));
+    }
 }
 
 /// One page of an owner's WABAs, oldest first, after the WABA ID `after`.
