@@ -268,11 +268,12 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
          SELECT max(a.position) AS last FROM appended a, (SELECT pg_notify('{channel}', '')) n",
         tuples.join(", ")
     );
-    let row = tx
-        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-        .await?
-        .ok_or_else(|| DbErr::Custom(format!("{head_table} has no row")))?;
-    row.try_get("", "last")
+    let row = tx.query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    // No head row: nothing was appended, and `max` over nothing is NULL.
+    row.map(|row| row.try_get::<Option<i64>>("", "last"))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| DbErr::Custom(format!("{head_table} has no row")))
 }
 
 /// The last position taken from a log's head table (0 before the first).
