@@ -236,19 +236,10 @@ async fn a_waba_context_is_the_waba_its_client_and_the_partner_named(backend: Ba
     let app = TestApp::spawn(backend).await;
     let source = fixtures::partner(&app, "Source", pb::PaymentProcessor::Stripe).await;
     let destination = fixtures::partner(&app, "Destination", pb::PaymentProcessor::Adyen).await;
-    let client = fixtures::client(&app, "Bakery Ltd").await;
+    // Complete company info and a card on file.
+    let client = fixtures::eligible_client(&app, "Bakery Ltd").await;
     let number = unique_number();
     let waba = fixtures::waba(&app, &client.client_id, &source.partner_id, &[&number]).await;
-    let method = app
-        .account("support:alice")
-        .add_payment_method(pb::AddPaymentMethodRequest {
-            client_id: client.client_id.clone(),
-            r#type: pb::PaymentMethodType::Card.into(),
-            last4: "4242".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let mut service = app.account("service:partner-change");
     let context = |partner_id: &str| pb::GetWabaContextRequest {
         waba_id: waba.waba_id.clone(),
@@ -262,7 +253,7 @@ async fn a_waba_context_is_the_waba_its_client_and_the_partner_named(backend: Ba
     assert_eq!(read_client.client_id, client.client_id);
     assert_eq!(read_client.missing_company_info_fields, client.missing_company_info_fields);
     let methods: Vec<&str> = read_client.payment_methods.iter().map(|m| m.payment_method_id.as_str()).collect();
-    assert_eq!(methods, [method.payment_method.unwrap().payment_method_id.as_str()]);
+    assert_eq!(methods, [client.payment_methods[0].payment_method_id.as_str()]);
     assert_eq!(read_partner.partner_id, destination.partner_id);
     assert_eq!(read_partner.payment_processor(), pb::PaymentProcessor::Adyen);
 

@@ -159,7 +159,7 @@ pub async fn preload_history(
         domain::{PartnerChange, SagaStep, State},
         store::{
             entities::{event, partner_change},
-            snapshot,
+            snapshot, stored_row,
         },
     };
     use partnerhub_permissions::store::entities::log_entry;
@@ -241,31 +241,7 @@ pub async fn preload_history(
                     time: Set(change.update_time),
                 });
             }
-            changes.push(partner_change::ActiveModel {
-                partner_change_id: Set(change.partner_change_id.clone()),
-                request_id: Set(change.request_id.clone()),
-                waba_id: Set(change.waba_id.clone()),
-                client_id: Set(change.client_id.clone()),
-                source_partner_id: Set(change.source_partner_id.clone()),
-                destination_partner_id: Set(change.destination_partner_id.clone()),
-                state: Set(State::Completed),
-                phone_numbers: Set(numbers.join(",")),
-                grant_phone_numbers: Set(String::new()),
-                skipped_grant_phone_numbers: Set(String::new()),
-                accepted_terms_version: Set(change.accepted_terms_version.clone()),
-                failure_reason: Set(String::new()),
-                saga_step: Set(SagaStep::Permissions),
-                version: Set(change.version),
-                attempts: Set(0),
-                lease_owner: Set(None),
-                lease_expire_time: Set(None),
-                open_waba_id: Set(None),
-                create_time: Set(change.create_time),
-                update_time: Set(change.update_time),
-                expire_time: Set(change.expire_time),
-                trace_parent: Set(None),
-                migrate_after: Set(None),
-            });
+            changes.push(stored_row(&change));
         }
         let tx = db.begin().await.unwrap();
         partner_change::Entity::insert_many(changes).exec(&tx).await.unwrap();

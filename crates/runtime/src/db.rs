@@ -221,17 +221,17 @@ pub struct LogRows<'a> {
 
 /// Appends rows to a positioned log with the next consecutive positions, as
 /// the last statement before commit (see [`take_positions`] for why the order
-/// of commits is then the order of positions), and returns the last position.
+/// of commits is then the order of positions).
 ///
 /// On PostgreSQL it is one statement: the head's row lock is held only while
 /// that statement runs and the commit is sent, not across a round trip per
 /// row, so event-writing transactions, which queue on that lock, pass it
 /// quickly. Written as SQL with placeholders: only the table and column names
 /// (constants of the calling store) are spliced in.
-pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result<i64, DbErr> {
+pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result<(), DbErr> {
     let count = i64::try_from(log.rows.len()).map_err(|_| DbErr::Custom("too many log rows".into()))?;
     if count == 0 {
-        return head_position(tx, log.head_table).await;
+        return Ok(());
     }
     let LogRows { head_table, table, columns, rows, channel } = log;
     if tx.get_database_backend() != DbBackend::Postgres {
@@ -245,7 +245,7 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
             insert.values(values).map_err(|err| DbErr::Custom(err.to_string()))?;
         }
         tx.execute(&insert).await?;
-        return Ok(last);
+        return Ok(());
     }
     let names = columns.iter().map(|column| format!("\"{column}\"")).collect::<Vec<_>>().join(", ");
     let picked = columns.iter().map(|column| format!("r.\"{column}\"")).collect::<Vec<_>>().join(", ");
@@ -270,10 +270,10 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
     );
     let row = tx.query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     // No head row: nothing was appended, and `max` over nothing is NULL.
-    row.map(|row| row.try_get::<Option<i64>>("", "last"))
-        .transpose()?
-        .flatten()
-        .ok_or_else(|| DbErr::Custom(format!("{head_table} has no row")))
+    match row.map(|row| row.try_get::<Option<i64>>("", "last")).transpose()?.flatten() {
+        Some(_) => Ok(()),
+        None => Err(DbErr::Custom(format!("{head_table} has no row"))),
+    }
 }
 
 /// The last position taken from a log's head table (0 before the first).

@@ -119,15 +119,9 @@ impl From<DbErr> for WriteError {
     }
 }
 
-/// Stores a new request and its first events (SUBMITTED, then APPROVED when
-/// the destination auto-approves) in one transaction.
-pub async fn insert_submission(
-    db: &DatabaseConnection,
-    change: &PartnerChange,
-    events: &[EventDraft],
-) -> Result<PartnerChange, WriteError> {
-    let tx = begin_write(db).await?;
-    let time = change.create_time;
+/// The row that stores `change` as it is: unleased, with no retries, and
+/// holding its WABA's one open slot while it is open.
+pub fn stored_row(change: &PartnerChange) -> partner_change::ActiveModel {
     partner_change::ActiveModel {
         partner_change_id: Set(change.partner_change_id.clone()),
         request_id: Set(change.request_id.clone()),
@@ -140,21 +134,30 @@ pub async fn insert_submission(
         grant_phone_numbers: Set(change.grant_phone_numbers.join(",")),
         skipped_grant_phone_numbers: Set(change.skipped_grant_phone_numbers.join(",")),
         accepted_terms_version: Set(change.accepted_terms_version.clone()),
-        failure_reason: Set(String::new()),
+        failure_reason: Set(change.failure_reason.clone()),
         saga_step: Set(change.saga_step),
         version: Set(change.version),
         attempts: Set(0),
         lease_owner: Set(None),
         lease_expire_time: Set(None),
-        open_waba_id: Set(Some(change.waba_id.clone())),
-        create_time: Set(time),
-        update_time: Set(time),
+        open_waba_id: Set(change.state.is_open().then(|| change.waba_id.clone())),
+        create_time: Set(change.create_time),
+        update_time: Set(change.update_time),
         expire_time: Set(change.expire_time),
         trace_parent: Set(change.trace_parent.clone()),
         migrate_after: Set(change.migrate_after),
     }
-    .insert(&tx)
-    .await?;
+}
+
+/// Stores a new request and its first events (SUBMITTED, then APPROVED when
+/// the destination auto-approves) in one transaction.
+pub async fn insert_submission(
+    db: &DatabaseConnection,
+    change: &PartnerChange,
+    events: &[EventDraft],
+) -> Result<PartnerChange, WriteError> {
+    let tx = begin_write(db).await?;
+    stored_row(change).insert(&tx).await?;
     // SUBMITTED leaves the request pending; each later event moves it on
     // (auto-approval: to APPROVED). Each event carries the request as it left it.
     let mut snapshot = PartnerChange { state: State::PendingApproval, ..change.clone() };
@@ -611,14 +614,13 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
     }
     let log = LogRows {
         head_table: "event_log_head",
-        table: "partner_change_events",
+        table: EVENT_LOG.table,
         columns: EVENT_COLUMNS,
         rows,
         // A wake-up for every replica's tailer; the log itself is the data.
         channel: EVENTS_CHANNEL,
     };
-    append_to_log(tx, log).await?;
-    Ok(())
+    append_to_log(tx, log).await
 }
 
 /// The event log's columns, besides the position, as `append_events` fills them.

@@ -287,9 +287,6 @@ pub const PERMISSION_LOG: partnerhub_runtime::retention::PrunedLog = partnerhub_
 /// Appends `changes` to the permission log, last thing before commit (see
 /// [`append_to_log`]: positions become visible in order, as in the event log).
 async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
-    if changes.is_empty() {
-        return Ok(());
-    }
     let time = now();
     let rows = changes
         .iter()
@@ -297,13 +294,12 @@ async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str
         .collect();
     let log = LogRows {
         head_table: "permission_log_head",
-        table: "permission_log",
+        table: PERMISSION_LOG.table,
         columns: &["partner_id", "phone_number", "allowed", "time"],
         rows,
         channel: LOG_CHANNEL,
     };
-    append_to_log(tx, log).await?;
-    Ok(())
+    append_to_log(tx, log).await
 }
 
 /// Every grant, and the log position they are current at, read in one snapshot.
