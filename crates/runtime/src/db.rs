@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
-    SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
+    RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
     sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -274,6 +274,32 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
         Some(_) => Ok(()),
         None => Err(DbErr::Custom(format!("{head_table} has no row"))),
     }
+}
+
+/// Runs a read that PostgreSQL plans for the values it is given, every time.
+///
+/// A statement sqlx prepares and caches gets, after five runs, PostgreSQL's
+/// *generic plan*: one plan for any values, costed with a column's average
+/// selectivity. For a filter on one tenant (`client_id = $1 ORDER BY id DESC
+/// LIMIT n`) where one tenant owns most rows, that plan walks the primary key
+/// backwards and filters — fine for the big tenant, a scan of the whole table
+/// for a tenant with few or old rows. Sent as an unnamed statement, the read is
+/// planned with its values and uses the tenant's index. Planning costs a few
+/// microseconds; keep this for reads whose best plan depends on the values.
+/// SQLite plans every statement with its values anyway.
+pub async fn query_planned_each_time(db: &DatabaseConnection, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+    use sea_orm::sqlx;
+    if db.get_database_backend() != DbBackend::Postgres {
+        return db.query_all_raw(statement).await;
+    }
+    let values = sea_query_sqlx::SqlxValues(statement.values.unwrap_or(sea_orm::Values(Vec::new())));
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), values)
+        .persistent(false)
+        .fetch_all(db.get_postgres_connection_pool())
+        .await
+        // As sea-orm reports a failed query, so that `classify` sees it the same way.
+        .map_err(|err| DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(err))))?;
+    Ok(rows.into_iter().map(QueryResult::from).collect())
 }
 
 /// The last position taken from a log's head table (0 before the first).
