@@ -7,8 +7,10 @@
 //!     cargo bench -p partnerhub-tests --bench event_stream_fanout
 //!
 //! Environment: BENCH_SUBSCRIBERS (default 1000), BENCH_CONNECTIONS (default
-//! 10), BENCH_CHANGES (default 100; 4 events each), BENCH_BACKEND (`postgres`,
-//! the default, or `sqlite`). Writes target/bench-reports/event_stream_fanout.txt.
+//! 10), BENCH_CHANGES (default 100; 4 events each), BENCH_EVENTS_PER_SECOND
+//! (the pace of the writers, default 100: a change submitted every 40 ms),
+//! BENCH_BACKEND (`postgres`, the default, or `sqlite`). Writes
+//! target/bench-reports/event_stream_fanout.txt.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: failing loudly is right
 
@@ -42,6 +44,7 @@ async fn main() {
     let subscribers = env_number("BENCH_SUBSCRIBERS", 1000);
     let connections = env_number("BENCH_CONNECTIONS", 10).max(1);
     let changes = env_number("BENCH_CHANGES", 100);
+    let events_per_second = env_number("BENCH_EVENTS_PER_SECOND", 100).max(1);
     let backend = match std::env::var("BENCH_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
         _ => Backend::Postgres,
@@ -114,7 +117,12 @@ async fn main() {
     let started = Instant::now();
     let mut writer = PartnerChangeServiceClient::new(authed(setup.clone(), &format!("client:{}", client.client_id)));
     let mut peak_rss = 0;
+    // A steady flow at the pace asked for: a change every 4 events' time,
+    // whatever each submit takes (a late tick is not made up for in a burst).
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(4.0 / events_per_second as f64));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for (index, waba_id) in wabas.into_iter().enumerate() {
+        pace.tick().await;
         writer
             .submit_partner_change(pc::SubmitPartnerChangeRequest {
                 request_id: format!("bench-{index}"),
@@ -127,9 +135,8 @@ async fn main() {
             .await
             .unwrap();
         peak_rss = peak_rss.max(rss_kib(server.pid(), "VmRSS:"));
-        // Spread the changes out a little so the stream carries a steady flow.
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let written_in = started.elapsed();
     while finished.load(Ordering::Relaxed) < subscribers {
         assert!(
             started.elapsed() < Duration::from_secs(300),
@@ -153,10 +160,12 @@ async fn main() {
     let report = format!(
         "event stream fan-out ({backend:?}; server: the partnerhub binary, its own process)\n\
          subscribers: {subscribers} over {connections} connections; partner changes: {changes} ({expected_events} events)\n\
+         written at {:.0} events/s (asked for {events_per_second})\n\
          deliveries: {} in {elapsed:.2?}\n\
          commit-to-delivery latency: p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}\n\
          worst subscriber: median lag {worst_median:.2?}, worst lag {worst_max:.2?}\n\
          server RSS: idle {} MiB, with subscribers {} MiB, peak while streaming {} MiB (high-water {} MiB)\n",
+        expected_events as f64 / written_in.as_secs_f64(),
         latencies.len(),
         percentile(0.50),
         percentile(0.90),

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
-use partnerhub_proto::partnerchange::v1 as pb;
+use partnerhub_proto::{encoded::EncodedMessage, partnerchange::v1 as pb};
 use partnerhub_runtime::{
     auth::{May, Policy, Subject, caller},
     error::{FieldViolation, invalid_argument, permission_denied},
@@ -190,13 +190,24 @@ impl PartnerChangeApi {
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
-/// `WatchPartnerChangeEvents` as the wire sees it.
-pub type WatchStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchPartnerChangeEventsResponse, Status>> + Send>>;
+/// `WatchPartnerChangeEvents` as the wire sees it: each message encoded.
+pub type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<EncodedMessage, Status>> + Send>>;
+
+/// `item` on the wire. An event's encoding is made once and kept in its slot,
+/// for every other subscriber of the same scope to send as it is.
+fn encoded_watch_response(item: StreamItem) -> EncodedMessage {
+    match item {
+        StreamItem::Event { ref encoded, .. } => {
+            let encoded = encoded.clone();
+            encoded.get_or_init(|| EncodedMessage::of(&watch_response(item))).clone()
+        }
+        StreamItem::Heartbeat { .. } => EncodedMessage::of(&watch_response(item)),
+    }
+}
 
 fn watch_response(item: StreamItem) -> pb::WatchPartnerChangeEventsResponse {
     let kind = match item {
-        StreamItem::Event { cursor, event } => {
+        StreamItem::Event { cursor, event, .. } => {
             pb::watch_partner_change_events_response::Kind::Event(pb::PartnerChangeEvent {
                 cursor,
                 r#type: event_type_to_proto(event.event_type).into(),
@@ -217,7 +228,7 @@ fn watch_response(item: StreamItem) -> pb::WatchPartnerChangeEventsResponse {
 }
 
 #[tonic::async_trait]
-impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeApi {
+impl pb::encoded::partner_change_service_server::PartnerChangeService for PartnerChangeApi {
     async fn preview_partner_change(
         &self,
         request: Request<pb::PreviewPartnerChangeRequest>,
@@ -580,7 +591,7 @@ impl pb::partner_change_service_server::PartnerChangeService for PartnerChangeAp
             Subscription { scope, after, announce_start: from_now },
             self.shutdown.clone(),
         );
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, |item| item.map(watch_response)))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, |item| item.map(encoded_watch_response)))))
     }
 }
 
@@ -870,48 +881,59 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::domain::{Event, EventType, SagaStep};
+    use crate::{
+        domain::{Event, EventType, SagaStep},
+        stream::Encoded,
+    };
+
+    /// An event of a request whose WABA has `numbers` numbers.
+    fn event(numbers: usize) -> Event {
+        let time = now();
+        let change = PartnerChange {
+            partner_change_id: "pc-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+            request_id: "request-1".into(),
+            waba_id: "waba-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+            client_id: "client-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+            source_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
+            destination_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8ea0".into(),
+            state: State::Migrating,
+            phone_numbers: (0..numbers).map(|n| format!("+49151{n:08}")).collect(),
+            grant_phone_numbers: (0..numbers / 2).map(|n| format!("+49151{n:08}")).collect(),
+            skipped_grant_phone_numbers: Vec::new(),
+            accepted_terms_version: "v1".into(),
+            migrate_after: None,
+            failure_reason: String::new(),
+            saga_step: SagaStep::Transfer,
+            version: 3,
+            create_time: time,
+            update_time: time,
+            expire_time: time,
+            trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        Event {
+            position: 42,
+            partner_change_id: change.partner_change_id.clone(),
+            event_type: EventType::MigrationStarted,
+            state: State::Migrating,
+            actor: "service:partner-change".into(),
+            reason: String::new(),
+            time,
+            snapshot: change,
+        }
+    }
 
     /// A subscriber's byte budget counts items by their approximate size: it
     /// must stay close to what the wire really carries, small or large.
     #[test]
     fn an_items_approximate_size_is_close_to_its_encoded_size() {
-        let time = now();
         for numbers in [0, 2, 300] {
-            let change = PartnerChange {
-                partner_change_id: "pc-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
-                request_id: "request-1".into(),
-                waba_id: "waba-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
-                client_id: "client-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
-                source_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8e9f".into(),
-                destination_partner_id: "partner-0192f1d2-4a1b-7c2d-8e3f-4a5b6c7d8ea0".into(),
-                state: State::Migrating,
-                phone_numbers: (0..numbers).map(|n| format!("+49151{n:08}")).collect(),
-                grant_phone_numbers: (0..numbers / 2).map(|n| format!("+49151{n:08}")).collect(),
-                skipped_grant_phone_numbers: Vec::new(),
-                accepted_terms_version: "v1".into(),
-                migrate_after: None,
-                failure_reason: String::new(),
-                saga_step: SagaStep::Transfer,
-                version: 3,
-                create_time: time,
-                update_time: time,
-                expire_time: time,
-                trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            };
-            let event = Event {
-                position: 42,
-                partner_change_id: change.partner_change_id.clone(),
-                event_type: EventType::MigrationStarted,
-                state: State::Migrating,
-                actor: "service:partner-change".into(),
-                reason: String::new(),
-                time,
-                snapshot: change,
-            };
             let items = [
-                StreamItem::Event { cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into(), event: Arc::new(event) },
-                StreamItem::Heartbeat { time, cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into() },
+                StreamItem::Event {
+                    cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into(),
+                    event: Arc::new(event(numbers)),
+                    encoded: Encoded::default(),
+                },
+                StreamItem::Heartbeat { time: now(), cursor: "MTQwMmU3OGUyY2JmN2VjODE3MTQwMmU3OGUy".into() },
             ];
             for item in items {
                 let (approximate, encoded) = (item.approximate_bytes(), watch_response(item).encoded_len());
@@ -922,5 +944,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The subscribers of one scope share an event's encoding: the first to
+    /// send it makes it, the others send those very bytes.
+    #[test]
+    fn an_event_is_encoded_once_for_every_subscriber_of_a_scope() {
+        let event = Arc::new(event(2));
+        let shared = Encoded::default();
+        let item = |cursor: &str, encoded: &Encoded| StreamItem::Event {
+            cursor: cursor.into(),
+            event: event.clone(),
+            encoded: encoded.clone(),
+        };
+        let first = encoded_watch_response(item("cursor-1", &shared));
+        assert_eq!(first.bytes().as_ref(), watch_response(item("cursor-1", &shared)).encode_to_vec());
+        // The slot is filled: the same bytes come back, not made again (were
+        // they, this item's other cursor would show).
+        let again = encoded_watch_response(item("cursor-2", &shared));
+        assert_eq!(again.bytes().as_ptr(), first.bytes().as_ptr());
+        // A slot of its own (another scope's, or a replayed event): its own encoding.
+        let own = encoded_watch_response(item("cursor-2", &Encoded::default()));
+        assert_eq!(own.bytes().as_ref(), watch_response(item("cursor-2", &shared)).encode_to_vec());
+        let heartbeat = StreamItem::Heartbeat { time: now(), cursor: "cursor-3".into() };
+        assert_eq!(
+            encoded_watch_response(heartbeat.clone()).bytes().as_ref(),
+            watch_response(heartbeat).encode_to_vec()
+        );
     }
 }

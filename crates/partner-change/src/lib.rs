@@ -22,7 +22,7 @@ pub mod worker;
 
 use std::{sync::Arc, time::Duration};
 
-use partnerhub_proto::partnerchange::v1::partner_change_service_server::PartnerChangeServiceServer;
+use partnerhub_proto::partnerchange::v1::encoded::partner_change_service_server::PartnerChangeServiceServer;
 use partnerhub_runtime::{
     auth::Authenticated,
     ids::new_id,

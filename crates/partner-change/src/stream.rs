@@ -20,8 +20,12 @@
 //!
 //! Subscribers yield domain items ([`StreamItem`]); `grpc` maps them to the wire.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
+use partnerhub_proto::encoded::EncodedMessage;
 use partnerhub_runtime::{
     error::FieldViolation,
     error::{ErrorReason, Reason, status},
@@ -46,19 +50,26 @@ use crate::{
 };
 
 /// A committed event as the tailer publishes it, with its cursor for every
-/// scope that sees it: all events, its client's, and each of its two partners'.
+/// scope that sees it (all events, its client's, and each of its two
+/// partners'), and for each scope the slot its wire form is kept in.
 #[derive(Debug)]
 struct LiveEvent {
     event: Arc<Event>,
-    cursors: [(EventScope, String); 4],
+    scopes: [(EventScope, String, Encoded); 4],
 }
 
 impl LiveEvent {
-    /// The event's cursor for subscribers of `scope`, if they see it at all.
-    fn cursor_for(&self, scope: &EventScope) -> Option<&str> {
-        self.cursors.iter().find(|(seen_by, _)| seen_by == scope).map(|(_, cursor)| cursor.as_str())
+    /// The event's cursor and wire slot for subscribers of `scope`, if they see it at all.
+    fn for_scope(&self, scope: &EventScope) -> Option<(&str, &Encoded)> {
+        self.scopes.iter().find(|(seen_by, ..)| seen_by == scope).map(|(_, cursor, encoded)| (cursor.as_str(), encoded))
     }
 }
+
+/// An item's wire form, made by the gRPC layer of the first subscriber to send
+/// it and shared with every other subscriber of the same scope: an event going
+/// to a thousand subscribers is converted and encoded once, not a thousand
+/// times. Empty until then; a replayed event has a slot of its own.
+pub type Encoded = Arc<OnceLock<EncodedMessage>>;
 
 /// The stream a `WatchPartnerChangeEvents` call returns.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Status>> + Send>>;
@@ -66,8 +77,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Status>> + S
 /// What a subscriber is sent; `grpc` maps it to the wire.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
-    /// An event in the subscriber's scope, with the cursor to resume after it.
-    Event { cursor: String, event: Arc<Event> },
+    /// An event in the subscriber's scope, with the cursor to resume after
+    /// it, and the slot of its wire form.
+    Event { cursor: String, event: Arc<Event>, encoded: Encoded },
     /// Nothing happened for a while (or the stream starts from now); the
     /// stream is alive, and `cursor` resumes from here.
     Heartbeat { time: chrono::DateTime<chrono::Utc>, cursor: String },
@@ -82,7 +94,7 @@ impl StreamItem {
         let text = |value: &str| value.len() + FIELD;
         match self {
             StreamItem::Heartbeat { cursor, .. } => text(cursor) + 16,
-            StreamItem::Event { cursor, event } => {
+            StreamItem::Event { cursor, event, .. } => {
                 let change = &event.snapshot;
                 let texts = [
                     cursor.as_str(),
@@ -166,11 +178,11 @@ impl EventHub {
             EventScope::Partner(change.source_partner_id.clone()),
             EventScope::Partner(change.destination_partner_id.clone()),
         ];
-        let cursors = scopes.map(|scope| {
+        let scopes = scopes.map(|scope| {
             let cursor = self.cursor(event.position, &scope);
-            (scope, cursor)
+            (scope, cursor, Encoded::default())
         });
-        LiveEvent { event: Arc::new(event), cursors }
+        LiveEvent { event: Arc::new(event), scopes }
     }
 
     /// The position a cursor stands for, if it was issued for `scope`: a
@@ -381,10 +393,10 @@ impl Subscriber {
                         Ok(live) if live.event.position <= last => Ok(()),
                         Ok(live) => {
                             last = live.event.position;
-                            match live.cursor_for(&self.subscription.scope) {
-                                Some(cursor) => {
+                            match live.for_scope(&self.subscription.scope) {
+                                Some((cursor, encoded)) => {
                                     last_sent = tokio::time::Instant::now();
-                                    let delivered = self.deliver(live.event.clone(), cursor.to_owned()).await;
+                                    let delivered = self.deliver(live.event.clone(), cursor.to_owned(), encoded.clone()).await;
                                     let lag = (now() - live.event.time).to_std().unwrap_or_default();
                                     metrics().stream_delivery_lag_seconds.observe(lag.as_secs_f64());
                                     delivered
@@ -444,7 +456,7 @@ impl Subscriber {
             for event in batch {
                 *last = event.position;
                 let cursor = self.hub.cursor(event.position, &self.subscription.scope);
-                self.deliver(Arc::new(event), cursor).await?;
+                self.deliver(Arc::new(event), cursor, Encoded::default()).await?;
             }
             if !full {
                 return Ok(());
@@ -486,9 +498,9 @@ impl Subscriber {
         self.send(StreamItem::Heartbeat { time: now(), cursor }).await
     }
 
-    async fn deliver(&mut self, event: Arc<Event>, cursor: String) -> Result<(), Stop> {
+    async fn deliver(&mut self, event: Arc<Event>, cursor: String, encoded: Encoded) -> Result<(), Stop> {
         let position = event.position;
-        let item = StreamItem::Event { cursor, event };
+        let item = StreamItem::Event { cursor, event, encoded };
         self.send(item).await?;
         self.last_delivered = Some(position);
         Ok(())
