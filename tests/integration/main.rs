@@ -12,6 +12,7 @@ mod contract;
 mod fixtures;
 mod grpc_web;
 mod identity;
+mod log;
 mod outage;
 mod partner_change_access;
 mod peers;

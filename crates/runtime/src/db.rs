@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
-    RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    RuntimeErr, SqlErr, SqliteTransactionMode, Statement, StatementBuilder, TransactionOptions, TransactionTrait,
+    Value,
     sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -233,26 +234,86 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
     if count == 0 {
         return Ok(());
     }
-    let LogRows { head_table, table, columns, rows, channel } = log;
     if tx.get_database_backend() != DbBackend::Postgres {
-        let last = take_positions(tx, head_table, count).await?;
+        let last = take_positions(tx, log.head_table, count).await?;
         let mut insert = Query::insert();
         insert
-            .into_table(Alias::new(table))
-            .columns(std::iter::once("position").chain(columns.iter().copied()).map(Alias::new));
-        for (offset, row) in (0..count).rev().zip(rows) {
+            .into_table(Alias::new(log.table))
+            .columns(std::iter::once("position").chain(log.columns.iter().copied()).map(Alias::new));
+        for (offset, row) in (0..count).rev().zip(log.rows) {
             let values = std::iter::once(Value::from(last - offset)).chain(row).map(SimpleExpr::from);
             insert.values(values).map_err(|err| DbErr::Custom(err.to_string()))?;
         }
         tx.execute(&insert).await?;
         return Ok(());
     }
+    let head_table = log.head_table;
+    let statement = appending_statement(None, log);
+    let row = tx.query_one_raw(statement).await?;
+    appended(row, head_table).map(drop)
+}
+
+/// `write` — one row's INSERT or UPDATE, with a `RETURNING` clause — and,
+/// only if it wrote its row, the append of `log` (see [`append_to_log`]),
+/// committed together. Returns whether `write` wrote its row; if not, nothing
+/// was appended and nothing changed.
+///
+/// On PostgreSQL it is one statement outside any transaction (the write and
+/// the append as data-modifying CTEs): one round trip where `BEGIN`, the
+/// write, the append and `COMMIT` took four. The head's row lock is taken last
+/// and held only until that statement commits, so positions still become
+/// visible in order. On SQLite, the same in one write transaction.
+pub async fn write_then_append(
+    db: &DatabaseConnection,
+    write: &impl StatementBuilder,
+    log: LogRows<'_>,
+) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    let write = backend.build(write);
+    if backend != DbBackend::Postgres {
+        let tx = begin_write(db).await?;
+        if tx.query_all_raw(write).await?.is_empty() {
+            return Ok(false);
+        }
+        append_to_log(&tx, log).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
+    if log.rows.is_empty() {
+        return Ok(!db.query_all_raw(write).await?.is_empty());
+    }
+    let head_table = log.head_table;
+    let statement = appending_statement(Some(write), log);
+    let row = db.query_one_raw(statement).await?;
+    let written = row.as_ref().map(|row| row.try_get::<i64>("", "written")).transpose()?.unwrap_or(0) > 0;
+    if written {
+        appended(row, head_table)?;
+    }
+    Ok(written)
+}
+
+/// The PostgreSQL statement that appends `log` (non-empty), after `write` if
+/// given and only if it returned a row: see [`append_to_log`] and
+/// [`write_then_append`]. Written as SQL with placeholders: only the table and
+/// column names (constants of the calling store) are spliced in.
+fn appending_statement(write: Option<Statement>, log: LogRows<'_>) -> Statement {
+    let LogRows { head_table, table, columns, rows, channel } = log;
+    let count = rows.len();
     let names = columns.iter().map(|column| format!("\"{column}\"")).collect::<Vec<_>>().join(", ");
     let picked = columns.iter().map(|column| format!("r.\"{column}\"")).collect::<Vec<_>>().join(", ");
-    let width = columns.len() + 1;
-    let mut values = Vec::with_capacity(rows.len() * width);
-    let mut tuples = Vec::with_capacity(rows.len());
-    for (ordinal, row) in (1..=count).zip(rows) {
+    // The write's own placeholders ($1…) come first; the rows' follow.
+    let (written, guard, mut values) = match write {
+        Some(write) => (
+            format!("written AS ({}), ", write.sql),
+            " AND EXISTS (SELECT 1 FROM written)",
+            write.values.map(|values| values.0).unwrap_or_default(),
+        ),
+        None => (String::new(), "", Vec::new()),
+    };
+    let counted = if written.is_empty() { "1" } else { "(SELECT count(*) FROM written)" };
+    values.reserve(count * (columns.len() + 1));
+    let mut tuples = Vec::with_capacity(count);
+    for (ordinal, row) in (1_i64..).zip(rows) {
         let first = values.len();
         values.push(Value::from(ordinal));
         values.extend(row);
@@ -260,18 +321,23 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
         tuples.push(format!("({})", placeholders.join(", ")));
     }
     let sql = format!(
-        "WITH head AS (UPDATE \"{head_table}\" SET last_position = last_position + {count} WHERE id = 1 \
-         RETURNING last_position), \
+        "WITH {written}head AS (UPDATE \"{head_table}\" SET last_position = last_position + {count} \
+         WHERE id = 1{guard} RETURNING last_position), \
          appended AS (INSERT INTO \"{table}\" (position, {names}) \
          SELECT head.last_position - {count} + r.ord, {picked} FROM head, (VALUES {}) AS r (ord, {names}) \
          RETURNING position) \
-         SELECT max(a.position) AS last FROM appended a, (SELECT pg_notify('{channel}', '')) n",
+         SELECT {counted} AS written, (SELECT max(position) FROM appended) AS last, \
+         (SELECT count(*) FROM (SELECT pg_notify('{channel}', '') FROM head) notified) AS notified",
         tuples.join(", ")
     );
-    let row = tx.query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// The last position an appending statement took; none means the head row is missing.
+fn appended(row: Option<QueryResult>, head_table: &str) -> Result<i64, DbErr> {
     // No head row: nothing was appended, and `max` over nothing is NULL.
     match row.map(|row| row.try_get::<Option<i64>>("", "last")).transpose()?.flatten() {
-        Some(_) => Ok(()),
+        Some(last) => Ok(last),
         None => Err(DbErr::Custom(format!("{head_table} has no row"))),
     }
 }

@@ -22,15 +22,14 @@ use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
     db::{
         LogRows, StoreError, append_to_log, begin_write, database_now, database_time_after, head_position,
-        query_planned_each_time,
+        query_planned_each_time, write_then_append,
     },
     retention::{self, PrunedLog},
     time::now,
 };
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    Set,
+    ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
 
@@ -160,8 +159,6 @@ pub async fn insert_submission(
     change: &PartnerChange,
     events: &[EventDraft],
 ) -> Result<PartnerChange, WriteError> {
-    let tx = begin_write(db).await?;
-    stored_row(change).insert(&tx).await?;
     // SUBMITTED leaves the request pending; each later event moves it on
     // (auto-approval: to APPROVED). Each event carries the request as it left it.
     let mut snapshot = PartnerChange { state: State::PendingApproval, ..change.clone() };
@@ -176,8 +173,10 @@ pub async fn insert_submission(
     if snapshot.state != change.state {
         return Err(WriteError::InvalidState { state: snapshot.state, event: EventType::Submitted });
     }
-    append_events(&tx, &drafts).await?;
-    tx.commit().await?;
+    let mut insert = partner_change::Entity::insert(stored_row(change)).into_query();
+    insert.returning_col(partner_change::Column::PartnerChangeId);
+    // An insert writes its row or fails (a unique index: a duplicate).
+    write_then_append(db, &insert, event_rows(&drafts)?).await?;
     Ok(change.clone())
 }
 
@@ -189,10 +188,12 @@ pub async fn apply_event(
     draft: EventDraft,
     effects: Effects,
 ) -> Result<PartnerChange, WriteError> {
-    let tx = begin_write(db).await?;
-    let next = transition(&tx, expected, &draft, &effects).await?;
-    append_events(&tx, &[(&draft, next.clone())]).await?;
-    tx.commit().await?;
+    let (next, update) = transition_update(db.get_database_backend(), expected, &draft, &effects)?;
+    let mut update = update.into_query();
+    update.returning_col(partner_change::Column::PartnerChangeId);
+    if !write_then_append(db, &update, event_rows(&[(&draft, next.clone())])?).await? {
+        return Err(WriteError::Conflict);
+    }
     Ok(next)
 }
 
@@ -204,6 +205,21 @@ async fn transition(
     draft: &EventDraft,
     effects: &Effects,
 ) -> Result<PartnerChange, WriteError> {
+    let (next, update) = transition_update(tx.get_database_backend(), expected, draft, effects)?;
+    if update.exec(tx).await?.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    Ok(next)
+}
+
+/// The request as `draft` leaves it, and the update that writes it if the
+/// request still has the state and version read.
+fn transition_update(
+    backend: DbBackend,
+    expected: &PartnerChange,
+    draft: &EventDraft,
+    effects: &Effects,
+) -> Result<(PartnerChange, sea_orm::UpdateMany<partner_change::Entity>), WriteError> {
     let state = next_state(expected.state, draft.event_type)
         .ok_or(WriteError::InvalidState { state: expected.state, event: draft.event_type })?;
     let mut next = expected.clone();
@@ -225,7 +241,6 @@ async fn transition(
     if let Some(migrate_after) = effects.migrate_after {
         next.migrate_after = migrate_after;
     }
-    let backend = tx.get_database_backend();
     let mut update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::State, Expr::value(state))
         .col_expr(partner_change::Column::UpdateTime, Expr::value(next.update_time))
@@ -250,8 +265,7 @@ async fn transition(
             .col_expr(partner_change::Column::Attempts, Expr::value(0));
     }
     let still_in_state = Condition::all().add(partner_change::Column::State.eq(expected.state));
-    update_if_unchanged(tx, expected, update, still_in_state).await?;
-    Ok(next)
+    Ok((next, if_unchanged(expected, update, still_in_state)))
 }
 
 /// Claims up to `limit` requests a worker may take now for `owner`, for
@@ -388,17 +402,24 @@ async fn update_if_unchanged(
     update: sea_orm::UpdateMany<partner_change::Entity>,
     condition: Condition,
 ) -> Result<(), WriteError> {
-    let updated = update
+    if if_unchanged(expected, update, condition).exec(db).await?.rows_affected == 0 {
+        return Err(WriteError::Conflict);
+    }
+    Ok(())
+}
+
+/// `update`, bumping the version, only for the request at the version it was
+/// read at (and meeting `condition`).
+fn if_unchanged(
+    expected: &PartnerChange,
+    update: sea_orm::UpdateMany<partner_change::Entity>,
+    condition: Condition,
+) -> sea_orm::UpdateMany<partner_change::Entity> {
+    update
         .col_expr(partner_change::Column::Version, Expr::value(expected.version + 1))
         .filter(partner_change::Column::PartnerChangeId.eq(&expected.partner_change_id))
         .filter(partner_change::Column::Version.eq(expected.version))
         .filter(condition)
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return Err(WriteError::Conflict);
-    }
-    Ok(())
 }
 
 /// The request's lease has run out (or it has none), by the database's clock:
@@ -608,6 +629,11 @@ pub async fn list(
 
 /// Appends events with positions taken from the log head; see the module documentation.
 async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, PartnerChange)]) -> Result<(), DbErr> {
+    append_to_log(tx, event_rows(events)?).await
+}
+
+/// The event log's rows for `events`, each with the request as it left it.
+fn event_rows(events: &[(&EventDraft, PartnerChange)]) -> Result<LogRows<'static>, DbErr> {
     let mut rows = Vec::with_capacity(events.len());
     for (draft, snapshot) in events {
         let snapshot_json = snapshot::encode(snapshot).map_err(|err| DbErr::Custom(err.to_string()))?;
@@ -624,15 +650,14 @@ async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, Partner
             snapshot_json.into(),
         ]);
     }
-    let log = LogRows {
+    Ok(LogRows {
         head_table: "event_log_head",
         table: EVENT_LOG.table,
         columns: EVENT_COLUMNS,
         rows,
         // A wake-up for every replica's tailer; the log itself is the data.
         channel: EVENTS_CHANNEL,
-    };
-    append_to_log(tx, log).await
+    })
 }
 
 /// The event log's columns, besides the position, as `append_events` fills them.
