@@ -4,11 +4,16 @@ use partnerhub_proto::account::v1::{
     GetWabaContextRequest, GetWabaRequest, GetWabaResponse, TransferWabaRequest, TransferWabaResponse,
     account_service_client::AccountServiceClient,
 };
-use partnerhub_runtime::peers::Peer;
+use partnerhub_runtime::{
+    error::{Reason as _, reason_of},
+    peers::Peer,
+};
 use tonic::{Code, Response, Status};
-use tonic_types::StatusExt as _;
 
-use crate::domain::{ClientFacts, PartnerFacts};
+use crate::{
+    domain::{ClientFacts, PartnerFacts},
+    error::PartnerChangeReason,
+};
 
 /// A WABA and the client and destination partner around it, as they are now.
 #[derive(Debug, Clone)]
@@ -112,7 +117,7 @@ impl Accounts {
 }
 
 /// Whether a NOT_FOUND from the account service is about the WABA (its reason,
-/// or a bare status that names none).
+/// the same in every service, or a bare status that names none).
 fn waba_missing(status: &Status) -> bool {
-    status.get_details_error_info().is_none_or(|info| info.reason == "WABA_NOT_FOUND")
+    reason_of(status).is_none_or(|reason| reason == PartnerChangeReason::WabaNotFound.as_str())
 }

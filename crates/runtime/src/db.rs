@@ -193,7 +193,7 @@ pub fn database_time_after(backend: DbBackend, after: Duration) -> SimpleExpr {
 /// transaction ends, so no other transaction can take later positions until
 /// this one has committed or rolled back — positions become visible in order,
 /// and a follower reading "after my last position" never skips one.
-pub async fn take_positions(tx: &DatabaseTransaction, head_table: &str, count: i64) -> Result<i64, DbErr> {
+async fn take_positions(tx: &DatabaseTransaction, head_table: &str, count: i64) -> Result<i64, DbErr> {
     let take = Query::update()
         .table(Alias::new(head_table))
         .value(Alias::new("last_position"), Expr::col(Alias::new("last_position")).add(count))
@@ -221,7 +221,7 @@ pub struct LogRows<'a> {
 }
 
 /// Appends rows to a positioned log with the next consecutive positions, as
-/// the last statement before commit (see [`take_positions`] for why the order
+/// the last statement before commit (see `take_positions` for why the order
 /// of commits is then the order of positions).
 ///
 /// On PostgreSQL it is one statement: the head's row lock is held only while
@@ -249,8 +249,7 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
     }
     let head_table = log.head_table;
     let statement = appending_statement(None, log);
-    let row = tx.query_one_raw(statement).await?;
-    appended(row, head_table).map(drop)
+    appended(tx.query_one_raw(statement).await?, head_table)
 }
 
 /// `write` — one row's INSERT or UPDATE, with a `RETURNING` clause — and,
@@ -302,15 +301,15 @@ fn appending_statement(write: Option<Statement>, log: LogRows<'_>) -> Statement 
     let names = columns.iter().map(|column| format!("\"{column}\"")).collect::<Vec<_>>().join(", ");
     let picked = columns.iter().map(|column| format!("r.\"{column}\"")).collect::<Vec<_>>().join(", ");
     // The write's own placeholders ($1…) come first; the rows' follow.
-    let (written, guard, mut values) = match write {
+    let (written, guard, counted, mut values) = match write {
         Some(write) => (
             format!("written AS ({}), ", write.sql),
             " AND EXISTS (SELECT 1 FROM written)",
+            "(SELECT count(*) FROM written)",
             write.values.map(|values| values.0).unwrap_or_default(),
         ),
-        None => (String::new(), "", Vec::new()),
+        None => (String::new(), "", "1", Vec::new()),
     };
-    let counted = if written.is_empty() { "1" } else { "(SELECT count(*) FROM written)" };
     values.reserve(count * (columns.len() + 1));
     let mut tuples = Vec::with_capacity(count);
     for (ordinal, row) in (1_i64..).zip(rows) {
@@ -333,11 +332,11 @@ fn appending_statement(write: Option<Statement>, log: LogRows<'_>) -> Statement 
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// The last position an appending statement took; none means the head row is missing.
-fn appended(row: Option<QueryResult>, head_table: &str) -> Result<i64, DbErr> {
+/// Checks that an appending statement took positions: none means the head row is missing.
+fn appended(row: Option<QueryResult>, head_table: &str) -> Result<(), DbErr> {
     // No head row: nothing was appended, and `max` over nothing is NULL.
     match row.map(|row| row.try_get::<Option<i64>>("", "last")).transpose()?.flatten() {
-        Some(last) => Ok(last),
+        Some(_) => Ok(()),
         None => Err(DbErr::Custom(format!("{head_table} has no row"))),
     }
 }

@@ -121,12 +121,16 @@ pub async fn get_client(db: &impl ConnectionTrait, client_id: &str) -> Result<Cl
         .one(db)
         .await?
         .ok_or_else(|| AccountError::ClientNotFound(client_id.to_owned()))?;
-    let methods = payment_method::Entity::find()
+    Ok(client_from_models(model, payment_methods(db, client_id).await?))
+}
+
+/// A client's payment methods, in the order they are listed.
+async fn payment_methods(db: &impl ConnectionTrait, client_id: &str) -> Result<Vec<payment_method::Model>, DbErr> {
+    payment_method::Entity::find()
         .filter(payment_method::Column::ClientId.eq(client_id))
         .order_by_asc(payment_method::Column::PaymentMethodId)
         .all(db)
-        .await?;
-    Ok(client_from_models(model, methods))
+        .await
 }
 
 pub async fn update_company_info(
@@ -259,7 +263,7 @@ pub async fn add_phone_number(db: &DatabaseConnection, waba_id: &str, number: &s
 
 pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, AccountError> {
     let model = find_waba_model(db, waba_id).await?;
-    with_numbers(db, vec![model]).await?.pop().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+    waba_with_numbers(db, model).await
 }
 
 /// A WABA with its client and, if `partner_id` names one, that partner: the
@@ -290,12 +294,9 @@ pub async fn waba_context(
         Some(_) => Some(partner::Model::from_query_result(&row, "p_")?),
         None => None,
     };
-    let methods = payment_method::Entity::find()
-        .filter(payment_method::Column::ClientId.eq(&client_model.client_id))
-        .order_by_asc(payment_method::Column::PaymentMethodId)
-        .all(db);
-    let (mut wabas, methods) = tokio::try_join!(with_numbers(db, vec![waba_model]), methods)?;
-    let waba = wabas.pop().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
+    let (waba, methods) = tokio::try_join!(waba_with_numbers(db, waba_model), async {
+        payment_methods(db, &client_model.client_id).await.map_err(AccountError::from)
+    })?;
     Ok((waba, client_from_models(client_model, methods), partner_model.map(partner_from_model)))
 }
 
@@ -380,10 +381,7 @@ pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Resu
             actual: current.partner_id,
         });
     };
-    let waba = with_numbers(&tx, vec![moved])
-        .await?
-        .pop()
-        .ok_or_else(|| AccountError::WabaNotFound(transfer.waba_id.clone()))?;
+    let waba = waba_with_numbers(&tx, moved).await?;
     tx.commit().await?;
     tracing::info!(
         waba_id = %transfer.waba_id,
@@ -410,6 +408,12 @@ async fn repeated_transfer(db: &DatabaseConnection, transfer: &Transfer) -> Resu
 
 async fn find_waba_model(db: &impl ConnectionTrait, waba_id: &str) -> Result<waba::Model, AccountError> {
     waba::Entity::find_by_id(waba_id).one(db).await?.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))
+}
+
+/// One WABA with its numbers.
+async fn waba_with_numbers(db: &impl ConnectionTrait, model: waba::Model) -> Result<Waba, AccountError> {
+    let waba_id = model.waba_id.clone();
+    with_numbers(db, vec![model]).await?.pop().ok_or(AccountError::WabaNotFound(waba_id))
 }
 
 /// Attaches each WABA's numbers with one query for the whole batch.
