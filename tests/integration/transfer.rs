@@ -12,6 +12,7 @@ on_both_databases!(
     a_stale_or_unknown_transfer_is_refused_and_changes_nothing,
     of_concurrent_transfers_of_one_waba_exactly_one_wins,
     concurrent_repeats_of_one_transfer_apply_it_once,
+    one_partner_change_id_sent_for_two_wabas_at_once_moves_one,
 );
 
 fn transfer(waba_id: &str, from: &str, to: &str, partner_change_id: &str) -> pb::TransferWabaRequest {
@@ -128,6 +129,34 @@ async fn concurrent_repeats_of_one_transfer_apply_it_once(backend: Backend) {
     let outcomes: Vec<_> = results.into_iter().map(|result| result.unwrap().into_inner()).collect();
     assert_eq!(outcomes.iter().filter(|outcome| !outcome.already_applied).count(), 1, "applied exactly once");
     assert!(outcomes.iter().all(|outcome| outcome.waba.as_ref().unwrap().partner_id == p2));
+}
+
+async fn one_partner_change_id_sent_for_two_wabas_at_once_moves_one(backend: Backend) {
+    let Setup { app, p1, p2, waba, .. } = setup(backend).await;
+    let client_id = waba.client_id.clone();
+    let other = fixtures::waba(&app, &client_id, &p1, &[&unique_number()]).await;
+    let attempts = (0..8).map(|i| {
+        let mut service = app.account("service:partner-change");
+        let waba_id = if i % 2 == 0 { &waba.waba_id } else { &other.waba_id };
+        let request = transfer(waba_id, &p1, &p2, "pc-one-key");
+        tokio::spawn(async move { service.transfer_waba(request).await })
+    });
+    let results: Vec<_> = futures_join(attempts).await;
+    let applied: Vec<_> = results.iter().filter_map(|result| result.as_ref().ok()).collect();
+    let moved_id = applied[0].get_ref().waba.as_ref().unwrap().waba_id.clone();
+    for result in &results {
+        match result {
+            Ok(outcome) => assert_eq!(outcome.get_ref().waba.as_ref().unwrap().waba_id, moved_id, "{outcome:?}"),
+            Err(refused) => assert_eq!(reason(refused), "IDEMPOTENCY_KEY_REUSED", "{refused:?}"),
+        }
+    }
+    assert_eq!(applied.iter().filter(|outcome| !outcome.get_ref().already_applied).count(), 1, "applied once");
+    let mut support = app.account("support:s");
+    for waba_id in [&waba.waba_id, &other.waba_id] {
+        let current = support.get_waba(pb::GetWabaRequest { waba_id: waba_id.clone() }).await.unwrap();
+        let expected = if *waba_id == moved_id { &p2 } else { &p1 };
+        assert_eq!(&current.into_inner().waba.unwrap().partner_id, expected, "only {moved_id} moved");
+    }
 }
 
 async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {

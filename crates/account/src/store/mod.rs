@@ -14,8 +14,8 @@ use partnerhub_runtime::{
     time::now,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
-    IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
     sea_query::{Alias, Expr, ExprTrait, Query},
 };
 
@@ -333,6 +333,9 @@ pub async fn list_wabas(
 /// the current partner, recorded so that a repeat of the same partner change
 /// returns the same result and changes nothing.
 pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Result<TransferOutcome, AccountError> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return transfer_in_one_statement(db, transfer).await;
+    }
     let tx = begin_write(db).await?;
     // The idempotency record goes first: a repeat (even a concurrent one) stops here.
     let recorded = waba_transfer::ActiveModel {
@@ -383,6 +386,11 @@ pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Resu
     };
     let waba = waba_with_numbers(&tx, moved).await?;
     tx.commit().await?;
+    log_transfer(transfer);
+    Ok(TransferOutcome { waba, already_applied: false })
+}
+
+fn log_transfer(transfer: &Transfer) {
     tracing::info!(
         waba_id = %transfer.waba_id,
         from_partner_id = %transfer.from_partner_id,
@@ -390,7 +398,65 @@ pub async fn transfer_waba(db: &DatabaseConnection, transfer: &Transfer) -> Resu
         partner_change_id = %transfer.partner_change_id,
         "WABA transferred"
     );
+}
+
+/// [`transfer_waba`] on PostgreSQL: the move and its idempotency record are one
+/// statement outside any transaction (data-modifying CTEs; the record is written
+/// only with the move), then the numbers are read. A statement that moves nothing
+/// is explained afterwards: a repeat, an unknown WABA, or another source partner.
+///
+/// Identical calls at once: the first to update the WABA's row holds it; the
+/// other waits, finds the row no longer with the source partner, moves nothing,
+/// and answers from the record the first committed. The same key with another
+/// WABA fails on the record's primary key and is answered from it too.
+async fn transfer_in_one_statement(
+    db: &DatabaseConnection,
+    transfer: &Transfer,
+) -> Result<TransferOutcome, AccountError> {
+    const MOVE_AND_RECORD: &str = r#"WITH moved AS (
+            UPDATE "wabas" SET "partner_id" = $3, "version" = "version" + 1, "update_time" = $5
+            WHERE "waba_id" = $2 AND "partner_id" = $4
+                AND NOT EXISTS (SELECT 1 FROM "waba_transfers" WHERE "partner_change_id" = $1)
+            RETURNING *),
+        recorded AS (
+            INSERT INTO "waba_transfers" ("partner_change_id", "waba_id", "from_partner_id", "to_partner_id", "transfer_time")
+            SELECT $1, "waba_id", $4, $3, $5 FROM moved)
+        SELECT * FROM moved"#;
+    let values = [
+        transfer.partner_change_id.as_str().into(),
+        transfer.waba_id.as_str().into(),
+        transfer.to_partner_id.as_str().into(),
+        transfer.from_partner_id.as_str().into(),
+        now().into(),
+    ];
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, MOVE_AND_RECORD, values);
+    let moved = match db.query_one_raw(statement).await.map_err(StoreError::from) {
+        Ok(Some(row)) => waba::Model::from_query_result(&row, "")?,
+        Ok(None) => return unmoved(db, transfer).await,
+        Err(StoreError::UniqueViolation(_)) => return repeated_transfer(db, transfer).await,
+        // The only reference the move sets is the destination partner.
+        Err(StoreError::ForeignKeyViolation(_)) => {
+            return Err(AccountError::PartnerNotFound(transfer.to_partner_id.clone()));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let waba = waba_with_numbers(db, moved).await?;
+    log_transfer(transfer);
     Ok(TransferOutcome { waba, already_applied: false })
+}
+
+/// Answers a transfer that moved nothing: made before (answered as the
+/// earlier one was), or refused: the WABA does not exist, or is with another partner.
+async fn unmoved(db: &DatabaseConnection, transfer: &Transfer) -> Result<TransferOutcome, AccountError> {
+    if waba_transfer::Entity::find_by_id(&transfer.partner_change_id).one(db).await?.is_some() {
+        return repeated_transfer(db, transfer).await;
+    }
+    let current = find_waba_model(db, &transfer.waba_id).await?;
+    Err(AccountError::SourcePartnerMismatch {
+        waba_id: transfer.waba_id.clone(),
+        expected: transfer.from_partner_id.clone(),
+        actual: current.partner_id,
+    })
 }
 
 async fn repeated_transfer(db: &DatabaseConnection, transfer: &Transfer) -> Result<TransferOutcome, AccountError> {
