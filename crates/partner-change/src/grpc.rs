@@ -291,11 +291,18 @@ impl pb::encoded::partner_change_service_server::PartnerChangeService for Partne
             migrate_after,
         };
         let world = self.world_for(caller, &submission.waba_id, &submission.destination_partner_id).await?;
-        if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
+        let (by_key, open) = store::find_by_request_id_and_open_for_waba(
+            &self.db,
+            &world.client_id,
+            &submission.request_id,
+            &submission.waba_id,
+        )
+        .await
+        .map_err(PartnerChangeError::from)?;
+        if let Some(existing) = same_submission(by_key, &submission)? {
             return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
         }
         grant_numbers_on_waba(&submission, &world).validate()?;
-        let open = store::find_open_for_waba(&self.db, &submission.waba_id).await.map_err(PartnerChangeError::from)?;
         let found = blockers(&Eligibility {
             client: &world.client,
             current_partner_id: &world.current_partner_id,
@@ -619,11 +626,7 @@ impl PartnerChangeApi {
         let existing = store::find_by_request_id(&self.db, client_id, &submission.request_id)
             .await
             .map_err(PartnerChangeError::from)?;
-        match existing {
-            Some(existing) if existing.same_submission(submission) => Ok(Some(existing)),
-            Some(_) => Err(PartnerChangeError::IdempotencyKeyReused(submission.request_id.clone()).into()),
-            None => Ok(None),
-        }
+        same_submission(existing, submission)
     }
 
     /// A concurrent submit took the idempotency key or the WABA's open slot
@@ -635,6 +638,16 @@ impl PartnerChangeApi {
         let open = store::find_open_for_waba(&self.db, &submission.waba_id).await.map_err(PartnerChangeError::from)?;
         let open_id = open.as_ref().map_or("", |open| open.partner_change_id.as_str());
         Err(PartnerChangeError::Blocked(vec![already_pending(open_id)]).into())
+    }
+}
+
+/// The request stored under a submission's idempotency key, if it is the same
+/// submission; the key with a different payload is refused.
+fn same_submission(existing: Option<PartnerChange>, submission: &Submission) -> Result<Option<PartnerChange>, Status> {
+    match existing {
+        Some(existing) if existing.same_submission(submission) => Ok(Some(existing)),
+        Some(_) => Err(PartnerChangeError::IdempotencyKeyReused(submission.request_id.clone()).into()),
+        None => Ok(None),
     }
 }
 

@@ -492,6 +492,41 @@ pub async fn find_by_request_id(
     model.map(from_model).transpose()
 }
 
+/// In one read, what a submit must know first: the request stored under the
+/// client's idempotency key, and the WABA's open request (either may be none,
+/// or both the same request).
+pub async fn find_by_request_id_and_open_for_waba(
+    db: &DatabaseConnection,
+    client_id: &str,
+    request_id: &str,
+    waba_id: &str,
+) -> Result<(Option<PartnerChange>, Option<PartnerChange>), StoreError> {
+    let models = partner_change::Entity::find()
+        .filter(
+            Condition::any()
+                .add(
+                    Condition::all()
+                        .add(partner_change::Column::ClientId.eq(client_id))
+                        .add(partner_change::Column::RequestId.eq(request_id)),
+                )
+                .add(partner_change::Column::OpenWabaId.eq(waba_id)),
+        )
+        .all(db)
+        .await?;
+    let (mut by_key, mut open) = (None, None);
+    for model in models {
+        let is_open = model.open_waba_id.as_deref() == Some(waba_id);
+        let change = from_model(model)?;
+        if change.client_id == client_id && change.request_id == request_id {
+            by_key = Some(change.clone());
+        }
+        if is_open {
+            open = Some(change);
+        }
+    }
+    Ok((by_key, open))
+}
+
 /// The open request of a WABA, if any.
 pub async fn find_open_for_waba(db: &DatabaseConnection, waba_id: &str) -> Result<Option<PartnerChange>, StoreError> {
     let model = partner_change::Entity::find().filter(partner_change::Column::OpenWabaId.eq(waba_id)).one(db).await?;
