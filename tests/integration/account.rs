@@ -263,6 +263,35 @@ async fn a_waba_context_is_the_waba_its_client_and_the_partner_named(backend: Ba
     let read = service.get_waba_context(context("")).await.unwrap().into_inner();
     assert!(read.waba.is_some() && read.partner.is_none());
 
+    // Every number in the order added, every payment method in its order; none is none.
+    let numbers = [unique_number(), unique_number(), unique_number()];
+    let larger =
+        fixtures::waba(&app, &client.client_id, &source.partner_id, &[&numbers[0], &numbers[1], &numbers[2]]).await;
+    let with_two_methods = app
+        .account("support:s")
+        .add_payment_method(pb::AddPaymentMethodRequest {
+            client_id: client.client_id.clone(),
+            r#type: pb::PaymentMethodType::Card.into(),
+            last4: "0005".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap();
+    let request =
+        pb::GetWabaContextRequest { waba_id: larger.waba_id.clone(), partner_id: destination.partner_id.clone() };
+    let read = service.get_waba_context(request).await.unwrap().into_inner();
+    assert_eq!(read.waba.unwrap().phone_numbers, numbers);
+    assert_eq!(read.client.unwrap().payment_methods, with_two_methods.payment_methods);
+    assert_eq!(with_two_methods.payment_methods.len(), 2);
+    assert!(read.partner.is_some());
+    let bare = fixtures::client(&app, "No card").await;
+    let empty = fixtures::waba(&app, &bare.client_id, &source.partner_id, &[]).await;
+    let request = pb::GetWabaContextRequest { waba_id: empty.waba_id.clone(), partner_id: String::new() };
+    let read = service.get_waba_context(request).await.unwrap().into_inner();
+    assert_eq!((read.waba.unwrap().phone_numbers, read.client.unwrap()), (Vec::<String>::new(), bare));
+
     let missing = service
         .get_waba_context(pb::GetWabaContextRequest { waba_id: "waba-nope".into(), partner_id: String::new() })
         .await;

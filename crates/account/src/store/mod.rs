@@ -16,7 +16,7 @@ use partnerhub_runtime::{
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
     IdenStatic, Iterable, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
-    sea_query::{Alias, Expr, ExprTrait, Query},
+    sea_query::{Alias, Expr, ExprTrait, Order, Query},
 };
 
 use self::entities::{client, partner, payment_method, phone_number, waba, waba_transfer};
@@ -267,8 +267,9 @@ pub async fn get_waba(db: &impl ConnectionTrait, waba_id: &str) -> Result<Waba, 
 }
 
 /// A WABA with its client and, if `partner_id` names one, that partner: the
-/// facts a partner change is judged on. One query joins the three rows; the
-/// WABA's numbers and the client's payment methods are read beside each other.
+/// facts a partner change is judged on, in one query. The WABA, its client and
+/// the partner are joined, with one row per payment method of the client (at
+/// least one row); the WABA's numbers come along as one JSON array.
 pub async fn waba_context(
     db: &DatabaseConnection,
     waba_id: &str,
@@ -278,7 +279,9 @@ pub async fn waba_context(
     prefixed_columns::<waba::Entity>(&mut joined, "w_");
     prefixed_columns::<client::Entity>(&mut joined, "c_");
     prefixed_columns::<partner::Entity>(&mut joined, "p_");
+    prefixed_columns::<payment_method::Entity>(&mut joined, "m_");
     joined
+        .expr_as(numbers_as_json(db.get_database_backend()), Alias::new(NUMBERS_JSON))
         .from(waba::Entity)
         .inner_join(
             client::Entity,
@@ -286,18 +289,41 @@ pub async fn waba_context(
         )
         // No partner named: a condition no row meets, so the partner's columns are NULL.
         .left_join(partner::Entity, Expr::col((partner::Entity, partner::Column::PartnerId)).eq(partner_id))
-        .and_where(Expr::col((waba::Entity, waba::Column::WabaId)).eq(waba_id));
-    let row = db.query_one(&joined).await?.ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
-    let waba_model = waba::Model::from_query_result(&row, "w_")?;
-    let client_model = client::Model::from_query_result(&row, "c_")?;
-    let partner_model = match row.try_get::<Option<String>>("p_", partner::Column::PartnerId.as_str())? {
-        Some(_) => Some(partner::Model::from_query_result(&row, "p_")?),
+        .left_join(
+            payment_method::Entity,
+            Expr::col((payment_method::Entity, payment_method::Column::ClientId))
+                .equals((client::Entity, client::Column::ClientId)),
+        )
+        .and_where(Expr::col((waba::Entity, waba::Column::WabaId)).eq(waba_id))
+        .order_by((payment_method::Entity, payment_method::Column::PaymentMethodId), Order::Asc);
+    let rows = db.query_all(&joined).await?;
+    let first = rows.first().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
+    let numbers: Vec<String> = serde_json::from_str(&first.try_get::<String>("", NUMBERS_JSON)?)
+        .map_err(|err| DbErr::Type(format!("{NUMBERS_JSON}: {err}")))?;
+    let waba = waba_from_model(waba::Model::from_query_result(first, "w_")?, numbers);
+    let client_model = client::Model::from_query_result(first, "c_")?;
+    let partner_model = match first.try_get::<Option<String>>("p_", partner::Column::PartnerId.as_str())? {
+        Some(_) => Some(partner::Model::from_query_result(first, "p_")?),
         None => None,
     };
-    let (waba, methods) = tokio::try_join!(waba_with_numbers(db, waba_model), async {
-        payment_methods(db, &client_model.client_id).await.map_err(AccountError::from)
-    })?;
+    let mut methods = Vec::new();
+    for row in &rows {
+        if row.try_get::<Option<String>>("m_", payment_method::Column::PaymentMethodId.as_str())?.is_some() {
+            methods.push(payment_method::Model::from_query_result(row, "m_")?);
+        }
+    }
     Ok((waba, client_from_models(client_model, methods), partner_model.map(partner_from_model)))
+}
+
+const NUMBERS_JSON: &str = "phone_numbers_json";
+
+/// The joined WABA's numbers, in the order they were added, as a JSON array of strings.
+fn numbers_as_json(backend: DbBackend) -> Expr {
+    let aggregate = match backend {
+        DbBackend::Postgres => "coalesce(json_agg(n.phone_number ORDER BY n.add_time, n.phone_number), '[]')::text",
+        _ => "json_group_array(n.phone_number ORDER BY n.add_time, n.phone_number)",
+    };
+    Expr::cust(format!(r#"(SELECT {aggregate} FROM "phone_numbers" n WHERE n.waba_id = "wabas"."waba_id")"#))
 }
 
 /// Selects every column of `E`, each named with `prefix` (as
