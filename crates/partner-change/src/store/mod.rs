@@ -30,7 +30,7 @@ use partnerhub_runtime::{
 use sea_orm::{
     ActiveEnum, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType},
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType, UnionType},
 };
 
 use self::entities::{event, partner_change};
@@ -501,20 +501,20 @@ pub async fn find_by_request_id_and_open_for_waba(
     request_id: &str,
     waba_id: &str,
 ) -> Result<(Option<PartnerChange>, Option<PartnerChange>), StoreError> {
-    let models = partner_change::Entity::find()
-        .filter(
-            Condition::any()
-                .add(
-                    Condition::all()
-                        .add(partner_change::Column::ClientId.eq(client_id))
-                        .add(partner_change::Column::RequestId.eq(request_id)),
-                )
-                .add(partner_change::Column::OpenWabaId.eq(waba_id)),
-        )
-        .all(db)
-        .await?;
+    // Two lookups of a unique index, not one OR: a plan made while the table
+    // was small (and cached) would scan the whole table for an OR.
+    let by_key_query = partner_change::Entity::find()
+        .filter(partner_change::Column::ClientId.eq(client_id))
+        .filter(partner_change::Column::RequestId.eq(request_id))
+        .into_query();
+    let query = partner_change::Entity::find()
+        .filter(partner_change::Column::OpenWabaId.eq(waba_id))
+        .into_query()
+        .union(UnionType::All, by_key_query)
+        .to_owned();
     let (mut by_key, mut open) = (None, None);
-    for model in models {
+    for row in db.query_all(&query).await? {
+        let model = partner_change::Model::from_query_result(&row, "")?;
         let is_open = model.open_waba_id.as_deref() == Some(waba_id);
         let change = from_model(model)?;
         if change.client_id == client_id && change.request_id == request_id {

@@ -188,7 +188,9 @@ pub async fn migrating_numbers(
     let mut query = Query::select()
         .columns([Alias::new("source_partner_id"), Alias::new("phone_numbers")])
         .from(Alias::new(MOVES_VIEW))
-        .and_where(Expr::col(Alias::new("migrating")).eq(true))
+        // The column itself, not compared with a parameter: the view's state
+        // condition then meets the request table's state index in every plan.
+        .and_where(Expr::col(Alias::new("migrating")))
         .to_owned();
     if let Some(partner_id) = partner_id {
         query.and_where(Expr::col(Alias::new("source_partner_id")).eq(partner_id));
