@@ -36,6 +36,7 @@ on_both_databases!(
     a_receiver_that_was_down_gets_everything_once_it_is_back,
     another_tenants_endpoint_answers_as_a_missing_one,
     a_follower_whose_cursor_was_pruned_carries_on_from_the_oldest_kept_event,
+    events_no_endpoint_sees_still_move_the_followers_cursor,
 );
 
 /// What a receiver got: each request, and whether the library verified it.
@@ -386,6 +387,26 @@ async fn a_follower_whose_cursor_was_pruned_carries_on_from_the_oldest_kept_even
     let ids: std::collections::HashSet<_> =
         inbox.all().iter().map(|(received, _)| received.headers["webhook-id"].to_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 8, "each event delivered once, the one read again included");
+}
+
+async fn events_no_endpoint_sees_still_move_the_followers_cursor(backend: Backend) {
+    use partnerhub_webhooks::store::entities::follower;
+    use sea_orm::EntityTrait;
+
+    let app = app(backend).await;
+    let s = scenario(&app, true).await;
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    let stored_cursor = async || follower::Entity::find_by_id(1).one(&db).await.unwrap().map(|row| row.cursor);
+    let before = stored_cursor().await;
+
+    // No endpoint anywhere: the follower has nothing to deliver, but moves on.
+    let change = s.submit(&app, "unwatched").await;
+    wait_for_state(&app, &change.partner_change_id, St::Completed).await;
+    let moved = eventually("the follower's cursor to move", Duration::from_secs(10), || async {
+        stored_cursor().await.filter(|cursor| !cursor.is_empty() && Some(cursor) != before.as_ref())
+    })
+    .await;
+    assert_ne!(Some(moved), before);
 }
 
 async fn another_tenants_endpoint_answers_as_a_missing_one(backend: Backend) {

@@ -172,13 +172,20 @@ impl Follower {
             if events.is_empty() {
                 continue;
             }
-            self.add_trace_parents(&mut events).await;
-            if !store::record_events(&self.db, &self.holder, &events, self.lease, now()).await? {
+            let watching = store::endpoints_watching(&self.db, &events).await?;
+            if !watching.is_empty() {
+                self.add_trace_parents(&mut events).await;
+            }
+            let Some(added) =
+                store::record_events(&self.db, &self.holder, &events, &watching, self.lease, now()).await?
+            else {
                 tracing::info!("another replica took over the event stream");
                 return Ok(());
-            }
+            };
             renew_at = Instant::now() + renew_every;
-            self.wake.notify_one();
+            if added > 0 {
+                self.wake.notify_one();
+            }
         }
     }
 }

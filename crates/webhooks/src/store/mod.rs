@@ -323,35 +323,34 @@ pub struct StreamEvent {
     pub trace_parent: Option<String>,
 }
 
-/// In one transaction: a delivery of each event to every enabled endpoint
-/// that sees it (once: a delivery already there is left as it is), and the
-/// cursor after the last. `false` (and nothing written) when `holder` no
-/// longer holds the follower's lease.
-pub async fn record_events(
-    db: &DatabaseConnection,
-    holder: &str,
-    events: &[StreamEvent],
-    lease: Duration,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let Some(last) = events.last() else { return Ok(true) };
-    let tx = begin_write(db).await?;
-    let still_holder = follower::Entity::update_many()
-        .col_expr(follower::Column::Cursor, Expr::value(last.cursor.clone()))
-        .col_expr(follower::Column::LeaseUntil, database_time_after(db.get_database_backend(), lease))
-        .filter(follower::Column::Id.eq(1))
-        .filter(follower::Column::Holder.eq(holder))
-        .exec(&tx)
-        .await?
-        .rows_affected
-        > 0;
-    if !still_holder {
-        return Ok(false);
+/// The enabled endpoints that see any event of a batch, read once for the batch.
+#[derive(Debug, Default)]
+pub struct Watching(Vec<(String, Option<String>, Option<String>)>);
+
+impl Watching {
+    /// No endpoint sees any event of the batch: there is nothing to deliver.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    // One read of every enabled endpoint that sees any event of the batch.
+
+    /// The endpoints that see `event`.
+    fn endpoints_of(&self, event: &StreamEvent) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, partner_id, client_id)| {
+                partner_id.as_ref().is_some_and(|id| event.partner_ids.contains(id))
+                    || client_id.as_ref() == Some(&event.client_id)
+            })
+            .map(|(endpoint_id, _, _)| endpoint_id.clone())
+            .collect()
+    }
+}
+
+/// Every enabled endpoint that sees any of `events`, in one read.
+pub async fn endpoints_watching(db: &DatabaseConnection, events: &[StreamEvent]) -> Result<Watching, StoreError> {
     let partners: Vec<String> = events.iter().flat_map(|event| event.partner_ids.iter().cloned()).collect();
     let clients: Vec<String> = events.iter().map(|event| event.client_id.clone()).collect();
-    let watching: Vec<(String, Option<String>, Option<String>)> = endpoint::Entity::find()
+    let watching = endpoint::Entity::find()
         .select_only()
         .column(endpoint::Column::WebhookEndpointId)
         .column(endpoint::Column::PartnerId)
@@ -363,20 +362,45 @@ pub async fn record_events(
                 .add(endpoint::Column::ClientId.is_in(clients)),
         )
         .into_tuple()
-        .all(&tx)
+        .all(db)
         .await?;
+    Ok(Watching(watching))
+}
+
+/// A delivery of each event to every endpoint of `watching` that sees it
+/// (once: a delivery already there is left as it is), and the cursor after the
+/// last, in one transaction; when no endpoint sees any, only the cursor (one
+/// statement). Returns how many deliveries were added; `None` (and nothing
+/// written) when `holder` no longer holds the follower's lease.
+pub async fn record_events(
+    db: &DatabaseConnection,
+    holder: &str,
+    events: &[StreamEvent],
+    watching: &Watching,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<usize>, StoreError> {
+    let Some(last) = events.last() else { return Ok(Some(0)) };
+    let advance = follower::Entity::update_many()
+        .col_expr(follower::Column::Cursor, Expr::value(last.cursor.clone()))
+        .col_expr(follower::Column::LeaseUntil, database_time_after(db.get_database_backend(), lease))
+        .filter(follower::Column::Id.eq(1))
+        .filter(follower::Column::Holder.eq(holder));
+    if watching.is_empty() {
+        let still_holder = advance.exec(db).await?.rows_affected > 0;
+        return Ok(still_holder.then_some(0));
+    }
+    let tx = begin_write(db).await?;
+    if advance.exec(&tx).await?.rows_affected == 0 {
+        return Ok(None);
+    }
+    let mut added = 0;
     for event in events {
-        let endpoints: Vec<String> = watching
-            .iter()
-            .filter(|(_, partner_id, client_id)| {
-                partner_id.as_ref().is_some_and(|id| event.partner_ids.contains(id))
-                    || client_id.as_ref() == Some(&event.client_id)
-            })
-            .map(|(endpoint_id, _, _)| endpoint_id.clone())
-            .collect();
+        let endpoints = watching.endpoints_of(event);
         if endpoints.is_empty() {
             continue;
         }
+        added += endpoints.len();
         let rows = endpoints.into_iter().map(|endpoint_id| {
             delivery::Model {
                 webhook_delivery_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
@@ -400,7 +424,7 @@ pub async fn record_events(
             .await?;
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(added))
 }
 
 // ---- Delivering ----
