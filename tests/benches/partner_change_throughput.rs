@@ -26,7 +26,7 @@ use partnerhub_proto::{partnerchange::v1 as pc, permissions::v1 as pm};
 use partnerhub_runtime::config::DatabaseSettings;
 use partnerhub_tests::{
     Backend, ServiceSections, TestApp,
-    bench::{HISTORY_CLIENT, auto_approve_world, cpu_ticks, env_number, idle_share, percentile, preload_history},
+    bench::{HISTORY_CLIENT, auto_approve_world, cpu_ticks, env_number, percentile, preload_history},
 };
 use tokio::{sync::Semaphore, time::Instant};
 
@@ -124,7 +124,7 @@ async fn main() {
         .expect("the changes did not all complete in 10 minutes")
         .unwrap();
     let elapsed = finished - started;
-    let idle = idle_share(cpu_before, cpu_ticks());
+    let cpu = cpu_before.until(cpu_ticks());
     // The stream's count, checked against the table.
     let mut support = app.partner_change("support:bench");
     assert_eq!(count_completed(&mut support, &client.client_id).await, changes, "COMPLETED events vs. rows");
@@ -143,7 +143,14 @@ async fn main() {
     writeln!(report, "all submitted after: {submitted_after:.2?}").unwrap();
     writeln!(report, "all completed after: {elapsed:.2?}").unwrap();
     writeln!(report, "completed per second: {per_second:.1}").unwrap();
-    writeln!(report, "machine CPU idle while measured: {:.0}%", idle * 100.0).unwrap();
+    writeln!(
+        report,
+        "machine CPU while measured: {:.0}% idle, {:.0}% stolen by other guests; CPU time per change (whole machine, this process and PostgreSQL): {:.2?}",
+        cpu.idle_share() * 100.0,
+        cpu.steal_share() * 100.0,
+        cpu.busy_per(changes)
+    )
+    .unwrap();
     match pgbench {
         Some(tps) => writeln!(
             report,

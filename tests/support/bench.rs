@@ -101,21 +101,53 @@ pub fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's CPU time so far, from `/proc/stat`'s first line: (busy, idle) in ticks.
-pub fn cpu_ticks() -> (u64, u64) {
+/// The whole machine's CPU time so far, from `/proc/stat`, in clock ticks
+/// (1/100 s): what ran (user, nice, system, irq, softirq), what was idle
+/// (idle, iowait), and what the hypervisor gave to other guests (steal).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub idle: u64,
+    pub steal: u64,
+}
+
+pub fn cpu_ticks() -> CpuTicks {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> =
         stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let field = |index: usize| fields.get(index).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    let busy = fields.iter().take(8).sum::<u64>() - idle;
-    (busy, idle)
+    CpuTicks { busy: field(0) + field(1) + field(2) + field(5) + field(6), idle: field(3) + field(4), steal: field(7) }
 }
 
-/// The share of the machine's CPU time that was idle between two [`cpu_ticks`] readings.
-pub fn idle_share(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let (busy, idle) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
-    if busy + idle == 0 { 0.0 } else { idle as f64 / (busy + idle) as f64 }
+impl CpuTicks {
+    /// What was spent between `self` and a later reading.
+    pub fn until(self, later: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            busy: later.busy.saturating_sub(self.busy),
+            idle: later.idle.saturating_sub(self.idle),
+            steal: later.steal.saturating_sub(self.steal),
+        }
+    }
+
+    fn total(self) -> u64 {
+        self.busy + self.idle + self.steal
+    }
+
+    /// The share that was idle.
+    pub fn idle_share(self) -> f64 {
+        if self.total() == 0 { 0.0 } else { self.idle as f64 / self.total() as f64 }
+    }
+
+    /// The share taken by other guests of the hypervisor.
+    pub fn steal_share(self) -> f64 {
+        if self.total() == 0 { 0.0 } else { self.steal as f64 / self.total() as f64 }
+    }
+
+    /// The CPU time that ran, per `count` of something (ticks are 1/100 s).
+    pub fn busy_per(self, count: usize) -> std::time::Duration {
+        std::time::Duration::from_micros(self.busy * 10_000 / count.max(1) as u64)
+    }
 }
 
 /// The `p`-th percentile (0 to 1) of `sorted` microseconds.
