@@ -18,8 +18,8 @@ use partnerhub_runtime::{
 };
 use sea_orm::{
     AccessMode, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    DeriveActiveEnum, EntityTrait, EnumIter, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    DeriveActiveEnum, EntityTrait, EnumIter, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    TransactionTrait, Value,
     sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, StringLen},
 };
 
@@ -82,27 +82,116 @@ pub async fn revoke(
     numbers: &[PhoneNumber],
 ) -> Result<(i32, bool), PermissionsError> {
     let tx = begin_write(db).await?;
-    if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
-        let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
-        return Ok((previous.affected_count, true));
-    }
-    // Fences first: a concurrent replace of these numbers either committed
-    // before (and its grants are deleted below) or sees the revocation and stops.
-    lock_fences(&tx, partner_id, numbers, Some(now())).await?;
-    let numbers_text: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
-    let removed = grant::Entity::delete_many()
-        .filter(grant::Column::PartnerId.eq(partner_id))
-        .filter(grant::Column::PhoneNumber.is_in(numbers_text))
-        .exec(&tx)
-        .await?
-        .rows_affected;
-    let removed = i32::try_from(removed).unwrap_or(i32::MAX);
-    record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
-    record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
+    // (Without numbers there is nothing to fence or delete: the general path.)
+    let removed = if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
+        match revoke_in_two_statements(&tx, actor, partner_change_id, partner_id, numbers).await? {
+            Some(removed) => removed,
+            None => {
+                let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
+                return Ok((previous.affected_count, true));
+            }
+        }
+    } else {
+        if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
+            let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
+            return Ok((previous.affected_count, true));
+        }
+        // Fences first: a concurrent replace of these numbers either committed
+        // before (and its grants are deleted below) or sees the revocation and stops.
+        lock_fences(&tx, partner_id, numbers, Some(now())).await?;
+        let numbers_text: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+        let removed = grant::Entity::delete_many()
+            .filter(grant::Column::PartnerId.eq(partner_id))
+            .filter(grant::Column::PhoneNumber.is_in(numbers_text))
+            .exec(&tx)
+            .await?
+            .rows_affected;
+        let removed = i32::try_from(removed).unwrap_or(i32::MAX);
+        record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
+        record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
+        removed
+    };
     let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
     append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok((removed, false))
+}
+
+/// [`revoke`]'s writes on PostgreSQL, in its transaction, as two statements
+/// where there were five: first the claim, the fences (locked in number order)
+/// and the audit entry, the latter two only if the claim was taken; then the
+/// grants' delete and the count recorded on the claim. The delete must be a
+/// statement of its own, after the fences: it then sees the grants of a
+/// replace that held a fence until it committed. Returns how many grants were
+/// removed, or `None` when the claim was taken before (nothing was written).
+async fn revoke_in_two_statements(
+    tx: &DatabaseTransaction,
+    actor: &str,
+    partner_change_id: &str,
+    partner_id: &str,
+    numbers: &[PhoneNumber],
+) -> Result<Option<i32>, DbErr> {
+    let mut sorted: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+    sorted.sort_unstable();
+    let listed = sorted.join(",");
+    let mut values: Vec<Value> = vec![
+        partner_change_id.into(),
+        partner_id.into(),
+        now().into(),
+        new_id("audit").into(),
+        actor.into(),
+        listed.into(),
+    ];
+    let fenced_numbers = placeholders(&mut values, &sorted);
+    let claim_fence_and_audit = format!(
+        r#"WITH claimed AS (
+            INSERT INTO "permission_applications" ("partner_change_id", "action", "partner_id", "affected_count", "apply_time")
+            VALUES ($1, 'REVOKE', $2, 0, $3) ON CONFLICT ("partner_change_id", "action") DO NOTHING RETURNING 1),
+        fenced AS (
+            INSERT INTO "permission_fences" ("partner_id", "phone_number", "revoke_time", "touch_time")
+            SELECT $2, n.phone_number, $3, $3 FROM (VALUES {fenced_numbers}) AS n (phone_number)
+            WHERE EXISTS (SELECT 1 FROM claimed)
+            ON CONFLICT ("partner_id", "phone_number")
+            DO UPDATE SET "revoke_time" = EXCLUDED."revoke_time", "touch_time" = EXCLUDED."touch_time"),
+        audited AS (
+            INSERT INTO "permission_audit" ("audit_id", "actor", "action", "client_id", "partner_id", "phone_numbers", "partner_change_id", "time")
+            SELECT $4, $5, 'REVOKE', NULL, $2, $6, $1, $3 WHERE EXISTS (SELECT 1 FROM claimed))
+        SELECT count(*) AS claimed FROM claimed"#
+    );
+    let claimed = tx
+        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, claim_fence_and_audit, values))
+        .await?
+        .map(|row| row.try_get::<i64>("", "claimed"))
+        .transpose()?
+        .unwrap_or(0);
+    if claimed == 0 {
+        return Ok(None);
+    }
+    let mut values: Vec<Value> = vec![partner_id.into(), partner_change_id.into()];
+    let revoked_numbers = placeholders(&mut values, &sorted);
+    let delete_and_count = format!(
+        r#"WITH removed AS (
+            DELETE FROM "permission_grants" WHERE "partner_id" = $1 AND "phone_number" IN ({revoked_numbers}) RETURNING 1)
+        UPDATE "permission_applications" SET "affected_count" = (SELECT count(*) FROM removed)
+        WHERE "partner_change_id" = $2 AND "action" = 'REVOKE' RETURNING "affected_count""#
+    );
+    let removed = tx
+        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, delete_and_count, values))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("permission application {partner_change_id}/REVOKE")))?
+        .try_get::<i32>("", "affected_count")?;
+    Ok(Some(removed))
+}
+
+/// Appends `items` (at least one) to `values` and returns their placeholders,
+/// each in parentheses, comma-separated: rows of a `VALUES` list, or an `IN` list.
+fn placeholders(values: &mut Vec<Value>, items: &[&str]) -> String {
+    let mut rows = Vec::with_capacity(items.len());
+    for item in items {
+        values.push((*item).into());
+        rows.push(format!("(${})", values.len()));
+    }
+    rows.join(", ")
 }
 
 /// Lets `partner_id` manage `numbers` of `client_id` for a partner change,
