@@ -131,9 +131,10 @@ async fn revoke_in_two_statements(
     partner_id: &str,
     numbers: &[PhoneNumber],
 ) -> Result<Option<i32>, DbErr> {
+    // The audit lists the numbers as they were asked for; the fences are locked in number order.
+    let listed = numbers.iter().map(PhoneNumber::as_str).collect::<Vec<_>>().join(",");
     let mut sorted: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
     sorted.sort_unstable();
-    let listed = sorted.join(",");
     let mut values: Vec<Value> = vec![
         partner_change_id.into(),
         partner_id.into(),
