@@ -370,8 +370,9 @@ pub async fn endpoints_watching(db: &DatabaseConnection, events: &[StreamEvent])
 /// A delivery of each event to every endpoint of `watching` that sees it
 /// (once: a delivery already there is left as it is), and the cursor after the
 /// last, in one transaction; when no endpoint sees any, only the cursor (one
-/// statement). Returns how many deliveries were added; `None` (and nothing
-/// written) when `holder` no longer holds the follower's lease.
+/// statement). Returns how many deliveries the batch has (added now, or already
+/// there from an earlier read of it); `None` (and nothing written) when
+/// `holder` no longer holds the follower's lease.
 pub async fn record_events(
     db: &DatabaseConnection,
     holder: &str,
