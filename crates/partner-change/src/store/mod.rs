@@ -197,21 +197,6 @@ pub async fn apply_event(
     Ok(next)
 }
 
-/// Writes the request as `draft` leaves it, within `tx`, if it still has the
-/// state and version read; the caller appends the event.
-async fn transition(
-    tx: &DatabaseTransaction,
-    expected: &PartnerChange,
-    draft: &EventDraft,
-    effects: &Effects,
-) -> Result<PartnerChange, WriteError> {
-    let (next, update) = transition_update(tx.get_database_backend(), expected, draft, effects)?;
-    if update.exec(tx).await?.rows_affected == 0 {
-        return Err(WriteError::Conflict);
-    }
-    Ok(next)
-}
-
 /// The request as `draft` leaves it, and the update that writes it if the
 /// request still has the state and version read.
 fn transition_update(
@@ -281,16 +266,12 @@ pub async fn claim(
     started: &EventDraft,
 ) -> Result<Vec<PartnerChange>, StoreError> {
     let tx = begin_write(db).await?;
-    let mut claimed = Vec::new();
-    let mut events = Vec::new();
-    for candidate in claimable_in(&tx, limit).await? {
-        let taken = if candidate.state == State::Approved {
-            let effects = Effects { lease: Some((owner.to_owned(), lease)), ..Effects::default() };
-            transition(&tx, &candidate, started, &effects).await.inspect(|next| events.push((started, next.clone())))
-        } else {
-            take_lease(&tx, &candidate, owner, lease).await
-        };
-        match taken {
+    let (approved, lapsed): (Vec<PartnerChange>, Vec<PartnerChange>) =
+        claimable_in(&tx, limit).await?.into_iter().partition(|candidate| candidate.state == State::Approved);
+    let mut claimed = start_migrations(&tx, &approved, owner, lease).await?;
+    let events: Vec<(&EventDraft, PartnerChange)> = claimed.iter().map(|next| (started, next.clone())).collect();
+    for candidate in lapsed {
+        match take_lease(&tx, &candidate, owner, lease).await {
             Ok(change) => claimed.push(change),
             // Changed by someone else since it was read: not this worker's to take.
             Err(WriteError::Conflict | WriteError::InvalidState { .. }) => {}
@@ -303,6 +284,44 @@ pub async fn claim(
     }
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// Moves approved requests, read in `tx`, to MIGRATING for `owner` and
+/// `lease` (by the database's clock), all in one statement; returns each as it
+/// now is, in the order given. Only what the claim changes is written; a
+/// request whose version is no longer the one read is left out (on PostgreSQL
+/// the rows are locked since the read, on SQLite the write transaction is
+/// the only one, so that does not happen, but the statement does not assume it).
+async fn start_migrations(
+    tx: &DatabaseTransaction,
+    approved: &[PartnerChange],
+    owner: &str,
+    lease: Duration,
+) -> Result<Vec<PartnerChange>, StoreError> {
+    if approved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let as_read = approved.iter().fold(Condition::any(), |read, change| {
+        read.add(
+            Condition::all()
+                .add(partner_change::Column::PartnerChangeId.eq(&change.partner_change_id))
+                .add(partner_change::Column::Version.eq(change.version)),
+        )
+    });
+    let started = partner_change::Entity::update_many()
+        .col_expr(partner_change::Column::State, Expr::value(State::Migrating))
+        .col_expr(partner_change::Column::Version, Expr::col(partner_change::Column::Version).add(1))
+        .col_expr(partner_change::Column::UpdateTime, Expr::value(now()))
+        .col_expr(partner_change::Column::LeaseOwner, Expr::value(Some(owner.to_owned())))
+        .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(tx.get_database_backend(), lease))
+        .col_expr(partner_change::Column::Attempts, Expr::value(0))
+        .filter(partner_change::Column::State.eq(State::Approved))
+        .filter(as_read)
+        .exec_with_returning(tx)
+        .await?;
+    let mut by_id: std::collections::HashMap<String, partner_change::Model> =
+        started.into_iter().map(|model| (model.partner_change_id.clone(), model)).collect();
+    approved.iter().filter_map(|change| by_id.remove(&change.partner_change_id)).map(from_model).collect()
 }
 
 /// Takes over a migrating request whose lease has lapsed (its worker crashed,
