@@ -131,10 +131,7 @@ async fn revoke_in_two_statements(
     partner_id: &str,
     numbers: &[PhoneNumber],
 ) -> Result<Option<i32>, DbErr> {
-    // The audit lists the numbers as they were asked for; the fences are locked in number order.
-    let listed = numbers.iter().map(PhoneNumber::as_str).collect::<Vec<_>>().join(",");
-    let mut sorted: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
-    sorted.sort_unstable();
+    let (listed, sorted) = audited_and_sorted(numbers);
     let mut values: Vec<Value> = vec![
         partner_change_id.into(),
         partner_id.into(),
@@ -184,6 +181,16 @@ async fn revoke_in_two_statements(
     Ok(Some(removed))
 }
 
+/// The numbers as the audit lists them (as asked for, comma-separated), and in
+/// number order, the order their fences are locked in.
+fn audited_and_sorted(numbers: &[PhoneNumber]) -> (String, Vec<&str>) {
+    let asked: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+    let listed = asked.join(",");
+    let mut sorted = asked;
+    sorted.sort_unstable();
+    (listed, sorted)
+}
+
 /// Appends `items` (at least one) to `values` and returns their placeholders,
 /// each in parentheses, comma-separated: rows of a `VALUES` list, or an `IN` list.
 fn placeholders(values: &mut Vec<Value>, items: &[&str]) -> String {
@@ -210,7 +217,7 @@ pub async fn grant(
     let tx = begin_write(db).await?;
     let claimed = if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
         let grant = GrantWrite { actor, partner_change_id, client_id, partner_id, numbers, time: now() };
-        grant_in_one_statement(&tx, &grant).await?.then(|| grant.grants())
+        grant_in_one_statement(&tx, &grant).await?.then(|| granted(client_id, partner_id, numbers, grant.time))
     } else {
         grant_step_by_step(&tx, actor, partner_change_id, client_id, partner_id, numbers).await?
     };
@@ -255,32 +262,12 @@ struct GrantWrite<'a> {
     time: DateTime<Utc>,
 }
 
-impl GrantWrite<'_> {
-    /// The grants it writes, in number order.
-    fn grants(&self) -> Vec<Grant> {
-        let mut grants: Vec<Grant> = self
-            .numbers
-            .iter()
-            .map(|number| Grant {
-                client_id: self.client_id.to_owned(),
-                partner_id: self.partner_id.to_owned(),
-                phone_number: number.as_str().to_owned(),
-                grant_time: self.time,
-            })
-            .collect();
-        grants.sort_by(|a, b| a.phone_number.cmp(&b.phone_number));
-        grants
-    }
-}
-
 /// [`grant`]'s writes on PostgreSQL as one statement, in its transaction:
 /// the claim (with its count), then, only if the claim was taken, the fences
 /// (locked in number order), the grants (inserted from the fences' rows, so
 /// after them) and the audit entry. Whether the claim was taken.
 async fn grant_in_one_statement(tx: &DatabaseTransaction, grant: &GrantWrite<'_>) -> Result<bool, DbErr> {
-    let listed = grant.numbers.iter().map(PhoneNumber::as_str).collect::<Vec<_>>().join(",");
-    let mut sorted: Vec<&str> = grant.numbers.iter().map(PhoneNumber::as_str).collect();
-    sorted.sort_unstable();
+    let (listed, sorted) = audited_and_sorted(grant.numbers);
     let mut values: Vec<Value> = vec![
         grant.partner_change_id.into(),
         grant.partner_id.into(),
@@ -569,6 +556,11 @@ async fn insert_grants(
         .update_columns([grant::Column::ClientId, grant::Column::GrantTime])
         .to_owned();
     grant::Entity::insert_many(rows).on_conflict(on_conflict).exec(tx).await?;
+    Ok(granted(client_id, partner_id, numbers, time))
+}
+
+/// The grants of `numbers` written at `time`, in number order.
+fn granted(client_id: &str, partner_id: &str, numbers: &[PhoneNumber], time: DateTime<Utc>) -> Vec<Grant> {
     let mut grants: Vec<Grant> = numbers
         .iter()
         .map(|number| Grant {
@@ -579,7 +571,7 @@ async fn insert_grants(
         })
         .collect();
     grants.sort_by(|a, b| a.phone_number.cmp(&b.phone_number));
-    Ok(grants)
+    grants
 }
 
 /// Inserts the idempotency record of `action` for a partner change, unless it
