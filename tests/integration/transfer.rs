@@ -2,7 +2,7 @@
 //! partner change, and exactly one winner among concurrent transfers.
 
 use partnerhub_proto::account::v1 as pb;
-use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases, reason};
+use partnerhub_tests::{Backend, TestApp, assert_refused, eventually, on_both_databases, reason};
 use tonic::Code;
 
 use crate::fixtures::{self, unique_number};
@@ -13,6 +13,7 @@ on_both_databases!(
     of_concurrent_transfers_of_one_waba_exactly_one_wins,
     concurrent_repeats_of_one_transfer_apply_it_once,
     one_partner_change_id_sent_for_two_wabas_at_once_moves_one,
+    a_number_added_while_the_move_waits_is_among_the_moved_numbers,
 );
 
 fn transfer(waba_id: &str, from: &str, to: &str, partner_change_id: &str) -> pb::TransferWabaRequest {
@@ -157,6 +158,69 @@ async fn one_partner_change_id_sent_for_two_wabas_at_once_moves_one(backend: Bac
         let expected = if *waba_id == moved_id { &p2 } else { &p1 };
         assert_eq!(&current.into_inner().waba.unwrap().partner_id, expected, "only {moved_id} moved");
     }
+}
+
+/// A number whose adding commits while the transfer waits for the WABA's row
+/// moves with the WABA, and the transfer's answer lists it: the numbers are
+/// those the WABA has when it moves, not those of an earlier snapshot.
+async fn a_number_added_while_the_move_waits_is_among_the_moved_numbers(backend: Backend) {
+    use sea_orm::{
+        ConnectionTrait, Database, TransactionTrait,
+        sea_query::{Alias, Expr, ExprTrait, Query},
+    };
+
+    let Setup { app, p1, p2, waba, .. } = setup(backend).await;
+    let db = Database::connect(app.database_url()).await.unwrap();
+    let db_backend = db.get_database_backend();
+    let added = unique_number();
+
+    // As the account service adds a number: the number, then the WABA's version, in one transaction.
+    let adding = db.begin().await.unwrap();
+    let insert = Query::insert()
+        .into_table(Alias::new("phone_numbers"))
+        .columns(["phone_number", "waba_id", "add_time"].map(Alias::new))
+        .values_panic([added.clone().into(), waba.waba_id.clone().into(), chrono::Utc::now().into()])
+        .to_owned();
+    adding.execute_raw(db_backend.build(&insert)).await.unwrap();
+    let bump = Query::update()
+        .table(Alias::new("wabas"))
+        .value(Alias::new("version"), Expr::col(Alias::new("version")).add(1))
+        .and_where(Expr::col(Alias::new("waba_id")).eq(waba.waba_id.clone()))
+        .to_owned();
+    adding.execute_raw(db_backend.build(&bump)).await.unwrap();
+
+    let mut service = app.account("service:partner-change");
+    let request = transfer(&waba.waba_id, &p1, &p2, "pc-waits");
+    let moving = tokio::spawn(async move { service.transfer_waba(request).await });
+    if backend == Backend::Postgres {
+        // The transfer is waiting for the WABA's row, held by the add.
+        let monitor = Database::connect(app.database_url()).await.unwrap();
+        eventually("the transfer to wait for the WABA's row", std::time::Duration::from_secs(10), || async {
+            let waiting = monitor
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db_backend,
+                    "SELECT count(*) AS waiting FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%waba_transfers%'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "waiting")
+                .unwrap();
+            (waiting == 1).then_some(())
+        })
+        .await;
+    } else {
+        // SQLite: the transfer's write transaction waits for the add's.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    adding.commit().await.unwrap();
+
+    let moved = moving.await.unwrap().unwrap().into_inner();
+    assert!(!moved.already_applied);
+    let mut expected = waba.phone_numbers.clone();
+    expected.push(added);
+    assert_eq!(moved.waba.unwrap().phone_numbers, expected, "the added number moved with the WABA");
 }
 
 async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {

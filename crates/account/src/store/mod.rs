@@ -428,7 +428,7 @@ fn log_transfer(transfer: &Transfer) {
 
 /// [`transfer_waba`] on PostgreSQL: the move and its idempotency record are one
 /// statement outside any transaction (data-modifying CTEs; the record is written
-/// only with the move), then the numbers are read. A statement that moves nothing
+/// only with the move), which also reads the WABA's numbers. A statement that moves nothing
 /// is explained afterwards: a repeat, an unknown WABA, or another source partner.
 ///
 /// Identical calls at once: the first to update the WABA's row holds it; the
@@ -447,7 +447,11 @@ async fn transfer_in_one_statement(
         recorded AS (
             INSERT INTO "waba_transfers" ("partner_change_id", "waba_id", "from_partner_id", "to_partner_id", "transfer_time")
             SELECT $1, "waba_id", $4, $3, $5 FROM moved)
-        SELECT * FROM moved"#;
+        SELECT moved.*,
+            (SELECT w."version" FROM "wabas" w WHERE w."waba_id" = $2) AS "seen_version",
+            (SELECT coalesce(json_agg(n.phone_number ORDER BY n.add_time, n.phone_number), '[]')::text
+                FROM "phone_numbers" n WHERE n.waba_id = $2) AS "phone_numbers_json"
+        FROM moved"#;
     let values = [
         transfer.partner_change_id.as_str().into(),
         transfer.waba_id.as_str().into(),
@@ -456,8 +460,8 @@ async fn transfer_in_one_statement(
         now().into(),
     ];
     let statement = Statement::from_sql_and_values(DbBackend::Postgres, MOVE_AND_RECORD, values);
-    let moved = match db.query_one_raw(statement).await.map_err(StoreError::from) {
-        Ok(Some(row)) => waba::Model::from_query_result(&row, "")?,
+    let row = match db.query_one_raw(statement).await.map_err(StoreError::from) {
+        Ok(Some(row)) => row,
         Ok(None) => return unmoved(db, transfer).await,
         Err(StoreError::UniqueViolation(_)) => return repeated_transfer(db, transfer).await,
         // The only reference the move sets is the destination partner.
@@ -466,7 +470,19 @@ async fn transfer_in_one_statement(
         }
         Err(err) => return Err(err.into()),
     };
-    let waba = waba_with_numbers(db, moved).await?;
+    let moved = waba::Model::from_query_result(&row, "")?;
+    // The numbers were read in the statement's snapshot. Every number added
+    // to a WABA bumps its version in the same transaction, so if the move
+    // found the version it had in that snapshot, they are the WABA's numbers
+    // as moved. Otherwise a number was added while the move waited for the
+    // row: read them again.
+    let waba = if row.try_get::<i64>("", "seen_version")?.checked_add(1) == Some(moved.version) {
+        let numbers: Vec<String> = serde_json::from_str(&row.try_get::<String>("", NUMBERS_JSON)?)
+            .map_err(|err| DbErr::Type(format!("{NUMBERS_JSON}: {err}")))?;
+        waba_from_model(moved, numbers)
+    } else {
+        waba_with_numbers(db, moved).await?
+    };
     log_transfer(transfer);
     Ok(TransferOutcome { waba, already_applied: false })
 }
