@@ -282,7 +282,7 @@ pub async fn write_then_append(
         return Ok(!db.query_all_raw(write).await?.is_empty());
     }
     let head_table = log.head_table;
-    let statement = appending_statement(Some(write), log);
+    let statement = appending_statement(Some(Written { before: "", write, returned: None }), log);
     let row = db.query_one_raw(statement).await?;
     let written = row.as_ref().map(|row| row.try_get::<i64>("", "written")).transpose()?.unwrap_or(0) > 0;
     if written {
@@ -291,19 +291,62 @@ pub async fn write_then_append(
     Ok(written)
 }
 
-/// The PostgreSQL statement that appends `log` (non-empty), after `write` if
-/// given and only if it returned a row: see [`append_to_log`] and
+/// In `tx` on PostgreSQL, as its last statement before commit: `write` (a
+/// PostgreSQL statement with a `RETURNING` clause that names `returned`, an
+/// integer column, after the CTE definitions `before`: `name AS (…)`,
+/// comma-separated, or nothing; the placeholders of both number `write`'s
+/// values) and, only if it wrote a row, the append of `log` (see
+/// [`append_to_log`]), as one statement: one round trip where there were two.
+/// Returns `returned` of the written row, or `None` if `write` wrote nothing
+/// (then nothing was appended).
+pub async fn write_then_append_in(
+    tx: &DatabaseTransaction,
+    before: &str,
+    write: Statement,
+    returned: &str,
+    log: LogRows<'_>,
+) -> Result<Option<i64>, DbErr> {
+    let head_table = log.head_table;
+    let statement = appending_statement(Some(Written { before, write, returned: Some(returned) }), log);
+    let row = tx.query_one_raw(statement).await?;
+    let value = row.as_ref().map(|row| row.try_get::<Option<i64>>("", "returned")).transpose()?.flatten();
+    if value.is_some() {
+        appended(row, head_table)?;
+    }
+    Ok(value)
+}
+
+/// The write an appending statement makes first (see [`appending_statement`]).
+struct Written<'a> {
+    /// CTE definitions the write follows (`name AS (…)`, comma-separated), or "".
+    before: &'a str,
+    /// The write, with a `RETURNING` clause; its values number the placeholders of both.
+    write: Statement,
+    /// A column of the row the write returns, to be returned as `returned`.
+    returned: Option<&'a str>,
+}
+
+/// The PostgreSQL statement that appends `log` (non-empty), after `written`
+/// if given and only if it returned a row: see [`append_to_log`] and
 /// [`write_then_append`]. Written as SQL with placeholders: only the table and
 /// column names (constants of the calling store) are spliced in.
-fn appending_statement(write: Option<Statement>, log: LogRows<'_>) -> Statement {
+fn appending_statement(written: Option<Written<'_>>, log: LogRows<'_>) -> Statement {
     let LogRows { head_table, table, columns, rows, channel } = log;
     let count = rows.len();
     let names = columns.iter().map(|column| format!("\"{column}\"")).collect::<Vec<_>>().join(", ");
     let picked = columns.iter().map(|column| format!("r.\"{column}\"")).collect::<Vec<_>>().join(", ");
+    let returned = written
+        .as_ref()
+        .and_then(|written| written.returned)
+        .map(|column| format!(", (SELECT max(\"{column}\") FROM written)::bigint AS returned"))
+        .unwrap_or_default();
     // The write's own placeholders ($1…) come first; the rows' follow.
-    let (written, guard, counted, mut values) = match write {
-        Some(write) => (
-            format!("written AS ({}), ", write.sql),
+    let (written, guard, counted, mut values) = match written {
+        Some(Written { before, write, .. }) => (
+            match before {
+                "" => format!("written AS ({}), ", write.sql),
+                before => format!("{before}, written AS ({}), ", write.sql),
+            },
             " AND EXISTS (SELECT 1 FROM written)",
             "(SELECT count(*) FROM written)",
             write.values.map(|values| values.0).unwrap_or_default(),
@@ -326,8 +369,8 @@ fn appending_statement(write: Option<Statement>, log: LogRows<'_>) -> Statement 
          SELECT head.last_position - {count} + r.ord, {picked} FROM head, (VALUES {}) AS r (ord, {names}) \
          RETURNING position) \
          SELECT {counted} AS written, (SELECT max(position) FROM appended) AS last, \
-         (SELECT count(*) FROM (SELECT pg_notify('{channel}', '') FROM head) notified) AS notified",
-        tuples.join(", ")
+         (SELECT count(*) FROM (SELECT pg_notify('{channel}', '') FROM head) notified) AS notified{returned}",
+        tuples.join(", "),
     );
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }

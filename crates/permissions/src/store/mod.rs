@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{LogRows, StoreError, append_to_log, begin_write, database_now, head_position},
+    db::{LogRows, StoreError, append_to_log, begin_write, database_now, head_position, write_then_append_in},
     ids::new_id,
     time::now,
     validate::PhoneNumber,
@@ -82,55 +82,61 @@ pub async fn revoke(
     numbers: &[PhoneNumber],
 ) -> Result<(i32, bool), PermissionsError> {
     let tx = begin_write(db).await?;
+    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
     // (Without numbers there is nothing to fence or delete: the general path.)
-    let removed = if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
-        match revoke_in_two_statements(&tx, actor, partner_change_id, partner_id, numbers).await? {
-            Some(removed) => removed,
-            None => {
-                let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
-                return Ok((previous.affected_count, true));
-            }
-        }
-    } else {
-        if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
+    if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
+        let revoke = RevokeWrite { actor, partner_change_id, partner_id, numbers };
+        let Some(removed) = revoke_in_two_statements(&tx, &revoke, log_rows(partner_id, &changes)).await? else {
             let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
             return Ok((previous.affected_count, true));
-        }
-        // Fences first: a concurrent replace of these numbers either committed
-        // before (and its grants are deleted below) or sees the revocation and stops.
-        lock_fences(&tx, partner_id, numbers, Some(now())).await?;
-        let numbers_text: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
-        let removed = grant::Entity::delete_many()
-            .filter(grant::Column::PartnerId.eq(partner_id))
-            .filter(grant::Column::PhoneNumber.is_in(numbers_text))
-            .exec(&tx)
-            .await?
-            .rows_affected;
-        let removed = i32::try_from(removed).unwrap_or(i32::MAX);
-        record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
-        record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
-        removed
-    };
-    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
+        };
+        tx.commit().await?;
+        return Ok((removed, false));
+    }
+    if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
+        let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
+        return Ok((previous.affected_count, true));
+    }
+    // Fences first: a concurrent replace of these numbers either committed
+    // before (and its grants are deleted below) or sees the revocation and stops.
+    lock_fences(&tx, partner_id, numbers, Some(now())).await?;
+    let numbers_text: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+    let removed = grant::Entity::delete_many()
+        .filter(grant::Column::PartnerId.eq(partner_id))
+        .filter(grant::Column::PhoneNumber.is_in(numbers_text))
+        .exec(&tx)
+        .await?
+        .rows_affected;
+    let removed = i32::try_from(removed).unwrap_or(i32::MAX);
+    record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
+    record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
     append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok((removed, false))
 }
 
-/// [`revoke`]'s writes on PostgreSQL, in its transaction, as two statements
-/// where there were five: first the claim, the fences (locked in number order)
-/// and the audit entry, the latter two only if the claim was taken; then the
-/// grants' delete and the count recorded on the claim. The delete must be a
-/// statement of its own, after the fences: it then sees the grants of a
-/// replace that held a fence until it committed. Returns how many grants were
-/// removed, or `None` when the claim was taken before (nothing was written).
+/// A revocation for a partner change, as [`revoke_in_two_statements`] writes it.
+struct RevokeWrite<'a> {
+    actor: &'a str,
+    partner_change_id: &'a str,
+    partner_id: &'a str,
+    numbers: &'a [PhoneNumber],
+}
+
+/// [`revoke`]'s writes and its log append on PostgreSQL, in its transaction,
+/// as two statements where there were six: first the claim, the fences
+/// (locked in number order) and the audit entry, the latter two only if the
+/// claim was taken; then the grants' delete, the count recorded on the claim
+/// and the append of `log`. The delete must be a statement of its own, after
+/// the fences: it then sees the grants of a replace that held a fence until it
+/// committed. Returns how many grants were removed, or `None` when the claim
+/// was taken before (nothing was written).
 async fn revoke_in_two_statements(
     tx: &DatabaseTransaction,
-    actor: &str,
-    partner_change_id: &str,
-    partner_id: &str,
-    numbers: &[PhoneNumber],
+    revoke: &RevokeWrite<'_>,
+    log: LogRows<'_>,
 ) -> Result<Option<i32>, DbErr> {
+    let RevokeWrite { actor, partner_change_id, partner_id, numbers } = *revoke;
     let (listed, sorted) = audited_and_sorted(numbers);
     let mut values: Vec<Value> = vec![
         partner_change_id.into(),
@@ -167,18 +173,17 @@ async fn revoke_in_two_statements(
     }
     let mut values: Vec<Value> = vec![partner_id.into(), partner_change_id.into()];
     let revoked_numbers = placeholders(&mut values, &sorted);
-    let delete_and_count = format!(
-        r#"WITH removed AS (
-            DELETE FROM "permission_grants" WHERE "partner_id" = $1 AND "phone_number" IN ({revoked_numbers}) RETURNING 1)
-        UPDATE "permission_applications" SET "affected_count" = (SELECT count(*) FROM removed)
-        WHERE "partner_change_id" = $2 AND "action" = 'REVOKE' RETURNING "affected_count""#
+    let delete = format!(
+        r#"removed AS (
+            DELETE FROM "permission_grants" WHERE "partner_id" = $1 AND "phone_number" IN ({revoked_numbers}) RETURNING 1)"#
     );
-    let removed = tx
-        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, delete_and_count, values))
+    let count = r#"UPDATE "permission_applications" SET "affected_count" = (SELECT count(*) FROM removed)
+        WHERE "partner_change_id" = $2 AND "action" = 'REVOKE' RETURNING "affected_count""#;
+    let count = Statement::from_sql_and_values(DbBackend::Postgres, count, values);
+    let removed = write_then_append_in(tx, &delete, count, "affected_count", log)
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("permission application {partner_change_id}/REVOKE")))?
-        .try_get::<i32>("", "affected_count")?;
-    Ok(Some(removed))
+        .ok_or_else(|| DbErr::RecordNotFound(format!("permission application {partner_change_id}/REVOKE")))?;
+    Ok(Some(i32::try_from(removed).unwrap_or(i32::MAX)))
 }
 
 /// The numbers as the audit lists them (as asked for, comma-separated), and in
@@ -461,19 +466,23 @@ pub const PERMISSION_LOG: partnerhub_runtime::retention::PrunedLog = partnerhub_
 /// Appends `changes` to the permission log, last thing before commit (see
 /// [`append_to_log`]: positions become visible in order, as in the event log).
 async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
+    append_to_log(tx, log_rows(partner_id, changes)).await
+}
+
+/// The permission log's rows for `changes` (a number, and whether it is now allowed) of `partner_id`.
+fn log_rows<'a>(partner_id: &str, changes: &[(&str, bool)]) -> LogRows<'a> {
     let time = now();
     let rows = changes
         .iter()
         .map(|(number, allowed)| vec![partner_id.into(), (*number).into(), (*allowed).into(), time.into()])
         .collect();
-    let log = LogRows {
+    LogRows {
         head_table: "permission_log_head",
         table: PERMISSION_LOG.table,
         columns: &["partner_id", "phone_number", "allowed", "time"],
         rows,
         channel: LOG_CHANNEL,
-    };
-    append_to_log(tx, log).await
+    }
 }
 
 /// Every grant, and the log position they are current at, read in one snapshot.
