@@ -291,6 +291,13 @@ impl pb::encoded::partner_change_service_server::PartnerChangeService for Partne
             migrate_after,
         };
         let world = self.world_for(caller, &submission.waba_id, &submission.destination_partner_id).await?;
+        // Most submits are new and allowed: the insert comes first, and the
+        // request stored under the key and the WABA's open request (the
+        // unique indexes the insert would fail on) are looked up only when it
+        // fails, or when something else is wrong, to answer as before.
+        if let Ok(admitted) = self.admit(caller, &world, &submission, None) {
+            return self.store_submission(admitted, &world.client_id, &submission).await;
+        }
         let (by_key, open) = store::find_by_request_id_and_open_for_waba(
             &self.db,
             &world.client_id,
@@ -302,78 +309,20 @@ impl pb::encoded::partner_change_service_server::PartnerChangeService for Partne
         if let Some(existing) = same_submission(by_key, &submission)? {
             return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
         }
-        grant_numbers_on_waba(&submission, &world).validate()?;
-        let found = blockers(&Eligibility {
-            client: &world.client,
-            current_partner_id: &world.current_partner_id,
-            destination_partner_id: &submission.destination_partner_id,
-            destination: world.destination.as_ref(),
-            accepted_terms_version: Some(&submission.accepted_terms_version),
-            open_request_id: open.as_ref().map(|open| open.partner_change_id.as_str()),
-        });
-        let Some(destination) = world.destination.as_ref().filter(|_| found.is_empty()) else {
-            // The open request may be this very submission, committed by a
-            // concurrent repeat since the key was first looked up.
-            if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
-                return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
-            }
-            return Err(PartnerChangeError::Blocked(found).into());
-        };
-
-        let time = now();
-        let (state, events) = submission_events(&caller.to_string(), destination);
-        let expire_time = self.expire_time_from(time);
-        if let Some(at) = submission.migrate_after {
-            let limits = self.schedule_limits((state == State::PendingApproval).then_some(expire_time));
-            if let Some(problem) = schedule_problem(at, &limits) {
-                return Err(invalid_argument(&[FieldViolation::new("migrate_after", problem)]));
+        match self.admit(caller, &world, &submission, open.as_ref().map(|open| open.partner_change_id.as_str())) {
+            Ok(admitted) => self.store_submission(admitted, &world.client_id, &submission).await,
+            Err(Refusal::Invalid(status)) => Err(status),
+            Err(Refusal::Blocked(found)) => {
+                // The open request may be this very submission, committed by a
+                // concurrent repeat since the key was first looked up.
+                if let Some(existing) = self.previous_submission(&world.client_id, &submission).await? {
+                    return Ok(Response::new(pb::SubmitPartnerChangeResponse {
+                        partner_change: Some(to_proto(existing)),
+                    }));
+                }
+                Err(PartnerChangeError::Blocked(found).into())
             }
         }
-        let change = PartnerChange {
-            partner_change_id: new_id("pc"),
-            request_id: submission.request_id.clone(),
-            waba_id: world.waba_id.clone(),
-            client_id: world.client_id.clone(),
-            source_partner_id: world.current_partner_id.clone(),
-            destination_partner_id: submission.destination_partner_id.clone(),
-            state,
-            phone_numbers: world.phone_numbers.clone(),
-            grant_phone_numbers: submission.grant_phone_numbers.clone(),
-            skipped_grant_phone_numbers: Vec::new(),
-            accepted_terms_version: submission.accepted_terms_version.clone(),
-            failure_reason: String::new(),
-            saga_step: SagaStep::Transfer,
-            version: 1,
-            create_time: time,
-            update_time: time,
-            expire_time,
-            trace_parent: current_traceparent(),
-            migrate_after: submission.migrate_after,
-        };
-        record_resource_id(&change.partner_change_id);
-        let stored = match store::insert_submission(&self.db, &change, &events).await {
-            Ok(stored) => stored,
-            Err(WriteError::Duplicate(_)) => {
-                let existing = self.lost_submit_race(&world.client_id, &submission).await?;
-                return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
-            }
-            Err(err) => {
-                return Err(PartnerChangeError::from_write(err, &change.partner_change_id).into());
-            }
-        };
-        self.events.notify_committed();
-        if stored.state == State::Approved {
-            self.worker_wake.notify_one();
-        }
-        tracing::info!(
-            partner_change_id = %stored.partner_change_id,
-            waba_id = %stored.waba_id,
-            source_partner_id = %stored.source_partner_id,
-            destination_partner_id = %stored.destination_partner_id,
-            state = %stored.state,
-            "partner change submitted"
-        );
-        Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(stored)) }))
     }
 
     async fn get_partner_change(
@@ -618,6 +567,97 @@ fn event_scope(caller: &Subject, named: Option<EventScope>) -> Result<EventScope
 impl PartnerChangeApi {
     /// The request an earlier submit with the same key created, if the payload
     /// is the same; a different payload under the same key is refused.
+    /// The request a submission makes and its first events, if the
+    /// submission may go ahead, judged on `world` and, if `open_request_id`
+    /// names one, the WABA's open request. Checked in this order: the numbers
+    /// to grant, the blockers, the schedule.
+    fn admit(
+        &self,
+        caller: &Subject,
+        world: &World,
+        submission: &Submission,
+        open_request_id: Option<&str>,
+    ) -> Result<(PartnerChange, Vec<EventDraft>), Refusal> {
+        grant_numbers_on_waba(submission, world).validate().map_err(Refusal::Invalid)?;
+        let found = blockers(&Eligibility {
+            client: &world.client,
+            current_partner_id: &world.current_partner_id,
+            destination_partner_id: &submission.destination_partner_id,
+            destination: world.destination.as_ref(),
+            accepted_terms_version: Some(&submission.accepted_terms_version),
+            open_request_id,
+        });
+        let Some(destination) = world.destination.as_ref().filter(|_| found.is_empty()) else {
+            return Err(Refusal::Blocked(found));
+        };
+        let time = now();
+        let (state, events) = submission_events(&caller.to_string(), destination);
+        let expire_time = self.expire_time_from(time);
+        if let Some(at) = submission.migrate_after {
+            let limits = self.schedule_limits((state == State::PendingApproval).then_some(expire_time));
+            if let Some(problem) = schedule_problem(at, &limits) {
+                return Err(Refusal::Invalid(invalid_argument(&[FieldViolation::new("migrate_after", problem)])));
+            }
+        }
+        let change = PartnerChange {
+            partner_change_id: new_id("pc"),
+            request_id: submission.request_id.clone(),
+            waba_id: world.waba_id.clone(),
+            client_id: world.client_id.clone(),
+            source_partner_id: world.current_partner_id.clone(),
+            destination_partner_id: submission.destination_partner_id.clone(),
+            state,
+            phone_numbers: world.phone_numbers.clone(),
+            grant_phone_numbers: submission.grant_phone_numbers.clone(),
+            skipped_grant_phone_numbers: Vec::new(),
+            accepted_terms_version: submission.accepted_terms_version.clone(),
+            failure_reason: String::new(),
+            saga_step: SagaStep::Transfer,
+            version: 1,
+            create_time: time,
+            update_time: time,
+            expire_time,
+            trace_parent: current_traceparent(),
+            migrate_after: submission.migrate_after,
+        };
+        Ok((change, events))
+    }
+
+    /// Stores an admitted submission. If the client's key or the WABA's open
+    /// slot was taken (by an earlier or a concurrent submit), the same
+    /// submission gets the request stored before; any other is refused.
+    async fn store_submission(
+        &self,
+        (change, events): (PartnerChange, Vec<EventDraft>),
+        client_id: &str,
+        submission: &Submission,
+    ) -> RpcResult<pb::SubmitPartnerChangeResponse> {
+        record_resource_id(&change.partner_change_id);
+        let stored = match store::insert_submission(&self.db, &change, &events).await {
+            Ok(stored) => stored,
+            Err(WriteError::Duplicate(_)) => {
+                let existing = self.lost_submit_race(client_id, submission).await?;
+                return Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(existing)) }));
+            }
+            Err(err) => {
+                return Err(PartnerChangeError::from_write(err, &change.partner_change_id).into());
+            }
+        };
+        self.events.notify_committed();
+        if stored.state == State::Approved {
+            self.worker_wake.notify_one();
+        }
+        tracing::info!(
+            partner_change_id = %stored.partner_change_id,
+            waba_id = %stored.waba_id,
+            source_partner_id = %stored.source_partner_id,
+            destination_partner_id = %stored.destination_partner_id,
+            state = %stored.state,
+            "partner change submitted"
+        );
+        Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(stored)) }))
+    }
+
     async fn previous_submission(
         &self,
         client_id: &str,
@@ -639,6 +679,14 @@ impl PartnerChangeApi {
         let open_id = open.as_ref().map_or("", |open| open.partner_change_id.as_str());
         Err(PartnerChangeError::Blocked(vec![already_pending(open_id)]).into())
     }
+}
+
+/// Why a submission may not go ahead.
+enum Refusal {
+    /// A field is wrong (`INVALID_ARGUMENT`).
+    Invalid(Status),
+    /// The blockers found.
+    Blocked(Vec<Blocker>),
 }
 
 /// The request stored under a submission's idempotency key, if it is the same
