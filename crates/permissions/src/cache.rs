@@ -89,14 +89,17 @@ impl PermissionCache {
         let started = Instant::now();
         // Read after `started`: a migration that began before it is seen, so
         // the trust window bounds how late a replica learns of one too.
-        let migrating = store::migrating_numbers(&self.db, None).await?;
-        let loaded = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).loaded;
+        let (loaded, mut after) = {
+            let grants = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (grants.loaded, grants.position)
+        };
         if !loaded {
+            let migrating = store::migrating_numbers(&self.db, None).await?;
             return self.load(migrating, started).await;
         }
+        // The migrating numbers and the first batch of the log in one read.
+        let (migrating, mut entries) = store::migrating_and_log_after(&self.db, after, SYNC_BATCH).await?;
         loop {
-            let after = self.grants.read().unwrap_or_else(std::sync::PoisonError::into_inner).position;
-            let entries = store::log_after(&self.db, after, SYNC_BATCH).await?;
             // Positions are dense and pruning keeps the newest entry: a first
             // entry past `after + 1` means what lay between was pruned (this
             // replica fell behind the retention). Start over from a snapshot.
@@ -108,25 +111,29 @@ impl PermissionCache {
                 return self.load(migrating, started).await;
             }
             let full = entries.len() as u64 == SYNC_BATCH;
-            let mut grants = self.write();
-            let applied_at = chrono::Utc::now();
-            for entry in entries {
-                // How long after its commit this change reached this replica's answers.
-                let delay = (applied_at - entry.time).to_std().unwrap_or_default();
-                metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
-                let numbers = grants.by_partner.entry(entry.partner_id).or_default();
-                if entry.allowed {
-                    numbers.insert(entry.phone_number);
-                } else {
-                    numbers.remove(&entry.phone_number);
+            {
+                let mut grants = self.write();
+                let applied_at = chrono::Utc::now();
+                for entry in entries {
+                    // How long after its commit this change reached this replica's answers.
+                    let delay = (applied_at - entry.time).to_std().unwrap_or_default();
+                    metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
+                    let numbers = grants.by_partner.entry(entry.partner_id).or_default();
+                    if entry.allowed {
+                        numbers.insert(entry.phone_number);
+                    } else {
+                        numbers.remove(&entry.phone_number);
+                    }
+                    grants.position = entry.position;
                 }
-                grants.position = entry.position;
+                if !full {
+                    grants.migrating = migrating;
+                    grants.synced_at = Some(started);
+                    return Ok(());
+                }
+                after = grants.position;
             }
-            if !full {
-                grants.migrating = migrating;
-                grants.synced_at = Some(started);
-                return Ok(());
-            }
+            entries = store::log_after(&self.db, after, SYNC_BATCH).await?;
         }
     }
 

@@ -506,6 +506,55 @@ pub async fn snapshot(db: &DatabaseConnection) -> Result<(Vec<(String, String)>,
     Ok((grants, position))
 }
 
+/// In one read (one snapshot): the numbers each partner is fenced off by a
+/// migration (see [`migrating_numbers`]), and the log entries after `after`,
+/// oldest first, at most `limit`.
+pub async fn migrating_and_log_after(
+    db: &DatabaseConnection,
+    after: i64,
+    limit: u64,
+) -> Result<(HashMap<String, HashSet<String>>, Vec<log_entry::Model>), DbErr> {
+    let backend = db.get_database_backend();
+    let (after_placeholder, limit_placeholder) = match backend {
+        DbBackend::Postgres => ("$1", "$2"),
+        _ => ("?", "?"),
+    };
+    // A moves row has no position; its numbers are comma-separated.
+    let sql = format!(
+        r#"SELECT CAST(NULL AS BIGINT) AS "position", "source_partner_id" AS "partner_id",
+            "phone_numbers" AS "phone_number", CAST(NULL AS BOOLEAN) AS "allowed", CAST(NULL AS TIMESTAMPTZ) AS "time"
+        FROM "{MOVES_VIEW}" WHERE "migrating"
+        UNION ALL
+        SELECT * FROM (SELECT "position", "partner_id", "phone_number", "allowed", "time" FROM "{log}"
+            WHERE "position" > {after_placeholder} ORDER BY "position" LIMIT {limit_placeholder}) AS "entries""#,
+        log = PERMISSION_LOG.table,
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = db.query_all_raw(Statement::from_sql_and_values(backend, sql, [after.into(), limit.into()])).await?;
+    let mut fenced: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let partner_id: String = row.try_get("", "partner_id")?;
+        let phone_number: String = row.try_get("", "phone_number")?;
+        match row.try_get::<Option<i64>>("", "position")? {
+            None => fenced
+                .entry(partner_id)
+                .or_default()
+                .extend(phone_number.split(',').filter(|n| !n.is_empty()).map(str::to_owned)),
+            Some(position) => entries.push(log_entry::Model {
+                position,
+                partner_id,
+                phone_number,
+                allowed: row.try_get("", "allowed")?,
+                time: row.try_get("", "time")?,
+            }),
+        }
+    }
+    // A union's order is not promised: the log's part is put back in order.
+    entries.sort_unstable_by_key(|entry| entry.position);
+    Ok((fenced, entries))
+}
+
 /// Log entries after `after`, oldest first, at most `limit`.
 pub async fn log_after(db: &DatabaseConnection, after: i64, limit: u64) -> Result<Vec<log_entry::Model>, DbErr> {
     log_entry::Entity::find()
