@@ -29,6 +29,7 @@ on_both_databases!(
     a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_completes,
     numbers_named_for_the_grant_that_left_the_waba_are_skipped_and_reported,
     a_dead_workers_migration_completes_on_a_surviving_replica_within_ten_seconds,
+    a_worker_that_resumes_a_moved_waba_acts_on_no_refusal,
 );
 
 const COMPLETED_ONCE: [Ev; 4] = [Ev::Submitted, Ev::Approved, Ev::MigrationStarted, Ev::Completed];
@@ -144,6 +145,52 @@ async fn the_old_partner_is_denied_from_the_move_on_before_the_revoke_runs(backe
     assert!(granted_to(&app, &s.source.partner_id).await.is_empty());
 }
 
+/// The move is not recorded on its own, so a worker that resumes a request
+/// whose worker died after the move runs the transfer step again. There the
+/// WABA is with the destination already: neither a blocker the re-check would
+/// find nor a refused transfer ends the request in FAILED; it completes.
+async fn a_worker_that_resumes_a_moved_waba_acts_on_no_refusal(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.partner_change().worker.enabled = false;
+        settings.partner_change().worker.lease = Duration::from_secs(1);
+        settings.partner_change().worker.backoff_initial = Duration::from_millis(50);
+    })
+    .await;
+    let s = scenario(&app, false).await;
+    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
+    let submitted = s.submit(&app, "req").await;
+    s.approve(&app, &submitted.partner_change_id).await;
+
+    let first = app.migration_worker().replica("replica-a");
+    first.faults().crash_after(SagaStep::Transfer);
+    assert_eq!(first.run_once().await.unwrap(), Step::Worked);
+    assert_eq!(s.waba_now(&app).await.partner_id, s.destination.partner_id, "the WABA moved before the crash");
+
+    // A blocker before the move would fail the request: the destination stops accepting changes…
+    app.account("support:s")
+        .update_partner_settings(partnerhub_proto::account::v1::UpdatePartnerSettingsRequest {
+            partner_id: s.destination.partner_id.clone(),
+            settings: Some(partnerhub_proto::account::v1::PartnerSettings::default()),
+            payment_processor: 0,
+            update_mask: Some(prost_types::FieldMask { paths: vec!["accepting_changes".into()] }),
+        })
+        .await
+        .unwrap();
+    // …and the repeated transfer is refused, twice.
+    let second = app.migration_worker().replica("replica-b");
+    second.faults().fail_transfer_calls([Code::FailedPrecondition, Code::PermissionDenied]);
+    let done = eventually("the resumed request to end", Duration::from_secs(20), || async {
+        second.run_once().await.unwrap();
+        let change = get_change(&app, &submitted.partner_change_id).await;
+        matches!(change.state(), St::Completed | St::Failed).then_some(change)
+    })
+    .await;
+
+    assert_eq!(done.state(), St::Completed, "{}", done.failure_reason);
+    assert_eq!(history_types(&app, &submitted.partner_change_id).await, COMPLETED_ONCE);
+    assert!(granted_to(&app, &s.source.partner_id).await.is_empty(), "the revoke ran on resume");
+}
+
 async fn a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let worker = app.migration_worker().replica("replica");
@@ -226,6 +273,9 @@ async fn a_change_that_keeps_failing_after_the_move_is_reported_stuck_and_still_
     })
     .await;
     assert_eq!(get_change(&app, &submitted.partner_change_id).await.state(), St::Migrating, "still retrying");
+    // Each retry records the step reached, so a resuming worker starts at the permissions.
+    let stored = partnerhub_partner_change::store::get(&db, &submitted.partner_change_id).await.unwrap();
+    assert_eq!(stored.map(|change| change.saga_step), Some(SagaStep::Permissions));
 
     let done = drive_to_the_end(&app, "replica", &submitted.partner_change_id).await;
     assert_eq!(done.state(), St::Completed);

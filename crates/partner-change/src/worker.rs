@@ -5,13 +5,14 @@
 //! (several per transaction, each a conditional write with its MIGRATION_STARTED
 //! event), then drives each one's saga in a task of its own, up to
 //! `worker.concurrency` at once: re-check eligibility and move the WABA in the account service
-//! (idempotent per request), record that, revoke the old partner's permissions
-//! and grant the named numbers (idempotent per request), mark COMPLETED.
+//! (idempotent per request), revoke the old partner's permissions and grant
+//! the named numbers (idempotent per request), mark COMPLETED.
 //!
 //! The lease is judged by the database's clock and renewed while a step runs;
 //! a worker that dies leaves it to lapse within one lease, and any worker then
-//! resumes the request at the step it had recorded (the idempotent calls make
-//! a repeated step harmless).
+//! resumes the request at the step recorded (with each retry, and at
+//! completion; the idempotent calls make a repeated step harmless, and a
+//! transfer step repeated after the move refuses nothing).
 //!
 //! **Forward only after the move.** Before the WABA moves, a refusal (a blocker
 //! found by the re-check, or a peer refusing the transfer) ends the request in
@@ -351,9 +352,12 @@ impl MigrationWorker {
                 return Ok(());
             }
             let next = match step {
-                SagaStep::Transfer => {
-                    store::record_progress(&self.db, &change, &self.owner, SagaStep::Permissions).await
-                }
+                // The move is not recorded on its own: it is recorded with a
+                // retry (`release_for_retry`) or at completion. A worker that
+                // resumes the request at the transfer finds the WABA with the
+                // destination, acts on no refusal, and the transfer, already
+                // applied, changes nothing.
+                SagaStep::Transfer => Ok(PartnerChange { saga_step: SagaStep::Permissions, ..change }),
                 SagaStep::Permissions => {
                     let draft = EventDraft {
                         event_type: EventType::Completed,
@@ -413,7 +417,10 @@ impl MigrationWorker {
 
     /// Re-checks that the change may still go ahead, then moves the WABA;
     /// returns the WABA's numbers as the move left them (as the account
-    /// service answered; `None` if it did not say).
+    /// service answered; `None` if it did not say). If the WABA is with the
+    /// destination already, this change moved it before (nothing else can
+    /// while it is open): then no refusal is final, since the saga only goes
+    /// forward after the move.
     async fn transfer(&self, change: &mut PartnerChange) -> Result<Option<Vec<String>>, StepError> {
         let world = match self.accounts.world(&change.waba_id, &change.destination_partner_id).await {
             Ok(world) => world,
@@ -426,9 +433,14 @@ impl MigrationWorker {
                 return Err(StepError::Transient(describe("reading the account", &status)));
             }
         };
-        // Already with the destination: either this change moved it before a
-        // crash (the idempotent transfer says so), or something else did.
-        if world.current_partner_id != change.destination_partner_id {
+        // Already with the destination: this change moved it before its
+        // worker stopped (the idempotent transfer says so).
+        let moved_before = world.current_partner_id == change.destination_partner_id;
+        let refused = |status: &Status| match classify("moving the WABA", status) {
+            StepError::Refused(reason) if moved_before => StepError::Transient(reason),
+            classified => classified,
+        };
+        if !moved_before {
             if world.current_partner_id != change.source_partner_id {
                 return Err(StepError::Refused(format!(
                     "SOURCE_PARTNER_MISMATCH: the WABA is now with partner {}, not {}.",
@@ -449,7 +461,7 @@ impl MigrationWorker {
             self.fence_every_number(change, &world.phone_numbers).await?;
         }
         if let Some(fault) = self.faults.take_transfer_failure() {
-            return Err(classify("moving the WABA", &fault));
+            return Err(refused(&fault));
         }
         let request = TransferWabaRequest {
             waba_id: change.waba_id.clone(),
@@ -462,7 +474,7 @@ impl MigrationWorker {
                 tracing::info!(partner_change_id = %change.partner_change_id, already_applied = outcome.already_applied, "WABA moved");
                 Ok(outcome.waba.map(|waba| waba.phone_numbers))
             }
-            Err(status) => Err(classify("moving the WABA", &status)),
+            Err(status) => Err(refused(&status)),
         }
     }
 

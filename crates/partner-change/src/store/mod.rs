@@ -362,21 +362,6 @@ pub async fn renew_lease(
     Ok(renewed.rows_affected == 1)
 }
 
-/// Records that the saga finished a step, if `owner` still holds the lease.
-pub async fn record_progress(
-    db: &DatabaseConnection,
-    expected: &PartnerChange,
-    owner: &str,
-    step: SagaStep,
-) -> Result<PartnerChange, WriteError> {
-    let update_time = now();
-    let update = partner_change::Entity::update_many()
-        .col_expr(partner_change::Column::SagaStep, Expr::value(step))
-        .col_expr(partner_change::Column::UpdateTime, Expr::value(update_time));
-    update_if_unchanged(db, expected, update, held_by(owner)).await?;
-    Ok(PartnerChange { version: expected.version + 1, saga_step: step, update_time, ..expected.clone() })
-}
-
 /// Records the numbers the WABA has now (some were added since the submit),
 /// before it moves, if `owner` still holds the lease: every replica's
 /// permission cache fences the old partner off exactly the numbers a migrating
@@ -396,8 +381,8 @@ pub async fn record_phone_numbers(
 }
 
 /// Gives a migrating request back after a failed step: any worker may resume
-/// it `delay` from now (by the database's clock). `attempts` is how many times
-/// it has now been retried since it was claimed.
+/// it `delay` from now (by the database's clock), at the step `expected` has
+/// reached. `attempts` is how many times it has now been retried since it was claimed.
 pub async fn release_for_retry(
     db: &DatabaseConnection,
     expected: &PartnerChange,
@@ -408,7 +393,8 @@ pub async fn release_for_retry(
     let update = partner_change::Entity::update_many()
         .col_expr(partner_change::Column::LeaseOwner, Expr::value(None::<String>))
         .col_expr(partner_change::Column::LeaseExpireTime, database_time_after(db.get_database_backend(), delay))
-        .col_expr(partner_change::Column::Attempts, Expr::value(attempts));
+        .col_expr(partner_change::Column::Attempts, Expr::value(attempts))
+        .col_expr(partner_change::Column::SagaStep, Expr::value(expected.saga_step));
     update_if_unchanged(db, expected, update, held_by(owner)).await
 }
 
