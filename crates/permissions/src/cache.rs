@@ -4,8 +4,9 @@
 //! kept current by following the permission log (positions become visible in
 //! order, so "after my last position" misses nothing). It follows the log when
 //! this replica changes permissions (before that call returns, so this replica
-//! answers the new truth at once), when PostgreSQL notifies a change by any
-//! replica, and every `poll_interval` regardless.
+//! answers the new truth at once; a change whose entries are the next in the
+//! log is applied as logged, without a read), when PostgreSQL notifies a
+//! change by any replica, and every `poll_interval` regardless.
 //!
 //! The cache answers only while it is trusted: its last successful read of the
 //! log started less than `trust_window` ago. Past that (the database is
@@ -22,7 +23,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::metrics, settings::PermissionsSettings, store};
+use crate::{domain::Logged, metrics::metrics, settings::PermissionsSettings, store};
 
 /// Every grant of the deployment, as of `position` in the permission log.
 #[derive(Debug, Default)]
@@ -86,6 +87,11 @@ impl PermissionCache {
     /// snapshot, then from the log.
     pub async fn sync(&self) -> Result<(), DbErr> {
         let _one_at_a_time = self.syncing.lock().await;
+        self.sync_now().await
+    }
+
+    /// [`Self::sync`], once the caller holds `syncing`.
+    async fn sync_now(&self) -> Result<(), DbErr> {
         let started = Instant::now();
         // Read after `started`: a migration that began before it is seen, so
         // the trust window bounds how late a replica learns of one too.
@@ -148,11 +154,36 @@ impl PermissionCache {
         Ok(())
     }
 
-    /// After this replica changed permissions (committed): stop answering from
-    /// memory until the change is read back, so the caller's next check sees it.
-    pub async fn after_local_change(&self) {
-        self.write().synced_at = None;
-        if let Err(err) = self.sync().await {
+    /// After this replica changed permissions (committed), before the change
+    /// call returns, so that the caller's next check sees the change. When
+    /// the cache holds every entry before those `logged` took (the usual case),
+    /// they are applied as they are, and nothing is read. Otherwise (another
+    /// change came between, or nothing was logged now: `None`) it stops
+    /// answering from memory until it has read the log up to them.
+    pub async fn after_local_change(&self, logged: Option<&Logged>) {
+        let _one_at_a_time = self.syncing.lock().await;
+        {
+            let mut grants = self.write();
+            if let Some(logged) = logged.filter(|logged| {
+                let count = i64::try_from(logged.entries.len()).unwrap_or(i64::MAX);
+                grants.loaded && logged.last.checked_sub(count) == Some(grants.position)
+            }) {
+                let delay = (chrono::Utc::now() - logged.time).to_std().unwrap_or_default();
+                let numbers = grants.by_partner.entry(logged.partner_id.clone()).or_default();
+                for (number, allowed) in &logged.entries {
+                    metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
+                    if *allowed {
+                        numbers.insert(number.clone());
+                    } else {
+                        numbers.remove(number);
+                    }
+                }
+                grants.position = logged.last;
+                return;
+            }
+            grants.synced_at = None;
+        }
+        if let Err(err) = self.sync_now().await {
             tracing::warn!(error = %err, "cannot read back a permission change; checks go to the database");
         }
     }
@@ -265,8 +296,46 @@ mod tests {
         // A local change stops answers from memory until it has been read back.
         cache.write().synced_at = None;
         assert_eq!(cache.check("p", "+4915100000002"), Err(Untrusted));
-        cache.after_local_change().await;
+        cache.after_local_change(None).await;
         assert_eq!(cache.check("p", "+4915100000002"), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_local_change_next_in_the_log_is_applied_without_a_read_any_other_is_read_back() {
+        let db = database().await;
+        let cache = PermissionCache::new(db.clone(), PermissionsSettings::default());
+        let logged = |number: &str, allowed: bool, last: i64| Logged {
+            partner_id: "p".to_owned(),
+            entries: vec![(number.to_owned(), allowed)],
+            time: chrono::Utc::now(),
+            last,
+        };
+        grant(&db, 1, "+4915100000001", true).await;
+        cache.sync().await.unwrap();
+
+        // Another replica's change (2) came before this replica's own (3): the log is read.
+        grant(&db, 2, "+4915100000002", true).await;
+        grant(&db, 3, "+4915100000003", true).await;
+        cache.after_local_change(Some(&logged("+4915100000003", true, 3))).await;
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "the change between, read back");
+        assert_eq!(cache.check("p", "+4915100000003"), Ok(true));
+
+        // A call that logged nothing now (a repeat): the log is read, whatever came since.
+        grant(&db, 4, "+4915100000001", false).await;
+        cache.after_local_change(None).await;
+        assert_eq!(cache.check("p", "+4915100000001"), Ok(false));
+
+        // The next entry is this replica's own: applied as logged, nothing read
+        // (the log is out of reach here, so a read would leave the cache untrusted).
+        grant(&db, 5, "+4915100000004", true).await;
+        db.execute_unprepared("ALTER TABLE permission_log RENAME TO permission_log_away").await.unwrap();
+        cache.after_local_change(Some(&logged("+4915100000004", true, 5))).await;
+        assert_eq!(cache.check("p", "+4915100000004"), Ok(true), "applied without a read");
+        assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "the rest kept");
+        // Not the next entry (6 is missing): a read is needed, and fails here: no answers from memory.
+        cache.after_local_change(Some(&logged("+4915100000004", false, 7))).await;
+        assert_eq!(cache.check("p", "+4915100000004"), Err(Untrusted));
+        db.execute_unprepared("ALTER TABLE permission_log_away RENAME TO permission_log").await.unwrap();
     }
 
     #[tokio::test]

@@ -11,6 +11,19 @@ pub struct Grant {
     pub grant_time: DateTime<Utc>,
 }
 
+/// What one change appended to the permission log: whether each number of
+/// one partner is allowed from now on, at consecutive positions ending at `last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub partner_id: String,
+    /// Each number, and whether it is allowed now, in log order.
+    pub entries: Vec<(String, bool)>,
+    /// The entries' time, as logged.
+    pub time: DateTime<Utc>,
+    /// The position of the last entry.
+    pub last: i64,
+}
+
 /// Which grants a list shows; `None` means any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantFilter {

@@ -140,9 +140,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         {
             return Err(PermissionsError::MigrationInProgress(partner_change_id).into());
         }
-        let grants =
+        let (grants, logged) =
             store::replace_grants(&self.db, &caller.to_string(), &client_id, &partner_id, &numbers, checked_at).await?;
-        self.cache.after_local_change().await;
+        self.cache.after_local_change(logged.as_ref()).await;
         Ok(Response::new(pb::SetPartnerPermissionsResponse {
             grants: grants.into_iter().map(grant_to_proto).collect(),
         }))
@@ -207,9 +207,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
             .validate()?;
         record_resource_id(&partner_change_id);
         allow(caller.is_service())?;
-        let (revoked_count, already_applied) =
+        let (revoked_count, already_applied, logged) =
             store::revoke(&self.db, &caller.to_string(), &partner_change_id, &partner_id, &numbers).await?;
-        self.cache.after_local_change().await;
+        self.cache.after_local_change(logged.as_ref()).await;
         tracing::info!(%partner_change_id, %partner_id, revoked_count, already_applied, "permissions revoked");
         Ok(Response::new(pb::RevokePartnerPermissionsResponse { revoked_count, already_applied }))
     }
@@ -237,9 +237,9 @@ impl pb::permissions_service_server::PermissionsService for PermissionsApi {
         {
             self.wabas_with_partner(&client_id, &partner_id, &numbers).await?;
         }
-        let (grants, already_applied) =
+        let (grants, already_applied, logged) =
             store::grant(&self.db, &caller.to_string(), &partner_change_id, &client_id, &partner_id, &numbers).await?;
-        self.cache.after_local_change().await;
+        self.cache.after_local_change(logged.as_ref()).await;
         tracing::info!(%partner_change_id, %partner_id, granted = grants.len(), already_applied, "permissions granted");
         Ok(Response::new(pb::GrantPartnerPermissionsResponse {
             grants: grants.into_iter().map(grant_to_proto).collect(),

@@ -228,11 +228,12 @@ pub struct LogRows<'a> {
 /// that statement runs and the commit is sent, not across a round trip per
 /// row, so event-writing transactions, which queue on that lock, pass it
 /// quickly. Written as SQL with placeholders: only the table and column names
-/// (constants of the calling store) are spliced in.
-pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result<(), DbErr> {
+/// (constants of the calling store) are spliced in. Returns the last position
+/// taken (`None` when there were no rows).
+pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result<Option<i64>, DbErr> {
     let count = i64::try_from(log.rows.len()).map_err(|_| DbErr::Custom("too many log rows".into()))?;
     if count == 0 {
-        return Ok(());
+        return Ok(None);
     }
     if tx.get_database_backend() != DbBackend::Postgres {
         let last = take_positions(tx, log.head_table, count).await?;
@@ -245,11 +246,11 @@ pub async fn append_to_log(tx: &DatabaseTransaction, log: LogRows<'_>) -> Result
             insert.values(values).map_err(|err| DbErr::Custom(err.to_string()))?;
         }
         tx.execute(&insert).await?;
-        return Ok(());
+        return Ok(Some(last));
     }
     let head_table = log.head_table;
     let statement = appending_statement(None, log);
-    appended(tx.query_one_raw(statement).await?, head_table)
+    appended(tx.query_one_raw(statement).await?, head_table).map(Some)
 }
 
 /// `write` — one row's INSERT or UPDATE, with a `RETURNING` clause — and,
@@ -297,23 +298,23 @@ pub async fn write_then_append(
 /// comma-separated, or nothing; the placeholders of both number `write`'s
 /// values) and, only if it wrote a row, the append of `log` (see
 /// [`append_to_log`]), as one statement: one round trip where there were two.
-/// Returns `returned` of the written row, or `None` if `write` wrote nothing
-/// (then nothing was appended).
+/// Returns `returned` of the written row and the last position taken, or
+/// `None` if `write` wrote nothing (then nothing was appended).
 pub async fn write_then_append_in(
     tx: &DatabaseTransaction,
     before: &str,
     write: Statement,
     returned: &str,
     log: LogRows<'_>,
-) -> Result<Option<i64>, DbErr> {
+) -> Result<Option<(i64, i64)>, DbErr> {
     let head_table = log.head_table;
     let statement = appending_statement(Some(Written { before, write, returned: Some(returned) }), log);
     let row = tx.query_one_raw(statement).await?;
     let value = row.as_ref().map(|row| row.try_get::<Option<i64>>("", "returned")).transpose()?.flatten();
-    if value.is_some() {
-        appended(row, head_table)?;
+    match value {
+        Some(value) => Ok(Some((value, appended(row, head_table)?))),
+        None => Ok(None),
     }
-    Ok(value)
 }
 
 /// The write an appending statement makes first (see [`appending_statement`]).
@@ -375,11 +376,12 @@ fn appending_statement(written: Option<Written<'_>>, log: LogRows<'_>) -> Statem
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// Checks that an appending statement took positions: none means the head row is missing.
-fn appended(row: Option<QueryResult>, head_table: &str) -> Result<(), DbErr> {
+/// Checks that an appending statement took positions (none means the head
+/// row is missing); returns the last of them.
+fn appended(row: Option<QueryResult>, head_table: &str) -> Result<i64, DbErr> {
     // No head row: nothing was appended, and `max` over nothing is NULL.
     match row.map(|row| row.try_get::<Option<i64>>("", "last")).transpose()?.flatten() {
-        Some(_) => Ok(()),
+        Some(last) => Ok(last),
         None => Err(DbErr::Custom(format!("{head_table} has no row"))),
     }
 }

@@ -669,7 +669,8 @@ pub async fn list(
 
 /// Appends events with positions taken from the log head; see the module documentation.
 async fn append_events(tx: &DatabaseTransaction, events: &[(&EventDraft, PartnerChange)]) -> Result<(), DbErr> {
-    append_to_log(tx, event_rows(events)?).await
+    append_to_log(tx, event_rows(events)?).await?;
+    Ok(())
 }
 
 /// The event log's rows for `events`, each with the request as it left it.

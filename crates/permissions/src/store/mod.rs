@@ -25,7 +25,7 @@ use sea_orm::{
 
 use self::entities::{application, audit, fence, grant, log_entry};
 use crate::{
-    domain::{Grant, GrantFilter},
+    domain::{Grant, GrantFilter, Logged},
     error::PermissionsError,
 };
 
@@ -39,7 +39,7 @@ pub async fn replace_grants(
     partner_id: &str,
     numbers: &[PhoneNumber],
     checked_at: DateTime<Utc>,
-) -> Result<Vec<Grant>, PermissionsError> {
+) -> Result<(Vec<Grant>, Option<Logged>), PermissionsError> {
     let tx = begin_write(db).await?;
     let fences = lock_fences(&tx, partner_id, numbers, None).await?;
     if fences.iter().any(|fence| fence.revoke_time.is_some_and(|revoked| revoked >= checked_at)) {
@@ -63,13 +63,14 @@ pub async fn replace_grants(
         .filter(|old| !numbers.iter().any(|new| new.as_str() == *old));
     let mut changes: Vec<(&str, bool)> = removed.map(|number| (number, false)).collect();
     changes.extend(numbers.iter().map(|number| (number.as_str(), true)));
-    append_log(&tx, partner_id, &changes).await?;
+    let logged = append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
-    Ok(grants)
+    Ok((grants, logged))
 }
 
 /// Takes `numbers` away from `partner_id` for a partner change, once.
-/// Returns how many grants were removed, and whether this had happened before.
+/// Returns how many grants were removed, whether this had happened before,
+/// and what was logged now.
 ///
 /// Identical calls may run at the same time: the idempotency record is
 /// inserted first (`ON CONFLICT DO NOTHING`), so exactly one of them applies
@@ -80,22 +81,25 @@ pub async fn revoke(
     partner_change_id: &str,
     partner_id: &str,
     numbers: &[PhoneNumber],
-) -> Result<(i32, bool), PermissionsError> {
+) -> Result<(i32, bool, Option<Logged>), PermissionsError> {
     let tx = begin_write(db).await?;
     let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), false)).collect();
     // (Without numbers there is nothing to fence or delete: the general path.)
     if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
         let revoke = RevokeWrite { actor, partner_change_id, partner_id, numbers };
-        let Some(removed) = revoke_in_two_statements(&tx, &revoke, log_rows(partner_id, &changes)).await? else {
+        let time = now();
+        let Some((removed, last)) =
+            revoke_in_two_statements(&tx, &revoke, log_rows(partner_id, &changes, time)).await?
+        else {
             let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
-            return Ok((previous.affected_count, true));
+            return Ok((previous.affected_count, true, None));
         };
         tx.commit().await?;
-        return Ok((removed, false));
+        return Ok((removed, false, logged(partner_id, &changes, time, Some(last))));
     }
     if !claim_application(&tx, partner_change_id, Action::Revoke, partner_id).await? {
         let previous = applied(&tx, partner_change_id, Action::Revoke).await?;
-        return Ok((previous.affected_count, true));
+        return Ok((previous.affected_count, true, None));
     }
     // Fences first: a concurrent replace of these numbers either committed
     // before (and its grants are deleted below) or sees the revocation and stops.
@@ -110,9 +114,9 @@ pub async fn revoke(
     let removed = i32::try_from(removed).unwrap_or(i32::MAX);
     record_affected_count(&tx, partner_change_id, Action::Revoke, removed).await?;
     record_audit(&tx, actor, "REVOKE", None, partner_id, numbers, Some(partner_change_id)).await?;
-    append_log(&tx, partner_id, &changes).await?;
+    let logged = append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
-    Ok((removed, false))
+    Ok((removed, false, logged))
 }
 
 /// A revocation for a partner change, as [`revoke_in_two_statements`] writes it.
@@ -129,13 +133,13 @@ struct RevokeWrite<'a> {
 /// claim was taken; then the grants' delete, the count recorded on the claim
 /// and the append of `log`. The delete must be a statement of its own, after
 /// the fences: it then sees the grants of a replace that held a fence until it
-/// committed. Returns how many grants were removed, or `None` when the claim
-/// was taken before (nothing was written).
+/// committed. Returns how many grants were removed and the log's last position
+/// taken, or `None` when the claim was taken before (nothing was written).
 async fn revoke_in_two_statements(
     tx: &DatabaseTransaction,
     revoke: &RevokeWrite<'_>,
     log: LogRows<'_>,
-) -> Result<Option<i32>, DbErr> {
+) -> Result<Option<(i32, i64)>, DbErr> {
     let RevokeWrite { actor, partner_change_id, partner_id, numbers } = *revoke;
     let (listed, sorted) = audited_and_sorted(numbers);
     let mut values: Vec<Value> = vec![
@@ -180,10 +184,10 @@ async fn revoke_in_two_statements(
     let count = r#"UPDATE "permission_applications" SET "affected_count" = (SELECT count(*) FROM removed)
         WHERE "partner_change_id" = $2 AND "action" = 'REVOKE' RETURNING "affected_count""#;
     let count = Statement::from_sql_and_values(DbBackend::Postgres, count, values);
-    let removed = write_then_append_in(tx, &delete, count, "affected_count", log)
+    let (removed, last) = write_then_append_in(tx, &delete, count, "affected_count", log)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("permission application {partner_change_id}/REVOKE")))?;
-    Ok(Some(i32::try_from(removed).unwrap_or(i32::MAX)))
+    Ok(Some((i32::try_from(removed).unwrap_or(i32::MAX), last)))
 }
 
 /// The numbers as the audit lists them (as asked for, comma-separated), and in
@@ -210,7 +214,8 @@ fn placeholders(values: &mut Vec<Value>, items: &[&str]) -> String {
 /// Lets `partner_id` manage `numbers` of `client_id` for a partner change,
 /// once, even when identical calls run at the same time (see [`revoke`]). On
 /// PostgreSQL its writes are one statement and its log append (four round
-/// trips where there were eight).
+/// trips where there were eight). Returns the grants, whether this had
+/// happened before, and what was logged now.
 pub async fn grant(
     db: &DatabaseConnection,
     actor: &str,
@@ -218,7 +223,7 @@ pub async fn grant(
     client_id: &str,
     partner_id: &str,
     numbers: &[PhoneNumber],
-) -> Result<(Vec<Grant>, bool), PermissionsError> {
+) -> Result<(Vec<Grant>, bool, Option<Logged>), PermissionsError> {
     let tx = begin_write(db).await?;
     let claimed = if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
         let grant = GrantWrite { actor, partner_change_id, client_id, partner_id, numbers, time: now() };
@@ -229,12 +234,12 @@ pub async fn grant(
     let Some(grants) = claimed else {
         let grants = grants_of(&tx, partner_id, numbers).await?;
         tx.commit().await?;
-        return Ok((grants, true));
+        return Ok((grants, true, None));
     };
     let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), true)).collect();
-    append_log(&tx, partner_id, &changes).await?;
+    let logged = append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
-    Ok((grants, false))
+    Ok((grants, false, logged))
 }
 
 /// [`grant`]'s writes one statement each; `None` when the claim was taken before.
@@ -465,13 +470,29 @@ pub const PERMISSION_LOG: partnerhub_runtime::retention::PrunedLog = partnerhub_
 
 /// Appends `changes` to the permission log, last thing before commit (see
 /// [`append_to_log`]: positions become visible in order, as in the event log).
-async fn append_log(tx: &DatabaseTransaction, partner_id: &str, changes: &[(&str, bool)]) -> Result<(), DbErr> {
-    append_to_log(tx, log_rows(partner_id, changes)).await
+/// Returns what was logged (`None` if `changes` is empty).
+async fn append_log(
+    tx: &DatabaseTransaction,
+    partner_id: &str,
+    changes: &[(&str, bool)],
+) -> Result<Option<Logged>, DbErr> {
+    let time = now();
+    let last = append_to_log(tx, log_rows(partner_id, changes, time)).await?;
+    Ok(logged(partner_id, changes, time, last))
+}
+
+/// `changes` as logged, ending at position `last` (`None` if nothing was).
+fn logged(partner_id: &str, changes: &[(&str, bool)], time: DateTime<Utc>, last: Option<i64>) -> Option<Logged> {
+    Some(Logged {
+        partner_id: partner_id.to_owned(),
+        entries: changes.iter().map(|(number, allowed)| ((*number).to_owned(), *allowed)).collect(),
+        time,
+        last: last?,
+    })
 }
 
 /// The permission log's rows for `changes` (a number, and whether it is now allowed) of `partner_id`.
-fn log_rows<'a>(partner_id: &str, changes: &[(&str, bool)]) -> LogRows<'a> {
-    let time = now();
+fn log_rows<'a>(partner_id: &str, changes: &[(&str, bool)], time: DateTime<Utc>) -> LogRows<'a> {
     let rows = changes
         .iter()
         .map(|(number, allowed)| vec![partner_id.into(), (*number).into(), (*allowed).into(), time.into()])
