@@ -393,13 +393,17 @@ async fn events_no_endpoint_sees_still_move_the_followers_cursor(backend: Backen
     use partnerhub_webhooks::store::entities::follower;
     use sea_orm::EntityTrait;
 
-    let app = app(backend).await;
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.webhooks().follower_lease = Duration::from_millis(1500);
+    })
+    .await;
     let s = scenario(&app, true).await;
     let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
     let stored_cursor = async || follower::Entity::find_by_id(1).one(&db).await.unwrap().map(|row| row.cursor);
     let before = stored_cursor().await;
 
-    // No endpoint anywhere: the follower has nothing to deliver, but moves on.
+    // No endpoint anywhere: the follower has nothing to deliver, but moves on,
+    // storing its cursor with its next lease renewal (every third of the lease).
     let change = s.submit(&app, "unwatched").await;
     wait_for_state(&app, &change.partner_change_id, St::Completed).await;
     let moved = eventually("the follower's cursor to move", Duration::from_secs(10), || async {

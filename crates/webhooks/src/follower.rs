@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{event_type_name, webhook_body},
     settings::WebhooksSettings,
-    store::{self, StreamEvent},
+    store::{self, StreamEvent, Watching},
 };
 
 /// The most events stored in one transaction.
@@ -137,11 +137,25 @@ impl Follower {
         self.outage.succeeded();
         let renew_every = self.lease / 3;
         let mut renew_at = Instant::now() + renew_every;
+        // The last event of batches no endpoint sees: its cursor is stored
+        // with the next batch that has deliveries, the next lease renewal, or
+        // at shutdown, not one write per batch. Until then a crash only means
+        // reading again events that had nothing to deliver.
+        let mut unsaved: Option<StreamEvent> = None;
         loop {
             let message = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    if let Some(last) = unsaved.take() {
+                        self.store_cursor(last).await?;
+                    }
+                    return Ok(());
+                }
                 () = tokio::time::sleep_until(renew_at) => {
-                    if store::take_follower_lease(&self.db, &self.holder, self.lease).await?.is_none() {
+                    let renewed = match unsaved.take() {
+                        Some(last) => self.store_cursor(last).await?,
+                        None => store::take_follower_lease(&self.db, &self.holder, self.lease).await?.is_some(),
+                    };
+                    if !renewed {
                         tracing::info!("another replica took over the event stream");
                         return Ok(());
                     }
@@ -173,15 +187,18 @@ impl Follower {
                 continue;
             }
             let watching = store::endpoints_watching(&self.db, &events).await?;
-            if !watching.is_empty() {
-                self.add_trace_parents(&mut events).await;
+            if watching.is_empty() {
+                unsaved = events.pop();
+                continue;
             }
+            self.add_trace_parents(&mut events).await;
             let Some(added) =
                 store::record_events(&self.db, &self.holder, &events, &watching, self.lease, now()).await?
             else {
                 tracing::info!("another replica took over the event stream");
                 return Ok(());
             };
+            unsaved = None;
             renew_at = Instant::now() + renew_every;
             if added > 0 {
                 self.wake.notify_one();
@@ -191,6 +208,13 @@ impl Follower {
 }
 
 impl Follower {
+    /// Stores `last`'s cursor as the follower's, renewing the lease; false if
+    /// another replica holds the lease now.
+    async fn store_cursor(&self, last: StreamEvent) -> Result<bool, partnerhub_runtime::db::StoreError> {
+        let nobody = Watching::default();
+        Ok(store::record_events(&self.db, &self.holder, &[last], &nobody, self.lease, now()).await?.is_some())
+    }
+
     /// Each event's partner change trace, so that its deliveries join it.
     /// Without it (the view not there yet, the database busy) they start traces of their own.
     async fn add_trace_parents(&self, events: &mut [StreamEvent]) {
