@@ -163,32 +163,37 @@ impl PermissionCache {
 
     /// After this replica changed permissions (committed), before the change
     /// call returns, so that the caller's next check sees the change. When
-    /// the cache holds every entry before those `logged` took (the usual case),
-    /// they are applied as they are, and nothing is read. Otherwise (another
-    /// change came between, or nothing was logged now: `None`) it stops
-    /// answering from memory until it has read the log up to them.
+    /// the cache has read the log past the entries `logged` took, nothing is
+    /// left to do; when it holds every entry before them, they are applied as
+    /// they are. Either way nothing is read. Otherwise (another change came
+    /// between, or nothing was logged now: `None`) it stops answering from
+    /// memory until it has read the log up to them.
     pub async fn after_local_change(&self, logged: Option<&Logged>) {
         let _one_at_a_time = self.syncing.lock().await;
         {
             let mut grants = self.write();
-            if let Some(logged) = logged.filter(|logged| {
-                let count = i64::try_from(logged.entries.len()).unwrap_or(i64::MAX);
-                grants.loaded && logged.last.checked_sub(count) == Some(grants.position)
-            }) {
-                let delay = (chrono::Utc::now() - logged.time).to_std().unwrap_or_default();
-                let numbers = grants.by_partner.entry(logged.partner_id.clone()).or_default();
-                for (number, allowed) in &logged.entries {
-                    metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
-                    if *allowed {
-                        numbers.insert(number.clone());
-                    } else {
-                        numbers.remove(number);
+            match logged {
+                Some(logged) if grants.loaded && grants.position >= logged.last => return,
+                Some(logged)
+                    if grants.loaded
+                        && i64::try_from(logged.entries.len())
+                            .is_ok_and(|count| logged.last.checked_sub(count) == Some(grants.position)) =>
+                {
+                    let delay = (chrono::Utc::now() - logged.time).to_std().unwrap_or_default();
+                    let numbers = grants.by_partner.entry(logged.partner_id.clone()).or_default();
+                    for (number, allowed) in &logged.entries {
+                        metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
+                        if *allowed {
+                            numbers.insert(number.clone());
+                        } else {
+                            numbers.remove(number);
+                        }
                     }
+                    grants.position = logged.last;
+                    return;
                 }
-                grants.position = logged.last;
-                return;
+                _ => grants.synced_at = None,
             }
-            grants.synced_at = None;
         }
         if let Err(err) = self.sync_now().await {
             tracing::warn!(error = %err, "cannot read back a permission change; checks go to the database");
@@ -346,6 +351,9 @@ mod tests {
         cache.after_local_change(Some(&logged("+4915100000004", true, 5))).await;
         assert_eq!(cache.check("p", "+4915100000004"), Ok(true), "applied without a read");
         assert_eq!(cache.check("p", "+4915100000002"), Ok(true), "the rest kept");
+        // Already read past (a sync came first): nothing to do, nothing read.
+        cache.after_local_change(Some(&logged("+4915100000003", true, 3))).await;
+        assert_eq!(cache.check("p", "+4915100000004"), Ok(true), "still trusted: nothing was read");
         // Not the next entry (6 is missing): a read is needed, and fails here: no answers from memory.
         cache.after_local_change(Some(&logged("+4915100000004", false, 7))).await;
         assert_eq!(cache.check("p", "+4915100000004"), Err(Untrusted));
