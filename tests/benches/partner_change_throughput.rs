@@ -311,14 +311,17 @@ async fn explain_plans(url: &str, bench_client: &str, history_change: &str) -> S
             "the worker's claim",
             "SELECT * FROM partner_changes WHERE (state = 'APPROVED' AND (migrate_after IS NULL OR migrate_after <= now())) OR (state = 'MIGRATING' AND (lease_expire_time IS NULL OR lease_expire_time < now())) ORDER BY update_time LIMIT 16 FOR UPDATE SKIP LOCKED".to_owned(),
         ),
-        ("the permission cache's migrating numbers", "SELECT * FROM partner_change_moves".to_owned()),
+        (
+            "the permission cache's sync (the migrating numbers and the log, one statement)",
+            "SELECT CAST(NULL AS BIGINT) AS position, source_partner_id AS partner_id, phone_numbers AS phone_number, \
+             CAST(NULL AS BOOLEAN) AS allowed, CAST(NULL AS TIMESTAMPTZ) AS time FROM partner_change_moves WHERE migrating \
+             UNION ALL SELECT * FROM (SELECT position, partner_id, phone_number, allowed, time FROM permission_log \
+             WHERE position > 199990 ORDER BY position LIMIT 10000) AS entries"
+                .to_owned(),
+        ),
         (
             "a partner's stream replay",
             "SELECT * FROM partner_change_events WHERE position > 0 AND (source_partner_id = 'partner-history-source' OR destination_partner_id = 'partner-history-source') ORDER BY position LIMIT 256".to_owned(),
-        ),
-        (
-            "the permission cache's log read",
-            "SELECT * FROM permission_log WHERE position > 199990 ORDER BY position LIMIT 1000".to_owned(),
         ),
     ];
     let mut plans = String::new();
