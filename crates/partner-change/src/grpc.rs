@@ -565,8 +565,6 @@ fn event_scope(caller: &Subject, named: Option<EventScope>) -> Result<EventScope
 }
 
 impl PartnerChangeApi {
-    /// The request an earlier submit with the same key created, if the payload
-    /// is the same; a different payload under the same key is refused.
     /// The request a submission makes and its first events, if the
     /// submission may go ahead, judged on `world` and, if `open_request_id`
     /// names one, the WABA's open request. Checked in this order: the numbers
@@ -658,6 +656,8 @@ impl PartnerChangeApi {
         Ok(Response::new(pb::SubmitPartnerChangeResponse { partner_change: Some(to_proto(stored)) }))
     }
 
+    /// The request an earlier submit with the same key created, if the payload
+    /// is the same; a different payload under the same key is refused.
     async fn previous_submission(
         &self,
         client_id: &str,
