@@ -2,7 +2,7 @@
 //! (all or nothing), idempotent revoke and grant, and who may call what.
 
 use partnerhub_proto::permissions::v1 as perm;
-use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, eventually, on_both_databases};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -13,6 +13,7 @@ on_both_databases!(
     revoke_and_grant_apply_once_per_partner_change,
     twenty_identical_concurrent_revokes_and_grants_each_apply_once,
     permissions_answer_each_subject_as_specified,
+    a_replace_checked_before_a_revoke_never_outlives_it,
 );
 
 fn set(client_id: &str, partner_id: &str, numbers: &[String]) -> perm::SetPartnerPermissionsRequest {
@@ -386,4 +387,107 @@ async fn a_revoke_through_one_replica_reaches_the_others_cache() {
     )
     .await;
     drop(b);
+}
+
+/// A replace (`SetPartnerPermissions`) checks that the numbers are with the
+/// partner, then writes; a migration's revoke of those numbers may come in
+/// between. Revoke first: the revocation is stamped on the numbers' fences, and
+/// the replace that checked before the stamp is refused, writing nothing.
+/// Replace first: its grants committed before the revoke locked the fences,
+/// and the revoke deletes them. Either way the partner keeps no grant.
+async fn a_replace_checked_before_a_revoke_never_outlives_it(backend: Backend) {
+    use partnerhub_permissions::{domain::GrantFilter, error::PermissionsError, store};
+    use partnerhub_runtime::validate::PhoneNumber;
+    use sea_orm::{
+        ConnectionTrait, Statement, TransactionTrait,
+        sea_query::{Alias, OnConflict, Query},
+    };
+    use std::time::Duration;
+
+    let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
+    let s = scenario(&app, false).await;
+    let db = sea_orm::Database::connect(app.database_url()).await.unwrap();
+    let numbers = PhoneNumber::parse_list("numbers", &s.waba.phone_numbers, 10).unwrap();
+    let (client_id, source) = (s.client.client_id.as_str(), s.source.partner_id.as_str());
+    let granted = async || {
+        let filter = GrantFilter { client_id: None, partner_id: Some(source.to_owned()) };
+        let grants = store::list_grants(&db, &filter, None, 100).await.unwrap().0;
+        grants.into_iter().map(|grant| grant.phone_number).collect::<Vec<_>>()
+    };
+
+    // Revoke first: the replace checked before it is refused and writes nothing.
+    let checked_at = chrono::Utc::now();
+    let (_, already_applied, _) = store::revoke(&db, "service:partner-change", "pc-1", source, &numbers).await.unwrap();
+    assert!(!already_applied);
+    let late = store::replace_grants(&db, "support:s", client_id, source, &numbers, checked_at).await;
+    assert!(matches!(late, Err(PermissionsError::MovedWhileSaving)), "{late:?}");
+    assert!(granted().await.is_empty(), "the refused replace wrote nothing");
+
+    // Replace first (checked after that revoke): its grants stand until the next revoke deletes them.
+    let (grants, _) =
+        store::replace_grants(&db, "support:s", client_id, source, &numbers, chrono::Utc::now()).await.unwrap();
+    assert_eq!(grants.len(), numbers.len());
+    let (removed, _, _) = store::revoke(&db, "service:partner-change", "pc-2", source, &numbers).await.unwrap();
+    assert_eq!(usize::try_from(removed).unwrap(), numbers.len());
+    assert!(granted().await.is_empty(), "the revoke deleted the replace's grants");
+
+    // At once: a replace holds the fences (as it does from its first write to
+    // its commit) with its grants written; the revoke waits for the fences and
+    // still deletes those grants, committed after the revoke began.
+    let replacing = db.begin().await.unwrap();
+    let now = chrono::Utc::now();
+    let mut fences = Query::insert()
+        .into_table(Alias::new("permission_fences"))
+        .columns(["partner_id", "phone_number", "revoke_time", "touch_time"].map(Alias::new))
+        .on_conflict(
+            OnConflict::columns(["partner_id", "phone_number"].map(Alias::new))
+                .update_column(Alias::new("touch_time"))
+                .to_owned(),
+        )
+        .to_owned();
+    let mut grants = Query::insert()
+        .into_table(Alias::new("permission_grants"))
+        .columns(["partner_id", "phone_number", "client_id", "grant_time"].map(Alias::new))
+        .to_owned();
+    for number in &s.waba.phone_numbers {
+        fences.values_panic([
+            source.into(),
+            number.into(),
+            Option::<chrono::DateTime<chrono::Utc>>::None.into(),
+            now.into(),
+        ]);
+        grants.values_panic([source.into(), number.into(), client_id.into(), now.into()]);
+    }
+    let db_backend = db.get_database_backend();
+    replacing.execute_raw(db_backend.build(&fences)).await.unwrap();
+    replacing.execute_raw(db_backend.build(&grants)).await.unwrap();
+    let revoking = {
+        let (db, numbers, source) = (db.clone(), numbers.clone(), source.to_owned());
+        tokio::spawn(async move { store::revoke(&db, "service:partner-change", "pc-3", &source, &numbers).await })
+    };
+    if backend == Backend::Postgres {
+        let monitor = sea_orm::Database::connect(app.database_url()).await.unwrap();
+        eventually("the revoke to wait for the fences", Duration::from_secs(10), || async {
+            let waiting = monitor
+                .query_one_raw(Statement::from_string(
+                    db_backend,
+                    "SELECT count(*) AS waiting FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%permission_fences%'",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "waiting")
+                .unwrap();
+            (waiting == 1).then_some(())
+        })
+        .await;
+    } else {
+        // SQLite: the revoke's write transaction waits for this one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    replacing.commit().await.unwrap();
+    let (removed, _, _) = revoking.await.unwrap().unwrap();
+    assert_eq!(usize::try_from(removed).unwrap(), numbers.len(), "the grants committed meanwhile were deleted");
+    assert!(granted().await.is_empty());
 }
