@@ -292,16 +292,16 @@ pub async fn write_then_append(
     Ok(written)
 }
 
-/// In `tx` on PostgreSQL, as its last statement before commit: `write` (a
-/// PostgreSQL statement with a `RETURNING` clause that names `returned`, an
-/// integer column, after the CTE definitions `before`: `name AS (…)`,
-/// comma-separated, or nothing; the placeholders of both number `write`'s
-/// values) and, only if it wrote a row, the append of `log` (see
-/// [`append_to_log`]), as one statement: one round trip where there were two.
+/// On PostgreSQL, `write` (a statement with a `RETURNING` clause that names
+/// `returned`, an integer column, after the CTE definitions `before`:
+/// `name AS (…)`, comma-separated, or nothing; the placeholders of both number
+/// `write`'s values) and, only if it wrote a row, the append of `log` (see
+/// [`append_to_log`]), as one statement: in a transaction as its last
+/// statement before commit, or on the connection, where it commits on its own.
 /// Returns `returned` of the written row and the last position taken, or
 /// `None` if `write` wrote nothing (then nothing was appended).
-pub async fn write_then_append_in(
-    tx: &DatabaseTransaction,
+pub async fn write_then_append_returning(
+    db: &impl ConnectionTrait,
     before: &str,
     write: Statement,
     returned: &str,
@@ -309,7 +309,7 @@ pub async fn write_then_append_in(
 ) -> Result<Option<(i64, i64)>, DbErr> {
     let head_table = log.head_table;
     let statement = appending_statement(Some(Written { before, write, returned: Some(returned) }), log);
-    let row = tx.query_one_raw(statement).await?;
+    let row = db.query_one_raw(statement).await?;
     let value = row.as_ref().map(|row| row.try_get::<Option<i64>>("", "returned")).transpose()?.flatten();
     match value {
         Some(value) => Ok(Some((value, appended(row, head_table)?))),

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use partnerhub_runtime::{
-    db::{LogRows, StoreError, append_to_log, begin_write, database_now, head_position, write_then_append_in},
+    db::{LogRows, StoreError, append_to_log, begin_write, database_now, head_position, write_then_append_returning},
     ids::new_id,
     time::now,
     validate::PhoneNumber,
@@ -184,7 +184,7 @@ async fn revoke_in_two_statements(
     let count = r#"UPDATE "permission_applications" SET "affected_count" = (SELECT count(*) FROM removed)
         WHERE "partner_change_id" = $2 AND "action" = 'REVOKE' RETURNING "affected_count""#;
     let count = Statement::from_sql_and_values(DbBackend::Postgres, count, values);
-    let (removed, last) = write_then_append_in(tx, &delete, count, "affected_count", log)
+    let (removed, last) = write_then_append_returning(tx, &delete, count, "affected_count", log)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("permission application {partner_change_id}/REVOKE")))?;
     Ok(Some((i32::try_from(removed).unwrap_or(i32::MAX), last)))
@@ -213,9 +213,9 @@ fn placeholders(values: &mut Vec<Value>, items: &[&str]) -> String {
 
 /// Lets `partner_id` manage `numbers` of `client_id` for a partner change,
 /// once, even when identical calls run at the same time (see [`revoke`]). On
-/// PostgreSQL its writes are one statement and its log append (four round
-/// trips where there were eight). Returns the grants, whether this had
-/// happened before, and what was logged now.
+/// PostgreSQL its writes and its log append are one statement, committed on
+/// its own (one round trip where there were eight). Returns the grants,
+/// whether this had happened before, and what was logged now.
 pub async fn grant(
     db: &DatabaseConnection,
     actor: &str,
@@ -224,19 +224,24 @@ pub async fn grant(
     partner_id: &str,
     numbers: &[PhoneNumber],
 ) -> Result<(Vec<Grant>, bool, Option<Logged>), PermissionsError> {
-    let tx = begin_write(db).await?;
-    let claimed = if tx.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
+    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), true)).collect();
+    if db.get_database_backend() == DbBackend::Postgres && !numbers.is_empty() {
         let grant = GrantWrite { actor, partner_change_id, client_id, partner_id, numbers, time: now() };
-        grant_in_one_statement(&tx, &grant).await?.then(|| granted(client_id, partner_id, numbers, grant.time))
-    } else {
-        grant_step_by_step(&tx, actor, partner_change_id, client_id, partner_id, numbers).await?
-    };
-    let Some(grants) = claimed else {
+        let log = log_rows(partner_id, &changes, grant.time);
+        return Ok(match grant_in_one_statement(db, &grant, log).await? {
+            Some(last) => {
+                let logged = logged(partner_id, &changes, grant.time, Some(last));
+                (granted(client_id, partner_id, numbers, grant.time), false, logged)
+            }
+            None => (grants_of(db, partner_id, numbers).await?, true, None),
+        });
+    }
+    let tx = begin_write(db).await?;
+    let Some(grants) = grant_step_by_step(&tx, actor, partner_change_id, client_id, partner_id, numbers).await? else {
         let grants = grants_of(&tx, partner_id, numbers).await?;
         tx.commit().await?;
         return Ok((grants, true, None));
     };
-    let changes: Vec<(&str, bool)> = numbers.iter().map(|number| (number.as_str(), true)).collect();
     let logged = append_log(&tx, partner_id, &changes).await?;
     tx.commit().await?;
     Ok((grants, false, logged))
@@ -272,11 +277,17 @@ struct GrantWrite<'a> {
     time: DateTime<Utc>,
 }
 
-/// [`grant`]'s writes on PostgreSQL as one statement, in its transaction:
-/// the claim (with its count), then, only if the claim was taken, the fences
-/// (locked in number order), the grants (inserted from the fences' rows, so
-/// after them) and the audit entry. Whether the claim was taken.
-async fn grant_in_one_statement(tx: &DatabaseTransaction, grant: &GrantWrite<'_>) -> Result<bool, DbErr> {
+/// [`grant`]'s writes and its log append on PostgreSQL as one statement,
+/// committed on its own: the claim (with its count), then, only if the claim
+/// was taken, the fences (locked in number order), the grants (inserted from
+/// the fences' rows, so after them), the audit entry and the append of `log`.
+/// The log's last position, or `None` when the claim was taken before
+/// (nothing was written).
+async fn grant_in_one_statement(
+    db: &DatabaseConnection,
+    grant: &GrantWrite<'_>,
+    log: LogRows<'_>,
+) -> Result<Option<i64>, DbErr> {
     let (listed, sorted) = audited_and_sorted(grant.numbers);
     let mut values: Vec<Value> = vec![
         grant.partner_change_id.into(),
@@ -289,8 +300,8 @@ async fn grant_in_one_statement(tx: &DatabaseTransaction, grant: &GrantWrite<'_>
         listed.into(),
     ];
     let fenced_numbers = placeholders(&mut values, &sorted);
-    let claim_fence_grant_and_audit = format!(
-        r#"WITH claimed AS (
+    let claim_fence_and_grant = format!(
+        r#"claimed AS (
             INSERT INTO "permission_applications" ("partner_change_id", "action", "partner_id", "affected_count", "apply_time")
             VALUES ($1, 'GRANT', $2, $3, $4) ON CONFLICT ("partner_change_id", "action") DO NOTHING RETURNING 1),
         fenced AS (
@@ -303,15 +314,13 @@ async fn grant_in_one_statement(tx: &DatabaseTransaction, grant: &GrantWrite<'_>
             INSERT INTO "permission_grants" ("partner_id", "phone_number", "client_id", "grant_time")
             SELECT $2, "phone_number", $5, $4 FROM fenced
             ON CONFLICT ("partner_id", "phone_number")
-            DO UPDATE SET "client_id" = EXCLUDED."client_id", "grant_time" = EXCLUDED."grant_time"),
-        audited AS (
-            INSERT INTO "permission_audit" ("audit_id", "actor", "action", "client_id", "partner_id", "phone_numbers", "partner_change_id", "time")
-            SELECT $6, $7, 'GRANT', $5, $2, $8, $1, $4 WHERE EXISTS (SELECT 1 FROM claimed))
-        SELECT count(*) AS claimed FROM claimed"#
+            DO UPDATE SET "client_id" = EXCLUDED."client_id", "grant_time" = EXCLUDED."grant_time")"#
     );
-    let statement = Statement::from_sql_and_values(DbBackend::Postgres, claim_fence_grant_and_audit, values);
-    let claimed = tx.query_one_raw(statement).await?.map(|row| row.try_get::<i64>("", "claimed")).transpose()?;
-    Ok(claimed.unwrap_or(0) > 0)
+    let audit = r#"INSERT INTO "permission_audit" ("audit_id", "actor", "action", "client_id", "partner_id", "phone_numbers", "partner_change_id", "time")
+        SELECT $6, $7, 'GRANT', $5, $2, $8, $1, $4 WHERE EXISTS (SELECT 1 FROM claimed) RETURNING 1 AS "audited""#;
+    let audit = Statement::from_sql_and_values(DbBackend::Postgres, audit, values);
+    let appended = write_then_append_returning(db, &claim_fence_and_grant, audit, "audited", log).await?;
+    Ok(appended.map(|(_, last)| last))
 }
 
 /// What a partner change applies to permissions, at most once each (stored by name).
