@@ -14,7 +14,9 @@
 //! BENCH_WORKERS (`worker.concurrency`; default: the configured default),
 //! BENCH_HISTORY (completed changes stored beforehand, with their events and
 //! permission-log entries, bulk-inserted; default 0), BENCH_PGBENCH (0 skips
-//! pgbench), BENCH_READS (calls per read latency, default 300). Writes the
+//! pgbench), BENCH_READS (calls per read latency, default 300), BENCH_GRANT
+//! (1: each change names every number of its WABA to grant to the
+//! destination, so the saga's grant step runs too; default 0). Writes the
 //! report to stdout and to target/bench-reports/partner_change_throughput[-history].txt.
 //! A measurement, not a test.
 
@@ -36,6 +38,7 @@ async fn main() {
     let concurrency = env_number("BENCH_CONCURRENCY", 32);
     let history = env_number("BENCH_HISTORY", 0);
     let reads = env_number("BENCH_READS", 300);
+    let grant = env_number("BENCH_GRANT", 0) != 0;
     let workers = std::env::var("BENCH_WORKERS").ok().and_then(|value| value.parse::<u32>().ok());
     let backend = match std::env::var("BENCH_BACKEND").as_deref() {
         Ok("sqlite") => Backend::Sqlite,
@@ -70,6 +73,16 @@ async fn main() {
     // Set-up (not measured).
     let world = auto_approve_world(&mut app.account("support:bench"), changes, 2).await;
     let (destination, client, wabas) = (world.destination, world.client, world.waba_ids.clone());
+    let mut numbers_to_grant = Vec::with_capacity(wabas.len());
+    for waba_id in &wabas {
+        let numbers = if grant {
+            let request = partnerhub_proto::account::v1::GetWabaRequest { waba_id: waba_id.clone() };
+            app.account("support:bench").get_waba(request).await.unwrap().into_inner().waba.unwrap().phone_numbers
+        } else {
+            Vec::new()
+        };
+        numbers_to_grant.push(numbers);
+    }
 
     // Completion is watched on the event stream (as the partner hub backend
     // would), not by polling lists: a poll of 1,000 rows every few
@@ -98,7 +111,7 @@ async fn main() {
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut submits = Vec::new();
     let mut change_ids = Vec::new();
-    for (index, waba_id) in wabas.into_iter().enumerate() {
+    for (index, (waba_id, grant_phone_numbers)) in wabas.into_iter().zip(numbers_to_grant).enumerate() {
         let permit = permits.clone().acquire_owned().await.unwrap();
         let mut client_api = app.partner_change(&format!("client:{}", client.client_id));
         let request = pc::SubmitPartnerChangeRequest {
@@ -106,7 +119,7 @@ async fn main() {
             waba_id,
             destination_partner_id: destination.partner_id.clone(),
             accepted_terms_version: "v1".into(),
-            grant_phone_numbers: Vec::new(),
+            grant_phone_numbers,
             migrate_after: None,
         };
         submits.push(tokio::spawn(async move {
@@ -140,6 +153,9 @@ async fn main() {
         writeln!(report, "history preloaded in: {preload_time:.2?}").unwrap();
     }
     writeln!(report, "worker.concurrency: {workers}; changes: {changes}, submits in flight: {concurrency}").unwrap();
+    if grant {
+        writeln!(report, "each change grants every number of its WABA to the destination (BENCH_GRANT=1)").unwrap();
+    }
     writeln!(report, "all submitted after: {submitted_after:.2?}").unwrap();
     writeln!(report, "all completed after: {elapsed:.2?}").unwrap();
     writeln!(report, "completed per second: {per_second:.1}").unwrap();
