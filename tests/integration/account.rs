@@ -14,6 +14,7 @@ on_both_databases!(
     clients_report_missing_company_info_and_keep_payment_methods,
     a_phone_number_belongs_to_one_waba_only,
     wabas_are_listed_oldest_first_in_pages,
+    a_list_of_wabas_narrowed_to_phone_numbers_holds_only_the_wabas_with_them,
     a_waba_context_is_the_waba_its_client_and_the_partner_named,
     data_written_before_a_graceful_restart_is_there_after,
 );
@@ -324,7 +325,12 @@ async fn wabas_are_listed_oldest_first_in_pages(backend: Backend) {
     let mut pages = 0;
     loop {
         let page = as_partner
-            .list_wabas(pb::ListWabasRequest { owner: None, page_size: 2, page_token: page_token.clone() })
+            .list_wabas(pb::ListWabasRequest {
+                owner: None,
+                page_size: 2,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -340,7 +346,7 @@ async fn wabas_are_listed_oldest_first_in_pages(backend: Backend) {
     assert_eq!(seen, created, "all five, oldest first, each once, with their numbers");
 
     let first = as_partner
-        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 2, page_token: String::new() })
+        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 2, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -350,13 +356,14 @@ async fn wabas_are_listed_oldest_first_in_pages(backend: Backend) {
             owner: Some(pb::list_wabas_request::Owner::ClientId(client.client_id.clone())),
             page_size: 2,
             page_token: first.next_page_token,
+            ..Default::default()
         })
         .await;
     assert_refused(replayed_elsewhere, Code::InvalidArgument, "INVALID_REQUEST");
 
     let all_of_client = app
         .account(&format!("client:{}", client.client_id))
-        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, page_token: String::new() })
+        .list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -377,4 +384,54 @@ async fn data_written_before_a_graceful_restart_is_there_after(backend: Backend)
         .partner
         .unwrap();
     assert_eq!(read, partner);
+}
+
+async fn a_list_of_wabas_narrowed_to_phone_numbers_holds_only_the_wabas_with_them(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = fixtures::partner(&app, "P", pb::PaymentProcessor::Stripe).await;
+    let client = fixtures::client(&app, "C").await;
+    let other_client = fixtures::client(&app, "D").await;
+    let mut wabas = Vec::new();
+    for _ in 0..4 {
+        let numbers = [unique_number(), unique_number()];
+        wabas.push(fixtures::waba(&app, &client.client_id, &partner.partner_id, &[&numbers[0], &numbers[1]]).await);
+    }
+    let elsewhere = fixtures::waba(&app, &other_client.client_id, &partner.partner_id, &[&unique_number()]).await;
+    let list = |phone_numbers: Vec<String>, page_size, page_token: String| pb::ListWabasRequest {
+        owner: Some(pb::list_wabas_request::Owner::ClientId(client.client_id.clone())),
+        page_size,
+        page_token,
+        phone_numbers,
+    };
+    let mut support = app.account("support:s");
+
+    // The fourth WABA's second number, the first WABA's first, a number nobody
+    // has, and another client's: the first and the fourth, oldest first.
+    let asked = vec![
+        wabas[3].phone_numbers[1].clone(),
+        wabas[0].phone_numbers[0].clone(),
+        unique_number(),
+        elsewhere.phone_numbers[0].clone(),
+    ];
+    let listed = support.list_wabas(list(asked.clone(), 0, String::new())).await.unwrap().into_inner();
+    assert_eq!(listed.wabas, [wabas[0].clone(), wabas[3].clone()], "each with all its numbers");
+    assert!(listed.next_page_token.is_empty());
+
+    // In pages; a page token continues only the list of the same numbers.
+    let first = support.list_wabas(list(asked.clone(), 1, String::new())).await.unwrap().into_inner();
+    assert_eq!(first.wabas, [wabas[0].clone()]);
+    let second = support.list_wabas(list(asked.clone(), 1, first.next_page_token.clone())).await.unwrap().into_inner();
+    assert_eq!(second.wabas, [wabas[3].clone()]);
+    let other_numbers = vec![wabas[1].phone_numbers[0].clone()];
+    let replayed = support.list_wabas(list(other_numbers, 1, first.next_page_token.clone())).await;
+    assert_refused(replayed, Code::InvalidArgument, "INVALID_REQUEST");
+    let unfiltered = support.list_wabas(list(Vec::new(), 1, first.next_page_token)).await;
+    assert_refused(unfiltered, Code::InvalidArgument, "INVALID_REQUEST");
+
+    // A malformed number is named.
+    let malformed =
+        support.list_wabas(list(vec![asked[0].clone(), "12345".into()], 0, String::new())).await.unwrap_err();
+    let fields: Vec<String> =
+        malformed.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["phone_numbers[1]"]);
 }

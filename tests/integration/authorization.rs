@@ -194,7 +194,7 @@ async fn attempt(app: &TestApp, world: &World, rpc: Rpc, who: Who, target: Targe
                 _ => Owner::ClientId(world.client(target).into()),
             };
             account
-                .list_wabas(pb::ListWabasRequest { owner: Some(owner), page_size: 0, page_token: String::new() })
+                .list_wabas(pb::ListWabasRequest { owner: Some(owner), page_size: 0, ..Default::default() })
                 .await
                 .map(drop)
         }

@@ -79,6 +79,7 @@ async fn malformed_requests_name_every_bad_field_and_change_nothing(backend: Bac
         owner: Some(pb::list_wabas_request::Owner::ClientId(client.client_id.clone())),
         page_size,
         page_token: page_token.into(),
+        ..Default::default()
     };
     assert_invalid(support.list_wabas(list(-1, "")).await, &["page_size"]);
     assert_invalid(support.list_wabas(list(10, "garbage")).await, &["page_token"]);
@@ -96,7 +97,7 @@ async fn malformed_requests_name_every_bad_field_and_change_nothing(backend: Bac
     let sealed = TokenSeal::derived_from(&app.signing_secret()).next_page_token("waba-0", &scope);
     assert!(support.list_wabas(list(10, &sealed)).await.is_ok());
     assert_invalid(
-        support.list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, page_token: String::new() }).await,
+        support.list_wabas(pb::ListWabasRequest { owner: None, page_size: 0, ..Default::default() }).await,
         &["owner"],
     );
 

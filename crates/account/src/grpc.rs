@@ -9,7 +9,7 @@ use partnerhub_runtime::{
     pagination::{TokenSeal, page_size},
     rpc::record_resource_id,
     time::to_timestamp,
-    validate::{MAX_NAME_LEN, Parsed, Validate, id, optional_text, required_enum, required_text},
+    validate::{MAX_NAME_LEN, Parsed, PhoneNumber, Validate, id, optional_text, required_enum, required_text},
 };
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
@@ -22,6 +22,9 @@ use crate::{
     error::AccountError,
     store,
 };
+
+/// The most numbers a `ListWabas` may filter by.
+const MAX_LISTED_NUMBERS: usize = 1000;
 
 /// The `AccountService` implementation: a handle on the database, nothing more.
 #[derive(Debug, Clone)]
@@ -185,11 +188,8 @@ impl pb::account_service_server::AccountService for AccountApi {
     ) -> RpcResult<pb::AddPhoneNumberResponse> {
         let caller = caller(&request)?;
         let r = request.get_ref();
-        let (waba_id, number) = (
-            id("waba_id", &r.waba_id),
-            partnerhub_runtime::validate::PhoneNumber::parse("phone_number", &r.phone_number),
-        )
-            .validate()?;
+        let (waba_id, number) =
+            (id("waba_id", &r.waba_id), PhoneNumber::parse("phone_number", &r.phone_number)).validate()?;
         allow(caller.is_operator())?;
         let waba = store::add_phone_number(&self.db, &waba_id, number.as_str()).await?;
         Ok(Response::new(pb::AddPhoneNumberResponse { waba: Some(waba_to_proto(waba)) }))
@@ -222,12 +222,20 @@ impl pb::account_service_server::AccountService for AccountApi {
                 id("partner_id", partner_id).map(|id| Some(WabaOwner::Partner(id)))
             }
         };
-        let (named_owner, size) = (named_owner, page_size(r.page_size)).validate()?;
+        let numbers = PhoneNumber::parse_list("phone_numbers", &r.phone_numbers, MAX_LISTED_NUMBERS);
+        let (named_owner, size, numbers) = (named_owner, page_size(r.page_size), numbers).validate()?;
         let owner = list_owner(caller, named_owner)?;
-        let after = self.pages.page_token(&r.page_token, &owner.page_scope()).validate()?;
-        let (wabas, more) = store::list_wabas(&self.db, &owner, after.as_deref(), size).await?;
+        // A token continues only the list it came from: the same owner and numbers.
+        let mut scope = owner.page_scope();
+        if !numbers.is_empty() {
+            let mut listed: Vec<&str> = numbers.iter().map(PhoneNumber::as_str).collect();
+            listed.sort_unstable();
+            scope = format!("{scope};numbers={}", listed.join(","));
+        }
+        let after = self.pages.page_token(&r.page_token, &scope).validate()?;
+        let (wabas, more) = store::list_wabas(&self.db, &owner, &numbers, after.as_deref(), size).await?;
         let next_page_token = match wabas.last() {
-            Some(last) if more => self.pages.next_page_token(&last.waba_id, &owner.page_scope()),
+            Some(last) if more => self.pages.next_page_token(&last.waba_id, &scope),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListWabasResponse {

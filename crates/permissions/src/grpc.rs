@@ -69,10 +69,13 @@ impl PermissionsApi {
         let mut owner_of = std::collections::HashMap::new();
         let mut page_token = String::new();
         loop {
+            // Only the WABAs holding the numbers: the cost follows the call,
+            // not how many WABAs the client has.
             let request = ListWabasRequest {
                 owner: Some(Owner::ClientId(client_id.to_owned())),
                 page_size: 500,
                 page_token: std::mem::take(&mut page_token),
+                phone_numbers: numbers.iter().map(|number| number.as_str().to_owned()).collect(),
             };
             let page = self
                 .account

@@ -12,6 +12,7 @@ use partnerhub_runtime::{
     db::{StoreError, begin_write},
     ids::new_id,
     time::now,
+    validate::PhoneNumber,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
@@ -334,11 +335,13 @@ fn prefixed_columns<E: EntityTrait>(select: &mut sea_orm::sea_query::SelectState
     }
 }
 
-/// One page of an owner's WABAs, oldest first, after the WABA ID `after`.
-/// Returns the page and whether more follow.
+/// One page of an owner's WABAs, oldest first, after the WABA ID `after`;
+/// only those holding any of `numbers`, unless it is empty. Returns the page
+/// and whether more follow.
 pub async fn list_wabas(
     db: &DatabaseConnection,
     owner: &WabaOwner,
+    numbers: &[PhoneNumber],
     after: Option<&str>,
     page_size: u64,
 ) -> Result<(Vec<Waba>, bool), AccountError> {
@@ -346,6 +349,14 @@ pub async fn list_wabas(
         WabaOwner::Client(id) => waba::Entity::find().filter(waba::Column::ClientId.eq(id)),
         WabaOwner::Partner(id) => waba::Entity::find().filter(waba::Column::PartnerId.eq(id)),
     };
+    if !numbers.is_empty() {
+        let holding = Query::select()
+            .column(phone_number::Column::WabaId)
+            .from(phone_number::Entity)
+            .and_where(phone_number::Column::PhoneNumber.is_in(numbers.iter().map(PhoneNumber::as_str)))
+            .to_owned();
+        query = query.filter(waba::Column::WabaId.in_subquery(holding));
+    }
     if let Some(after) = after {
         query = query.filter(waba::Column::WabaId.gt(after));
     }
