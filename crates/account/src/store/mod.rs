@@ -350,12 +350,20 @@ pub async fn list_wabas(
         WabaOwner::Partner(id) => waba::Entity::find().filter(waba::Column::PartnerId.eq(id)),
     };
     if !numbers.is_empty() {
-        let holding = Query::select()
+        // The WABAs holding the numbers first, by the numbers' primary key,
+        // then those: as a subquery, a plan made while the owner looked small
+        // walked every WABA of the owner instead.
+        let holding: Vec<String> = phone_number::Entity::find()
+            .select_only()
             .column(phone_number::Column::WabaId)
-            .from(phone_number::Entity)
-            .and_where(phone_number::Column::PhoneNumber.is_in(numbers.iter().map(PhoneNumber::as_str)))
-            .to_owned();
-        query = query.filter(waba::Column::WabaId.in_subquery(holding));
+            .filter(phone_number::Column::PhoneNumber.is_in(numbers.iter().map(PhoneNumber::as_str)))
+            .into_tuple()
+            .all(db)
+            .await?;
+        if holding.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        query = query.filter(waba::Column::WabaId.is_in(holding));
     }
     if let Some(after) = after {
         query = query.filter(waba::Column::WabaId.gt(after));
