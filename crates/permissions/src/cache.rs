@@ -42,6 +42,20 @@ struct Grants {
     synced_at: Option<Instant>,
 }
 
+impl Grants {
+    /// Applies one log entry: `partner_id` may manage `number` from now on, or not.
+    /// `delay`: how long after its commit the entry reached this replica's answers.
+    fn apply(&mut self, partner_id: String, number: String, allowed: bool, delay: chrono::TimeDelta) {
+        metrics().cache_invalidation_seconds.observe(delay.to_std().unwrap_or_default().as_secs_f64());
+        let numbers = self.by_partner.entry(partner_id).or_default();
+        if allowed {
+            numbers.insert(number);
+        } else {
+            numbers.remove(&number);
+        }
+    }
+}
+
 /// Shared by the gRPC handlers (reads) and the follower task (writes).
 #[derive(Debug)]
 pub struct PermissionCache {
@@ -128,15 +142,7 @@ impl PermissionCache {
                 let mut grants = self.write();
                 let applied_at = chrono::Utc::now();
                 for entry in entries {
-                    // How long after its commit this change reached this replica's answers.
-                    let delay = (applied_at - entry.time).to_std().unwrap_or_default();
-                    metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
-                    let numbers = grants.by_partner.entry(entry.partner_id).or_default();
-                    if entry.allowed {
-                        numbers.insert(entry.phone_number);
-                    } else {
-                        numbers.remove(&entry.phone_number);
-                    }
+                    grants.apply(entry.partner_id, entry.phone_number, entry.allowed, applied_at - entry.time);
                     grants.position = entry.position;
                 }
                 if !full {
@@ -174,20 +180,10 @@ impl PermissionCache {
             let mut grants = self.write();
             match logged {
                 Some(logged) if grants.loaded && grants.position >= logged.last => return,
-                Some(logged)
-                    if grants.loaded
-                        && i64::try_from(logged.entries.len())
-                            .is_ok_and(|count| logged.last.checked_sub(count) == Some(grants.position)) =>
-                {
-                    let delay = (chrono::Utc::now() - logged.time).to_std().unwrap_or_default();
-                    let numbers = grants.by_partner.entry(logged.partner_id.clone()).or_default();
+                Some(logged) if grants.loaded && logged.follows() == Some(grants.position) => {
+                    let delay = chrono::Utc::now() - logged.time;
                     for (number, allowed) in &logged.entries {
-                        metrics().cache_invalidation_seconds.observe(delay.as_secs_f64());
-                        if *allowed {
-                            numbers.insert(number.clone());
-                        } else {
-                            numbers.remove(number);
-                        }
+                        grants.apply(logged.partner_id.clone(), number.clone(), *allowed, delay);
                     }
                     grants.position = logged.last;
                     return;

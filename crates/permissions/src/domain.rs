@@ -24,6 +24,13 @@ pub struct Logged {
     pub last: i64,
 }
 
+impl Logged {
+    /// The log position just before its entries.
+    pub fn follows(&self) -> Option<i64> {
+        i64::try_from(self.entries.len()).ok().and_then(|count| self.last.checked_sub(count))
+    }
+}
+
 /// Which grants a list shows; `None` means any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantFilter {

@@ -388,11 +388,14 @@ pub async fn migrating_numbers(
     }
     let mut fenced: HashMap<String, HashSet<String>> = HashMap::new();
     for row in db.query_all(&query).await? {
-        let partner_id: String = row.try_get("", "source_partner_id")?;
-        let numbers: String = row.try_get("", "phone_numbers")?;
-        fenced.entry(partner_id).or_default().extend(numbers.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
+        fence(&mut fenced, row.try_get("", "source_partner_id")?, &row.try_get::<String>("", "phone_numbers")?);
     }
     Ok(fenced)
+}
+
+/// Adds a moves row (its source partner, its numbers comma-separated) to `fenced`.
+fn fence(fenced: &mut HashMap<String, HashSet<String>>, partner_id: String, numbers: &str) {
+    fenced.entry(partner_id).or_default().extend(numbers.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
 }
 
 /// The one thing this service reads of the partner-change service's data: the
@@ -567,10 +570,7 @@ pub async fn migrating_and_log_after(
         let partner_id: String = row.try_get("", "partner_id")?;
         let phone_number: String = row.try_get("", "phone_number")?;
         match row.try_get::<Option<i64>>("", "position")? {
-            None => fenced
-                .entry(partner_id)
-                .or_default()
-                .extend(phone_number.split(',').filter(|n| !n.is_empty()).map(str::to_owned)),
+            None => fence(&mut fenced, partner_id, &phone_number),
             Some(position) => entries.push(log_entry::Model {
                 position,
                 partner_id,
