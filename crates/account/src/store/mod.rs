@@ -299,8 +299,7 @@ pub async fn waba_context(
         .order_by((payment_method::Entity, payment_method::Column::PaymentMethodId), Order::Asc);
     let rows = db.query_all(&joined).await?;
     let first = rows.first().ok_or_else(|| AccountError::WabaNotFound(waba_id.to_owned()))?;
-    let numbers: Vec<String> = serde_json::from_str(&first.try_get::<String>("", NUMBERS_JSON)?)
-        .map_err(|err| DbErr::Type(format!("{NUMBERS_JSON}: {err}")))?;
+    let numbers = numbers_from_json(first)?;
     let waba = waba_from_model(waba::Model::from_query_result(first, "w_")?, numbers);
     let client_model = client::Model::from_query_result(first, "c_")?;
     let partner_model = match first.try_get::<Option<String>>("p_", partner::Column::PartnerId.as_str())? {
@@ -320,11 +319,23 @@ const NUMBERS_JSON: &str = "phone_numbers_json";
 
 /// The joined WABA's numbers, in the order they were added, as a JSON array of strings.
 fn numbers_as_json(backend: DbBackend) -> Expr {
+    Expr::cust(numbers_as_json_of(backend, r#""wabas"."waba_id""#))
+}
+
+/// A scalar subquery: the numbers of the WABA whose ID is `waba_id` (an SQL
+/// expression), in the order they were added, as a JSON array of strings.
+fn numbers_as_json_of(backend: DbBackend, waba_id: &str) -> String {
     let aggregate = match backend {
         DbBackend::Postgres => "coalesce(json_agg(n.phone_number ORDER BY n.add_time, n.phone_number), '[]')::text",
         _ => "json_group_array(n.phone_number ORDER BY n.add_time, n.phone_number)",
     };
-    Expr::cust(format!(r#"(SELECT {aggregate} FROM "phone_numbers" n WHERE n.waba_id = "wabas"."waba_id")"#))
+    format!(r#"(SELECT {aggregate} FROM "phone_numbers" n WHERE n.waba_id = {waba_id})"#)
+}
+
+/// The numbers [`numbers_as_json`] read, from the row's `NUMBERS_JSON` column.
+fn numbers_from_json(row: &sea_orm::QueryResult) -> Result<Vec<String>, DbErr> {
+    serde_json::from_str(&row.try_get::<String>("", NUMBERS_JSON)?)
+        .map_err(|err| DbErr::Type(format!("{NUMBERS_JSON}: {err}")))
 }
 
 /// Selects every column of `E`, each named with `prefix` (as
@@ -458,7 +469,8 @@ async fn transfer_in_one_statement(
     db: &DatabaseConnection,
     transfer: &Transfer,
 ) -> Result<TransferOutcome, AccountError> {
-    const MOVE_AND_RECORD: &str = r#"WITH moved AS (
+    let move_and_record = format!(
+        r#"WITH moved AS (
             UPDATE "wabas" SET "partner_id" = $3, "version" = "version" + 1, "update_time" = $5
             WHERE "waba_id" = $2 AND "partner_id" = $4
                 AND NOT EXISTS (SELECT 1 FROM "waba_transfers" WHERE "partner_change_id" = $1)
@@ -468,9 +480,10 @@ async fn transfer_in_one_statement(
             SELECT $1, "waba_id", $4, $3, $5 FROM moved)
         SELECT moved.*,
             (SELECT w."version" FROM "wabas" w WHERE w."waba_id" = $2) AS "seen_version",
-            (SELECT coalesce(json_agg(n.phone_number ORDER BY n.add_time, n.phone_number), '[]')::text
-                FROM "phone_numbers" n WHERE n.waba_id = $2) AS "phone_numbers_json"
-        FROM moved"#;
+            {numbers} AS "{NUMBERS_JSON}"
+        FROM moved"#,
+        numbers = numbers_as_json_of(DbBackend::Postgres, "$2"),
+    );
     let values = [
         transfer.partner_change_id.as_str().into(),
         transfer.waba_id.as_str().into(),
@@ -478,7 +491,7 @@ async fn transfer_in_one_statement(
         transfer.from_partner_id.as_str().into(),
         now().into(),
     ];
-    let statement = Statement::from_sql_and_values(DbBackend::Postgres, MOVE_AND_RECORD, values);
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, move_and_record, values);
     let row = match db.query_one_raw(statement).await.map_err(StoreError::from) {
         Ok(Some(row)) => row,
         Ok(None) => return unmoved(db, transfer).await,
@@ -496,9 +509,7 @@ async fn transfer_in_one_statement(
     // as moved. Otherwise a number was added while the move waited for the
     // row: read them again.
     let waba = if row.try_get::<i64>("", "seen_version")?.checked_add(1) == Some(moved.version) {
-        let numbers: Vec<String> = serde_json::from_str(&row.try_get::<String>("", NUMBERS_JSON)?)
-            .map_err(|err| DbErr::Type(format!("{NUMBERS_JSON}: {err}")))?;
-        waba_from_model(moved, numbers)
+        waba_from_model(moved, numbers_from_json(&row)?)
     } else {
         waba_with_numbers(db, moved).await?
     };
