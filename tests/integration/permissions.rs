@@ -2,7 +2,7 @@
 //! (all or nothing), idempotent revoke and grant, and who may call what.
 
 use partnerhub_proto::permissions::v1 as perm;
-use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, eventually, on_both_databases};
+use partnerhub_tests::{Backend, ServiceSections, TestApp, assert_refused, on_both_databases};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -399,10 +399,9 @@ async fn a_replace_checked_before_a_revoke_never_outlives_it(backend: Backend) {
     use partnerhub_permissions::{domain::GrantFilter, error::PermissionsError, store};
     use partnerhub_runtime::validate::PhoneNumber;
     use sea_orm::{
-        ConnectionTrait, Statement, TransactionTrait,
+        ConnectionTrait, TransactionTrait,
         sea_query::{Alias, OnConflict, Query},
     };
-    use std::time::Duration;
 
     let app = TestApp::spawn_with(backend, |settings| settings.partner_change().worker.enabled = false).await;
     let s = scenario(&app, false).await;
@@ -465,27 +464,10 @@ async fn a_replace_checked_before_a_revoke_never_outlives_it(backend: Backend) {
         let (db, numbers, source) = (db.clone(), numbers.clone(), source.to_owned());
         tokio::spawn(async move { store::revoke(&db, "service:partner-change", "pc-3", &source, &numbers).await })
     };
-    if backend == Backend::Postgres {
-        let monitor = sea_orm::Database::connect(app.database_url()).await.unwrap();
-        eventually("the revoke to wait for the fences", Duration::from_secs(10), || async {
-            let waiting = monitor
-                .query_one_raw(Statement::from_string(
-                    db_backend,
-                    "SELECT count(*) AS waiting FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%permission_fences%'",
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get::<i64>("", "waiting")
-                .unwrap();
-            (waiting == 1).then_some(())
-        })
-        .await;
-    } else {
-        // SQLite: the revoke's write transaction waits for this one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    // The revoke waits for the fences. (On SQLite it waits for this write
+    // transaction, which cannot be observed: there it may also start only after
+    // the commit.)
+    app.until_a_statement_waits_for_a_lock("permission_fences").await;
     replacing.commit().await.unwrap();
     let (removed, _, _) = revoking.await.unwrap().unwrap();
     assert_eq!(usize::try_from(removed).unwrap(), numbers.len(), "the grants committed meanwhile were deleted");

@@ -41,6 +41,31 @@ async fn granted_to(app: &TestApp, partner_id: &str) -> Vec<String> {
     grants.into_iter().map(|grant| grant.phone_number).collect()
 }
 
+/// The old partner holds the WABA's numbers; a change is submitted and
+/// approved, and its worker dies right after moving the WABA, keeping its lease.
+async fn moved_by_a_worker_that_died(app: &TestApp, s: &Scenario) -> pc::PartnerChange {
+    s.grant(app, &s.source.partner_id, &s.waba.phone_numbers).await;
+    let submitted = s.submit(app, "req").await;
+    s.approve(app, &submitted.partner_change_id).await;
+    let first = app.migration_worker().replica("replica-a");
+    first.faults().crash_after(SagaStep::Transfer);
+    assert_eq!(first.run_once().await.unwrap(), Step::Worked);
+    submitted
+}
+
+/// Support turns off `partner_id`'s accepting of changes: a blocker for a change to it.
+async fn stop_accepting_changes(app: &TestApp, partner_id: &str) {
+    app.account("support:s")
+        .update_partner_settings(partnerhub_proto::account::v1::UpdatePartnerSettingsRequest {
+            partner_id: partner_id.to_owned(),
+            settings: Some(partnerhub_proto::account::v1::PartnerSettings::default()),
+            payment_processor: 0,
+            update_mask: Some(prost_types::FieldMask { paths: vec!["accepting_changes".into()] }),
+        })
+        .await
+        .unwrap();
+}
+
 /// Runs the worker until the request reaches a terminal state; returns it.
 async fn drive_to_the_end(app: &TestApp, worker_name: &str, partner_change_id: &str) -> pc::PartnerChange {
     let worker = app.migration_worker().replica(worker_name);
@@ -61,13 +86,7 @@ async fn a_saga_that_dies_after_the_transfer_is_resumed_by_another_worker(backen
     })
     .await;
     let s = scenario(&app, false).await;
-    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
-    let submitted = s.submit(&app, "req").await;
-    s.approve(&app, &submitted.partner_change_id).await;
-
-    let first = app.migration_worker().replica("replica-a");
-    first.faults().crash_after(SagaStep::Transfer);
-    assert_eq!(first.run_once().await.unwrap(), Step::Worked);
+    let submitted = moved_by_a_worker_that_died(&app, &s).await;
     let halfway = get_change(&app, &submitted.partner_change_id).await;
     assert_eq!(halfway.state(), St::Migrating, "the first worker died mid-saga");
     let moved = s.waba_now(&app).await;
@@ -157,25 +176,11 @@ async fn a_worker_that_resumes_a_moved_waba_acts_on_no_refusal(backend: Backend)
     })
     .await;
     let s = scenario(&app, false).await;
-    s.grant(&app, &s.source.partner_id, &s.waba.phone_numbers).await;
-    let submitted = s.submit(&app, "req").await;
-    s.approve(&app, &submitted.partner_change_id).await;
-
-    let first = app.migration_worker().replica("replica-a");
-    first.faults().crash_after(SagaStep::Transfer);
-    assert_eq!(first.run_once().await.unwrap(), Step::Worked);
+    let submitted = moved_by_a_worker_that_died(&app, &s).await;
     assert_eq!(s.waba_now(&app).await.partner_id, s.destination.partner_id, "the WABA moved before the crash");
 
     // A blocker before the move would fail the request: the destination stops accepting changes…
-    app.account("support:s")
-        .update_partner_settings(partnerhub_proto::account::v1::UpdatePartnerSettingsRequest {
-            partner_id: s.destination.partner_id.clone(),
-            settings: Some(partnerhub_proto::account::v1::PartnerSettings::default()),
-            payment_processor: 0,
-            update_mask: Some(prost_types::FieldMask { paths: vec!["accepting_changes".into()] }),
-        })
-        .await
-        .unwrap();
+    stop_accepting_changes(&app, &s.destination.partner_id).await;
     // …and the repeated transfer is refused, twice.
     let second = app.migration_worker().replica("replica-b");
     second.faults().fail_transfer_calls([Code::FailedPrecondition, Code::PermissionDenied]);
@@ -241,15 +246,7 @@ async fn a_refusal_fails_a_change_before_the_move_and_nothing_fails_it_after(bac
     let back = Scenario { source: s.destination.clone(), destination: s.source.clone(), ..s.clone() };
     let second = back.submit(&app, "req-recheck").await;
     back.approve(&app, &second.partner_change_id).await;
-    app.account("support:s")
-        .update_partner_settings(partnerhub_proto::account::v1::UpdatePartnerSettingsRequest {
-            partner_id: s.source.partner_id.clone(),
-            settings: Some(partnerhub_proto::account::v1::PartnerSettings::default()),
-            payment_processor: 0,
-            update_mask: Some(prost_types::FieldMask { paths: vec!["accepting_changes".into()] }),
-        })
-        .await
-        .unwrap();
+    stop_accepting_changes(&app, &s.source.partner_id).await;
     worker.run_once().await.unwrap();
     let refused = get_change(&app, &second.partner_change_id).await;
     assert_eq!(refused.state(), St::Failed);

@@ -2,7 +2,7 @@
 //! partner change, and exactly one winner among concurrent transfers.
 
 use partnerhub_proto::account::v1 as pb;
-use partnerhub_tests::{Backend, TestApp, assert_refused, eventually, on_both_databases, reason};
+use partnerhub_tests::{Backend, TestApp, assert_refused, on_both_databases, reason};
 use tonic::Code;
 
 use crate::fixtures::{self, unique_number};
@@ -192,28 +192,10 @@ async fn a_number_added_while_the_move_waits_is_among_the_moved_numbers(backend:
     let mut service = app.account("service:partner-change");
     let request = transfer(&waba.waba_id, &p1, &p2, "pc-waits");
     let moving = tokio::spawn(async move { service.transfer_waba(request).await });
-    if backend == Backend::Postgres {
-        // The transfer is waiting for the WABA's row, held by the add.
-        let monitor = Database::connect(app.database_url()).await.unwrap();
-        eventually("the transfer to wait for the WABA's row", std::time::Duration::from_secs(10), || async {
-            let waiting = monitor
-                .query_one_raw(sea_orm::Statement::from_string(
-                    db_backend,
-                    "SELECT count(*) AS waiting FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%waba_transfers%'",
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get::<i64>("", "waiting")
-                .unwrap();
-            (waiting == 1).then_some(())
-        })
-        .await;
-    } else {
-        // SQLite: the transfer's write transaction waits for the add's.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    // The transfer waits for the WABA's row, held by the add. (On SQLite it
+    // waits for the add's write transaction, which cannot be observed: there
+    // it may also start only after the add has committed.)
+    app.until_a_statement_waits_for_a_lock("waba_transfers").await;
     adding.commit().await.unwrap();
 
     let moved = moving.await.unwrap().unwrap().into_inner();

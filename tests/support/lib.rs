@@ -165,6 +165,34 @@ impl TestApp {
         self.settings.database_url()
     }
 
+    /// On PostgreSQL, waits until a session on the app's database waits for a
+    /// lock while running a statement that mentions `mentioning`. SQLite has
+    /// no such view: there a writer that waits for another is not observable,
+    /// and this returns at once.
+    pub async fn until_a_statement_waits_for_a_lock(&self, mentioning: &str) {
+        use sea_orm::{ConnectionTrait, Statement};
+        if !self.database_url().starts_with("postgres") {
+            return;
+        }
+        let db = sea_orm::Database::connect(self.database_url()).await.unwrap();
+        let statement = Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT count(*) AS waiting FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%' \
+             AND pid <> pg_backend_pid()",
+            [mentioning.into()],
+        );
+        eventually(
+            &format!("a statement mentioning {mentioning} to wait for a lock"),
+            Duration::from_secs(10),
+            || async {
+                let row = db.query_one_raw(statement.clone()).await.unwrap().unwrap();
+                (row.try_get::<i64>("", "waiting").unwrap() > 0).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.app.as_ref().expect("the app is running").local_addr()
     }
